@@ -1,0 +1,121 @@
+// An asynchronous, pipelined Redis client over one persistent connection.
+// hiredis formats and parses; this class matches replies to calls in order, enforces
+// timeouts, reconnects, and opens a circuit breaker when Redis keeps failing.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "ratelimit/transport.h"
+
+struct redisReader;
+struct redisReply;
+
+namespace ratelimit {
+
+struct ClientOptions {
+    int64_t connect_timeout_ms = 200;
+    int64_t timeout_ms = 100;
+    size_t max_pending = 4096;     // calls in flight or queued; beyond: CallStatus::overloaded
+    int failures_to_down = 3;      // consecutive failures that open the breaker
+    int64_t probe_interval_ms = 1000;
+    std::string user;              // AUTH user password (Redis 6 ACL); empty: password only
+    std::string password;          // empty: no AUTH
+    int db = 0;                    // SELECT when non-zero
+};
+
+enum class CallStatus {
+    ok,            // a reply arrived (it may be an error reply)
+    timeout,       // no reply within timeout_ms (or connect_timeout_ms while connecting)
+    disconnected,  // the connection failed while the call waited
+    down,          // the breaker is open: refused at once, Redis is being probed
+    overloaded,    // too many calls pending
+    shutdown,      // the client is shutting down
+};
+
+const char* to_string(CallStatus status);
+
+enum class ClientState { idle, connecting, up, down };
+
+struct CallResult {
+    CallStatus status = CallStatus::ok;
+    const redisReply* reply = nullptr;  // only with ok; valid during the callback only
+};
+
+using CallId = uint64_t;
+using Callback = std::function<void(const CallResult&)>;
+
+// Hooks for the host's log; all optional.
+struct ClientObserver {
+    std::function<void(std::string_view message)> on_error;    // connection problems
+    std::function<void(ClientState)> on_state;                  // state changes
+};
+
+class RedisClient final : private TransportSink {
+public:
+    RedisClient(EventLoop& loop, ClientOptions options, ClientObserver observer = {});
+    ~RedisClient() override;
+    RedisClient(const RedisClient&) = delete;
+    RedisClient& operator=(const RedisClient&) = delete;
+
+    struct Submitted {
+        CallStatus status;  // ok: the callback will be called exactly once, later
+        CallId id;
+    };
+    // Sends one RESP-encoded command (see redisFormatCommand). Never calls `callback`
+    // synchronously: any immediate failure is returned instead, and the callback dropped.
+    Submitted submit(std::string command, Callback callback);
+
+    // The callback of `id` will never be called. Safe for finished or unknown ids.
+    void cancel(CallId id) noexcept;
+
+    // Closes the connection and stops every timer; pending callbacks are dropped, not
+    // called (an exiting nginx worker must not touch its requests).
+    void shutdown() noexcept;
+
+    ClientState state() const noexcept { return state_; }
+    size_t pending() const noexcept { return calls_.size(); }
+    int64_t last_latency_ms() const noexcept { return last_latency_ms_; }
+
+private:
+    struct Call;
+
+    void on_connected() noexcept override;
+    void on_data(const char* data, size_t len) noexcept override;
+    void on_closed(std::string_view reason) noexcept override;
+
+    void start_connect();
+    void send_handshake();
+    void handle_reply(redisReply* reply);
+    void on_call_timer();
+    void on_connect_timer();
+    void on_probe_timer();
+    void arm_call_timer();
+    void fail_all(CallStatus status);
+    void record_failure(std::string_view what);
+    void set_state(ClientState state);
+    void drop_connection(std::string_view reason, CallStatus status);
+
+    EventLoop& loop_;
+    ClientOptions options_;
+    ClientObserver observer_;
+    std::unique_ptr<Transport> transport_;
+    std::unique_ptr<Timer> call_timer_;
+    std::unique_ptr<Timer> connect_timer_;
+    std::unique_ptr<Timer> probe_timer_;
+    redisReader* reader_ = nullptr;
+    std::deque<Call> calls_;        // in submission order; replies arrive in this order
+    std::string unsent_;            // commands queued while connecting
+    CallId next_id_ = 1;
+    ClientState state_ = ClientState::idle;
+    int failures_ = 0;
+    int64_t last_latency_ms_ = -1;
+    bool shut_down_ = false;
+};
+
+}  // namespace ratelimit
