@@ -27,6 +27,9 @@ struct ClientOptions {
     std::string user;              // AUTH user password (Redis 6 ACL); empty: password only
     std::string password;          // empty: no AUTH
     int db = 0;                    // SELECT when non-zero
+    // When set, a call whose reply is a NOSCRIPT error is sent again, under the same id, as
+    // noscript_fallback(original command) (EVALSHA -> EVAL, see script.h).
+    std::function<std::string(std::string_view command)> noscript_fallback;
 };
 
 enum class CallStatus {
