@@ -1,0 +1,90 @@
+#include "ratelimit/token_bucket.h"
+
+#include <limits>
+
+namespace ratelimit {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b)
+{
+    return a / b + (a % b != 0 ? 1 : 0);
+}
+
+// cost * period_ms, saturated: a cost no bucket can hold must not overflow.
+int64_t need_units(const BucketParams& params, int64_t cost)
+{
+    if (cost > std::numeric_limits<int64_t>::max() / params.period_ms) {
+        return std::numeric_limits<int64_t>::max();
+    }
+    return cost * params.period_ms;
+}
+
+int64_t reset_ms(const BucketParams& params, int64_t level)
+{
+    return ceil_div(params.capacity_units() - level, params.count);
+}
+
+int64_t retry_ms(const BucketParams& params, int64_t level, int64_t need)
+{
+    return level >= need ? 0 : ceil_div(need - level, params.count);
+}
+
+}  // namespace
+
+int64_t refill(const BucketParams& params, const BucketState& state, int64_t now_ms)
+{
+    int64_t capacity = params.capacity_units();
+    int64_t level = state.level_units < 0 ? 0 : state.level_units;
+    if (level >= capacity) {
+        return capacity;
+    }
+    int64_t elapsed = now_ms > state.stamp_ms ? now_ms - state.stamp_ms : 0;
+    // Compared before multiplying so that a long idle cannot overflow.
+    if (elapsed >= reset_ms(params, level)) {
+        return capacity;
+    }
+    return level + elapsed * params.count;
+}
+
+bool decide_all(const LimitInput* inputs, LimitOutcome* outcomes, size_t n, int64_t now_ms)
+{
+    bool allowed = true;
+    for (size_t i = 0; i < n; i++) {
+        const LimitInput& in = inputs[i];
+        int64_t level = in.state ? refill(in.params, *in.state, now_ms) : in.params.capacity_units();
+        int64_t need = need_units(in.params, in.cost);
+        outcomes[i].level_units = level;
+        outcomes[i].retry_after_ms = retry_ms(in.params, level, need);
+        allowed = allowed && level >= need;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (allowed) {
+            outcomes[i].level_units -= need_units(inputs[i].params, inputs[i].cost);
+        }
+        outcomes[i].reset_ms = reset_ms(inputs[i].params, outcomes[i].level_units);
+    }
+    return allowed;
+}
+
+int64_t remaining_tokens(const BucketParams& params, const LimitOutcome& outcome)
+{
+    return outcome.level_units > 0 ? outcome.level_units / params.period_ms : 0;
+}
+
+int64_t ceil_seconds(int64_t ms)
+{
+    return ms > 0 ? ceil_div(ms, 1000) : 0;
+}
+
+int64_t retry_after_seconds(int64_t ms)
+{
+    int64_t seconds = ceil_seconds(ms);
+    return seconds < 1 ? 1 : seconds;
+}
+
+int64_t window_seconds(const BucketParams& params)
+{
+    return ceil_seconds(ceil_div(params.capacity_units(), params.count));
+}
+
+}  // namespace ratelimit
