@@ -87,27 +87,34 @@ public:
 
 private:
     struct Call;
+    // Where the current connection is; state_ is what the host sees. While the breaker is
+    // open (state_ == down) a phase other than none means a probe is under way.
+    enum class Phase { none, connecting, handshake, ready };
 
     void on_connected() noexcept override;
     void on_data(const char* data, size_t len) noexcept override;
     void on_closed(std::string_view reason) noexcept override;
 
-    void start_connect();
-    void send_handshake();
+    bool start_connect();
+    void become_ready();
     void handle_reply(redisReply* reply);
-    void on_call_timer();
-    void on_connect_timer();
-    void on_probe_timer();
+    void on_call_timer() noexcept;
+    void on_connect_timer() noexcept;
+    void on_probe_timer() noexcept;
     void arm_call_timer();
-    void fail_all(CallStatus status);
-    void record_failure(std::string_view what);
-    void set_state(ClientState state);
-    void drop_connection(std::string_view reason, CallStatus status);
+    void close_connection() noexcept;
+    void fail_all(CallStatus status) noexcept;
+    void record_failure(std::string_view what) noexcept;
+    void set_state(ClientState state) noexcept;
+    void drop_connection(std::string_view reason, CallStatus status, bool failure) noexcept;
+    void probe_failed(std::string_view reason) noexcept;
+    void log_error(std::string_view message) noexcept;
+    void invoke(Callback& callback, const CallResult& result) noexcept;
 
     EventLoop& loop_;
     ClientOptions options_;
     ClientObserver observer_;
-    std::unique_ptr<Transport> transport_;
+    std::unique_ptr<Transport> transport_;  // made once, reused for every connection
     std::unique_ptr<Timer> call_timer_;
     std::unique_ptr<Timer> connect_timer_;
     std::unique_ptr<Timer> probe_timer_;
@@ -116,6 +123,8 @@ private:
     std::string unsent_;            // commands queued while connecting
     CallId next_id_ = 1;
     ClientState state_ = ClientState::idle;
+    Phase phase_ = Phase::none;
+    uint64_t generation_ = 0;       // bumped when the connection is closed or shut down
     int failures_ = 0;
     int64_t last_latency_ms_ = -1;
     bool shut_down_ = false;
