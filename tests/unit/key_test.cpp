@@ -1,0 +1,43 @@
+#include "ratelimit/key.h"
+
+#include <gtest/gtest.h>
+
+#include "ratelimit/sha1.h"
+
+namespace ratelimit {
+namespace {
+
+TEST(BucketKey, Layout)
+{
+    EXPECT_EQ(bucket_key("rl:", "api", "1.2.3.4"), "rl:api:1.2.3.4");
+    EXPECT_EQ(bucket_key("", "p", ""), "p:");
+}
+
+TEST(BucketKey, BinaryKeptByteForByte)
+{
+    std::string key("\x00\xff\r\n:\x01", 6);
+    std::string expected = std::string("rl:p:") + key;
+    EXPECT_EQ(bucket_key("rl:", "p", key), expected);
+    EXPECT_EQ(bucket_key("rl:", "p", key).size(), 11u);
+}
+
+TEST(BucketKey, LongKeysAreHashed)
+{
+    std::string at_limit(kMaxKeyBytes, 'k');
+    EXPECT_EQ(bucket_key("rl:", "p", at_limit), "rl:p:" + at_limit);
+    std::string over = at_limit + "x";
+    EXPECT_EQ(bucket_key("rl:", "p", over), "rl:p:#sha1:" + sha1_hex(over));
+    std::string huge(100000, 'z');
+    EXPECT_EQ(bucket_key("rl:", "p", huge).size(), std::string("rl:p:#sha1:").size() + 40);
+    EXPECT_NE(bucket_key("rl:", "p", huge), bucket_key("rl:", "p", huge + "z"));
+}
+
+TEST(BucketKey, AppendsToExistingString)
+{
+    std::string out = "prefix-kept|";
+    append_bucket_key(out, "rl:", "p", "k");
+    EXPECT_EQ(out, "prefix-kept|rl:p:k");
+}
+
+}  // namespace
+}  // namespace ratelimit
