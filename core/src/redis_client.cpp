@@ -105,6 +105,11 @@ RedisClient::~RedisClient()
     transport_.reset();
 }
 
+size_t RedisClient::pending() const noexcept
+{
+    return calls_.size();
+}
+
 RedisClient::Submitted RedisClient::submit(std::string command, Callback callback)
 {
     if (shut_down_) {

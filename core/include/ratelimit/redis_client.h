@@ -82,7 +82,7 @@ public:
     void shutdown() noexcept;
 
     ClientState state() const noexcept { return state_; }
-    size_t pending() const noexcept { return calls_.size(); }
+    size_t pending() const noexcept;
     int64_t last_latency_ms() const noexcept { return last_latency_ms_; }
 
 private:

@@ -1,0 +1,9 @@
+# Sourced by nginx's auto/make after it writes the Makefile: C++ objects get C++17.
+for ratelimit_src in $RATELIMIT_CORE_SRCS $RATELIMIT_NGX_SRCS; do
+    case "$ratelimit_src" in
+    *.cpp)
+        ratelimit_obj="addon/$(basename $(dirname $ratelimit_src))/$(basename $ratelimit_src .cpp).o"
+        echo "$NGX_OBJS/$ratelimit_obj : CFLAGS += -std=c++17" >> $NGX_MAKEFILE
+        ;;
+    esac
+done

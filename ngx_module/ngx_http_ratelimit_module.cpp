@@ -1,0 +1,614 @@
+// ngx_http_ratelimit_module: directives, configuration, and the worker lifecycle.
+// The request path lives in ngx_ratelimit_handler.cpp, the shared-memory buckets in
+// ngx_ratelimit_zone.cpp, the Redis connection in ngx_ratelimit_loop.cpp.
+
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "ngx_ratelimit.h"
+#include "ngx_ratelimit_loop.h"
+#include "ngx_ratelimit_zone.h"
+
+using namespace ngx_ratelimit;
+
+namespace {
+
+constexpr ssize_t kDefaultZoneSize = 10 * 1024 * 1024;
+
+std::string_view as_view(const ngx_str_t& s)
+{
+    return std::string_view(reinterpret_cast<const char*>(s.data), s.len);
+}
+
+
+// Runs a C++ object's destructor when its configuration pool goes away.
+template <typename T>
+T* pool_new(ngx_pool_t* pool)
+{
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(pool, sizeof(T));
+    if (cln == nullptr) {
+        return nullptr;
+    }
+    T* obj = new (cln->data) T();
+    cln->handler = [](void* data) { static_cast<T*>(data)->~T(); };
+    return obj;
+}
+
+
+void* create_main_conf(ngx_conf_t* cf) noexcept
+{
+    auto* mcf = static_cast<MainConf*>(ngx_pcalloc(cf->pool, sizeof(MainConf)));
+    if (mcf == nullptr) {
+        return nullptr;
+    }
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mcf->redis = nullptr;
+     *     mcf->zone = nullptr;
+     */
+    if (ngx_array_init(&mcf->policies, cf->pool, 4, sizeof(Policy)) != NGX_OK) {
+        return nullptr;
+    }
+    mcf->zone_size = ssize_t(NGX_CONF_UNSET_SIZE);
+    return mcf;
+}
+
+
+char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept
+{
+    auto* mcf = static_cast<MainConf*>(conf);
+    if (mcf->zone_size == ssize_t(NGX_CONF_UNSET_SIZE)) {
+        mcf->zone_size = kDefaultZoneSize;
+    }
+    mcf->zone = add_zone(cf, mcf, size_t(mcf->zone_size));
+    return mcf->zone ? NGX_CONF_OK : static_cast<char*>(NGX_CONF_ERROR);
+}
+
+
+void* create_loc_conf(ngx_conf_t* cf) noexcept
+{
+    auto* lcf = static_cast<LocConf*>(ngx_pcalloc(cf->pool, sizeof(LocConf)));
+    if (lcf == nullptr) {
+        return nullptr;
+    }
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     lcf->limits = nullptr;
+     *     lcf->default_policy_name = { 0, nullptr };
+     *     lcf->default_policy = nullptr;
+     */
+    lcf->status = NGX_CONF_UNSET_UINT;
+    lcf->headers = NGX_CONF_UNSET_UINT;
+    lcf->dry_run = NGX_CONF_UNSET;
+    lcf->log_level = NGX_CONF_UNSET_UINT;
+    lcf->failure_mode = NGX_CONF_UNSET_UINT;
+    lcf->failure_nodes = NGX_CONF_UNSET;
+    return lcf;
+}
+
+
+// Policies are resolved here, once the whole http block is read, so that `ratelimit`
+// lines may come before the `ratelimit_policy` they use.
+bool resolve_limits(ngx_conf_t* cf, MainConf* mcf, LocConf* lcf)
+{
+    if (lcf->limits == nullptr) {
+        return true;
+    }
+    auto* limits = static_cast<Limit*>(lcf->limits->elts);
+    bool uses_variable = false;
+    for (ngx_uint_t i = 0; i < lcf->limits->nelts; i++) {
+        Limit& limit = limits[i];
+        if (limit.policy_value) {
+            uses_variable = true;
+            continue;
+        }
+        if (limit.policy == nullptr) {
+            limit.policy = find_policy(mcf, limit.policy_name);
+        }
+        if (limit.policy == nullptr) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"ratelimit\" uses unknown policy \"%V\" in %V:%ui",
+                          &limit.policy_name, limit.file, limit.line);
+            return false;
+        }
+    }
+    if (uses_variable && lcf->default_policy == nullptr) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"ratelimit\" with a variable policy needs \"ratelimit_default_policy\" "
+                      "in %V:%ui", limits[0].file, limits[0].line);
+        return false;
+    }
+    return true;
+}
+
+
+char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept
+{
+    auto* prev = static_cast<LocConf*>(parent);
+    auto* conf = static_cast<LocConf*>(child);
+    auto* mcf = static_cast<MainConf*>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module));
+
+    // As limit_req: a level inherits the limits above only when it has none of its own.
+    if (conf->limits == nullptr) {
+        conf->limits = prev->limits;
+    }
+    if (conf->default_policy_name.data == nullptr) {
+        conf->default_policy_name = prev->default_policy_name;
+    }
+    if (conf->default_policy_name.data && conf->default_policy == nullptr) {
+        conf->default_policy = find_policy(mcf, conf->default_policy_name);
+        if (conf->default_policy == nullptr) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"ratelimit_default_policy\" uses unknown policy \"%V\"",
+                          &conf->default_policy_name);
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+    }
+
+    ngx_conf_merge_uint_value(conf->status, prev->status, 429);
+    ngx_conf_merge_uint_value(conf->headers, prev->headers, headers_x);
+    ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+    ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
+    ngx_conf_merge_uint_value(conf->failure_mode, prev->failure_mode, failure_open);
+    ngx_conf_merge_value(conf->failure_nodes, prev->failure_nodes, 1);
+
+    if (!resolve_limits(cf, mcf, conf)) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * ratelimit_redis address ... [mode=] [master=] [user=] [password=] [db=] [prefix=]
+ *                 [connect_timeout=] [timeout=] [ssl] [ssl_verify=] ...;
+ * Without it the module runs in local mode (buckets in this node's shared memory).
+ */
+char* set_redis(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+try {
+    auto* mcf = static_cast<MainConf*>(conf);
+    if (mcf->redis) {
+        return const_cast<char*>("is duplicate");
+    }
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    std::vector<std::string_view> args;
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        args.push_back(as_view(value[i]));
+    }
+
+    auto* redis = pool_new<ratelimit::RedisConfig>(cf->pool);
+    if (redis == nullptr) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    std::string error;
+    if (!ratelimit::parse_redis_args(args, *redis, error)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name, error.c_str());
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    if (redis->mode != ratelimit::RedisMode::standalone || redis->ssl) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": %s is not supported by this version of the module",
+                           &cmd->name,
+                           redis->ssl ? "ssl" : "mode=cluster/sentinel");
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+
+    // The first address is the server; resolved now, as proxy_pass does.
+    ngx_url_t u{};
+    u.url = value[1];
+    u.default_port = 6379;
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s in address \"%V\"", &cmd->name,
+                           u.err ? u.err : "host not found", &u.url);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    mcf->redis_peer = u.addrs[0];
+    mcf->redis = redis;
+    return NGX_CONF_OK;
+} catch (...) {
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": out of memory", &cmd->name);
+    return static_cast<char*>(NGX_CONF_ERROR);
+}
+
+
+// ratelimit_policy name rate=Nr/s|m|h|d [burst=N];
+char* set_policy(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+try {
+    auto* mcf = static_cast<MainConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+
+    if (!ratelimit::is_valid_policy_name(as_view(value[1]))) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": invalid policy name \"%V\" (expected [A-Za-z0-9_-]+)",
+                           &cmd->name, &value[1]);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    if (find_policy(mcf, value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": duplicate policy \"%V\"",
+                           &cmd->name, &value[1]);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+
+    std::optional<ratelimit::Rate> rate;
+    std::optional<int64_t> burst;
+    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
+        std::string_view arg = as_view(value[i]);
+        if (arg.substr(0, 5) == "rate=") {
+            rate = ratelimit::parse_rate(arg.substr(5));
+            if (!rate) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"%V\": invalid rate \"%V\" (expected Nr/s, Nr/m, Nr/h "
+                                   "or Nr/d)", &cmd->name, &value[i]);
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
+            continue;
+        }
+        if (arg.substr(0, 6) == "burst=") {
+            burst = ratelimit::parse_positive_int(arg.substr(6));
+            if (!burst) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"%V\": invalid burst \"%V\" (expected a positive "
+                                   "integer)", &cmd->name, &value[i]);
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
+            continue;
+        }
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": invalid parameter \"%V\"",
+                           &cmd->name, &value[i]);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    if (!rate) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must have \"rate\" parameter",
+                           &cmd->name);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+
+    ratelimit::BucketParams params{rate->count, rate->period_ms, burst ? *burst : rate->count};
+    std::string problem = ratelimit::check_bucket(params);
+    if (!problem.empty()) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" \"%V\": %s", &cmd->name, &value[1],
+                           problem.c_str());
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+
+    auto* policy = static_cast<Policy*>(ngx_array_push(&mcf->policies));
+    if (policy == nullptr) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    policy->name = value[1];
+    policy->rate = *rate;
+    policy->params = params;
+    return NGX_CONF_OK;
+} catch (...) {
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": out of memory", &cmd->name);
+    return static_cast<char*>(NGX_CONF_ERROR);
+}
+
+
+ngx_http_complex_value_t* compile_value(ngx_conf_t* cf, ngx_str_t* text)
+{
+    auto* cv = static_cast<ngx_http_complex_value_t*>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    if (cv == nullptr) {
+        return nullptr;
+    }
+    ngx_http_compile_complex_value_t ccv{};
+    ccv.cf = cf;
+    ccv.value = text;
+    ccv.complex_value = cv;
+    return ngx_http_compile_complex_value(&ccv) == NGX_OK ? cv : nullptr;
+}
+
+
+// ratelimit key policy=name|$variable [cost=number|$variable];
+char* set_limit(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+{
+    auto* lcf = static_cast<LocConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+
+    if (lcf->limits == nullptr) {
+        lcf->limits = ngx_array_create(cf->pool, 2, sizeof(Limit));
+        if (lcf->limits == nullptr) {
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+    }
+    auto* limit = static_cast<Limit*>(ngx_array_push(lcf->limits));
+    if (limit == nullptr) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    ngx_memzero(limit, sizeof(Limit));
+    limit->cost = 1;
+    limit->file = &cf->conf_file->file.name;
+    limit->line = cf->conf_file->line;
+
+    ngx_http_compile_complex_value_t ccv{};
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = &limit->key;
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+
+    bool has_policy = false;
+    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
+        ngx_str_t arg = value[i];
+        if (ngx_strncmp(arg.data, "policy=", 7) == 0) {
+            ngx_str_t name{arg.len - 7, arg.data + 7};
+            if (name.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": empty policy in \"%V\"",
+                                   &cmd->name, &arg);
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
+            if (name.data[0] == '$') {
+                limit->policy_value = compile_value(cf, &name);
+                if (limit->policy_value == nullptr) {
+                    return static_cast<char*>(NGX_CONF_ERROR);
+                }
+            } else {
+                limit->policy_name = name;
+            }
+            has_policy = true;
+            continue;
+        }
+        if (ngx_strncmp(arg.data, "cost=", 5) == 0) {
+            ngx_str_t cost{arg.len - 5, arg.data + 5};
+            if (cost.len && cost.data[0] == '$') {
+                limit->cost_value = compile_value(cf, &cost);
+                if (limit->cost_value == nullptr) {
+                    return static_cast<char*>(NGX_CONF_ERROR);
+                }
+                continue;
+            }
+            auto parsed = ratelimit::parse_non_negative_int(as_view(cost));
+            if (!parsed || *parsed > 1000000000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"%V\": invalid cost \"%V\" (expected an integer from 0 "
+                                   "to 1000000000 or a variable)", &cmd->name, &arg);
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
+            limit->cost = *parsed;
+            continue;
+        }
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": invalid parameter \"%V\"",
+                           &cmd->name, &arg);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    if (!has_policy) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must have \"policy\" parameter",
+                           &cmd->name);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    return NGX_CONF_OK;
+}
+
+
+// ratelimit_default_policy name;  (checked against the policies at merge time)
+char* set_default_policy(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+{
+    auto* lcf = static_cast<LocConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (lcf->default_policy_name.data) {
+        return const_cast<char*>("is duplicate");
+    }
+    if (!ratelimit::is_valid_policy_name(as_view(value[1]))) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": invalid policy name \"%V\"",
+                           &cmd->name, &value[1]);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    lcf->default_policy_name = value[1];
+    return NGX_CONF_OK;
+}
+
+
+// ratelimit_zone size;  (shared memory for local buckets and counters)
+char* set_zone(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+{
+    auto* mcf = static_cast<MainConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (mcf->zone_size != ssize_t(NGX_CONF_UNSET_SIZE)) {
+        return const_cast<char*>("is duplicate");
+    }
+    ssize_t size = ngx_parse_size(&value[1]);
+    if (size == NGX_ERROR || size < ssize_t(8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": invalid size \"%V\" (at least %uz bytes)", &cmd->name,
+                           &value[1], 8 * ngx_pagesize);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    mcf->zone_size = size;
+    return NGX_CONF_OK;
+}
+
+
+// ratelimit_failure_mode open | closed | local [nodes=N];
+char* set_failure_mode(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+{
+    auto* lcf = static_cast<LocConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (lcf->failure_mode != NGX_CONF_UNSET_UINT) {
+        return const_cast<char*>("is duplicate");
+    }
+    std::string_view mode = as_view(value[1]);
+    if (mode == "open") {
+        lcf->failure_mode = failure_open;
+    } else if (mode == "closed") {
+        lcf->failure_mode = failure_closed;
+    } else if (mode == "local") {
+        lcf->failure_mode = failure_local;
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": invalid mode \"%V\" (expected open, closed or local)",
+                           &cmd->name, &value[1]);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    lcf->failure_nodes = 1;
+    if (cf->args->nelts == 3) {
+        std::string_view arg = as_view(value[2]);
+        std::optional<int64_t> nodes;
+        if (arg.substr(0, 6) == "nodes=") {
+            nodes = ratelimit::parse_positive_int(arg.substr(6));
+        }
+        if (lcf->failure_mode != failure_local || !nodes || *nodes > 10000) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%V\": invalid parameter \"%V\" (only \"local nodes=N\", N "
+                               "from 1 to 10000)", &cmd->name, &value[2]);
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+        lcf->failure_nodes = *nodes;
+    }
+    return NGX_CONF_OK;
+}
+
+
+ngx_conf_enum_t headers_styles[] = {
+    {ngx_string("off"), headers_off},
+    {ngx_string("x-ratelimit"), headers_x},
+    {ngx_string("ietf"), headers_ietf},
+    {ngx_string("both"), headers_both},
+    {ngx_null_string, 0},
+};
+
+ngx_conf_enum_t log_levels[] = {
+    {ngx_string("info"), NGX_LOG_INFO},
+    {ngx_string("notice"), NGX_LOG_NOTICE},
+    {ngx_string("warn"), NGX_LOG_WARN},
+    {ngx_string("error"), NGX_LOG_ERR},
+    {ngx_null_string, 0},
+};
+
+ngx_conf_num_bounds_t status_bounds = {ngx_conf_check_num_bounds, 400, 599};
+
+
+ngx_command_t commands[] = {
+    {ngx_string("ratelimit_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, set_redis,
+     NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("ratelimit_policy"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, set_policy,
+     NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("ratelimit_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_zone,
+     NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("ratelimit"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE23, set_limit,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("ratelimit_default_policy"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     set_default_policy, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("ratelimit_status"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, status),
+     &status_bounds},
+
+    {ngx_string("ratelimit_headers"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, headers),
+     headers_styles},
+
+    {ngx_string("ratelimit_failure_mode"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12,
+     set_failure_mode, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+
+    {ngx_string("ratelimit_dry_run"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, dry_run), nullptr},
+
+    {ngx_string("ratelimit_log_level"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, log_level),
+     log_levels},
+
+    ngx_null_command,
+};
+
+
+ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept
+{
+    auto* cmcf = static_cast<ngx_http_core_main_conf_t*>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));
+    auto* h = static_cast<ngx_http_handler_pt*>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers));
+    if (h == nullptr) {
+        return NGX_ERROR;
+    }
+    *h = access_handler;
+    return install_header_filter();
+}
+
+
+ngx_int_t preconfiguration(ngx_conf_t* cf) noexcept
+{
+    return add_variables(cf);
+}
+
+
+ngx_http_module_t module_ctx = {
+    preconfiguration,
+    postconfiguration,
+    create_main_conf,
+    init_main_conf,
+    nullptr,  // create server configuration
+    nullptr,  // merge server configuration
+    create_loc_conf,
+    merge_loc_conf,
+};
+
+
+// Redis connections are made in workers only, after fork, and closed before exit.
+ngx_int_t init_process(ngx_cycle_t* cycle) noexcept
+{
+    if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) {
+        return NGX_OK;
+    }
+    auto* mcf = static_cast<MainConf*>(
+        ngx_http_cycle_get_module_main_conf(cycle, ngx_http_ratelimit_module));
+    if (mcf == nullptr || mcf->redis == nullptr) {
+        return NGX_OK;
+    }
+    return init_worker_redis(cycle, mcf);
+}
+
+
+void exit_process(ngx_cycle_t*) noexcept
+{
+    exit_worker_redis();
+}
+
+}  // namespace
+
+
+Policy* ngx_ratelimit::find_policy(MainConf* mcf, const ngx_str_t& name)
+{
+    auto* policies = static_cast<Policy*>(mcf->policies.elts);
+    for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
+        if (policies[i].name.len == name.len
+            && ngx_strncmp(policies[i].name.data, name.data, name.len) == 0)
+        {
+            return &policies[i];
+        }
+    }
+    return nullptr;
+}
+
+
+ngx_module_t ngx_http_ratelimit_module = {
+    NGX_MODULE_V1,
+    &module_ctx,
+    commands,
+    NGX_HTTP_MODULE,
+    nullptr,       // init master
+    nullptr,       // init module
+    init_process,
+    nullptr,       // init thread
+    nullptr,       // exit thread
+    exit_process,
+    nullptr,       // exit master
+    NGX_MODULE_V1_PADDING,
+};

@@ -1,0 +1,80 @@
+// Types shared by the nginx glue: configuration, the worker's Redis runtime, and the entry
+// points each file provides to the module definition.
+#pragma once
+
+#include "ngx_ratelimit_nginx.h"
+#include "ratelimit/policy.h"
+#include "ratelimit/redis_client.h"
+#include "ratelimit/redis_config.h"
+
+extern "C" {
+extern ngx_module_t ngx_http_ratelimit_module;
+}
+
+namespace ngx_ratelimit {
+
+// ratelimit_policy name rate=... burst=...
+struct Policy {
+    ngx_str_t name;
+    ratelimit::Rate rate;
+    ratelimit::BucketParams params;
+};
+
+// One `ratelimit` line.
+struct Limit {
+    ngx_http_complex_value_t key;
+    ngx_http_complex_value_t* policy_value;  // policy=$variable, or nullptr
+    ngx_str_t policy_name;                   // policy=name
+    Policy* policy;                          // resolved policy=name
+    ngx_http_complex_value_t* cost_value;    // cost=$variable, or nullptr
+    int64_t cost;
+    ngx_str_t* file;                         // where it was written, for late errors
+    ngx_uint_t line;
+};
+
+enum HeaderStyle : ngx_uint_t {
+    headers_off = 0,
+    headers_x = 1,
+    headers_ietf = 2,
+    headers_both = 3,
+};
+
+enum FailureMode : ngx_uint_t {
+    failure_open = 0,
+    failure_closed,
+    failure_local,
+};
+
+struct MainConf {
+    ngx_array_t policies;              // of Policy
+    ratelimit::RedisConfig* redis;     // nullptr: local mode
+    ngx_addr_t redis_peer;             // the first address, resolved at configuration
+    ngx_shm_zone_t* zone;
+    ssize_t zone_size;
+};
+
+struct LocConf {
+    ngx_array_t* limits;               // of Limit; nullptr: none at this level
+    ngx_str_t default_policy_name;
+    Policy* default_policy;
+    ngx_uint_t status;
+    ngx_uint_t headers;
+    ngx_flag_t dry_run;
+    ngx_uint_t log_level;
+    ngx_uint_t failure_mode;
+    ngx_int_t failure_nodes;
+};
+
+Policy* find_policy(MainConf* mcf, const ngx_str_t& name);
+
+// The worker's Redis client; nullptr in local mode, in the master, and after exit_process.
+ratelimit::RedisClient* redis_client();
+ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf);
+void exit_worker_redis();
+
+// ngx_ratelimit_handler.cpp
+ngx_int_t access_handler(ngx_http_request_t* r) noexcept;
+ngx_int_t install_header_filter() noexcept;
+ngx_int_t add_variables(ngx_conf_t* cf) noexcept;
+
+}  // namespace ngx_ratelimit

@@ -1,0 +1,109 @@
+// The worker's Redis runtime: one client and one connection per worker process, created
+// after fork and shut down in exit_process so that no socket outlives the worker.
+
+#include <new>
+#include <string>
+
+#include "ngx_ratelimit.h"
+#include "ngx_ratelimit_loop.h"
+#include "ratelimit/script.h"
+
+namespace ngx_ratelimit {
+namespace {
+
+struct Worker {
+    Worker(const ngx_addr_t& peer, ngx_log_t* log, ratelimit::ClientOptions options,
+           ratelimit::ClientObserver observer)
+        : loop(peer, log), client(loop, std::move(options), std::move(observer))
+    {
+    }
+
+    NgxEventLoop loop;
+    ratelimit::RedisClient client;
+};
+
+// A plain pointer, not a static object: nothing of ours may run after exit_process.
+Worker* worker = nullptr;
+
+
+const char* state_name(ratelimit::ClientState state)
+{
+    switch (state) {
+    case ratelimit::ClientState::idle:
+        return "idle";
+    case ratelimit::ClientState::connecting:
+        return "connecting";
+    case ratelimit::ClientState::up:
+        return "up";
+    case ratelimit::ClientState::down:
+        return "down";
+    }
+    return "?";
+}
+
+
+ratelimit::ClientOptions client_options(const ratelimit::RedisConfig& redis)
+{
+    ratelimit::ClientOptions options;
+    options.connect_timeout_ms = redis.connect_timeout_ms;
+    options.timeout_ms = redis.timeout_ms;
+    options.user = redis.user;
+    options.password = redis.password;
+    options.db = redis.db;
+    options.noscript_fallback = [](std::string_view command) {
+        return ratelimit::evalsha_to_eval(command);
+    };
+    return options;
+}
+
+
+ratelimit::ClientObserver client_observer(ngx_log_t* log, const ngx_str_t* name)
+{
+    ratelimit::ClientObserver observer;
+    observer.on_error = [log, name](std::string_view message) {
+        ngx_log_error(NGX_LOG_ERR, log, 0, "ratelimit: Redis %V: %*s", name,
+                      message.size(), message.data());
+    };
+    observer.on_state = [log, name](ratelimit::ClientState state) {
+        if (state == ratelimit::ClientState::down || state == ratelimit::ClientState::up) {
+            ngx_uint_t level = state == ratelimit::ClientState::down ? NGX_LOG_ERR
+                                                                     : NGX_LOG_NOTICE;
+            ngx_log_error(level, log, 0, "ratelimit: Redis %V is %s", name, state_name(state));
+        }
+    };
+    return observer;
+}
+
+}  // namespace
+
+
+ratelimit::RedisClient* redis_client()
+{
+    return worker ? &worker->client : nullptr;
+}
+
+
+ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
+{
+    try {
+        worker = new Worker(mcf->redis_peer, cycle->log, client_options(*mcf->redis),
+                            client_observer(cycle->log, &mcf->redis_peer.name));
+        return NGX_OK;
+    } catch (...) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "ratelimit: cannot create the Redis client");
+        return NGX_ERROR;
+    }
+}
+
+
+void exit_worker_redis()
+{
+    if (worker == nullptr) {
+        return;
+    }
+    worker->client.shutdown();
+    delete worker;
+    worker = nullptr;
+}
+
+}  // namespace ngx_ratelimit

@@ -1,0 +1,289 @@
+#include "ngx_ratelimit_zone.h"
+
+#include <string>
+
+#include "ratelimit/key.h"
+
+namespace ngx_ratelimit {
+namespace {
+
+constexpr size_t kMaxLimitsPerRequest = 64;
+
+struct BucketNode {
+    u_char color;     // shares its first bytes with ngx_rbtree_node_t's tail, as limit_req
+    u_char pad;
+    u_short len;      // of data
+    ngx_queue_t queue;
+    int64_t level_units;
+    int64_t stamp_ms;
+    int64_t full_at_ms;  // when the bucket is full again: it may then be dropped
+    u_char data[1];      // "<space><policy>:<key or digest>"
+};
+
+struct ZoneShared {
+    ngx_rbtree_t rbtree;
+    ngx_rbtree_node_t sentinel;
+    ngx_queue_t queue;  // most recently used first
+};
+
+struct Zone {
+    ZoneShared* sh;
+    ngx_slab_pool_t* shpool;
+};
+
+
+BucketNode* node_of(ngx_rbtree_node_t* node)
+{
+    return reinterpret_cast<BucketNode*>(&node->color);
+}
+
+
+void rbtree_insert(ngx_rbtree_node_t* temp, ngx_rbtree_node_t* node,
+                   ngx_rbtree_node_t* sentinel) noexcept
+{
+    ngx_rbtree_node_t** p;
+    for (;;) {
+        if (node->key != temp->key) {
+            p = node->key < temp->key ? &temp->left : &temp->right;
+        } else {
+            BucketNode* a = node_of(node);
+            BucketNode* b = node_of(temp);
+            p = ngx_memn2cmp(a->data, b->data, a->len, b->len) < 0 ? &temp->left : &temp->right;
+        }
+        if (*p == sentinel) {
+            break;
+        }
+        temp = *p;
+    }
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+ngx_rbtree_node_t* lookup(ZoneShared* sh, ngx_uint_t hash, const std::string& id)
+{
+    ngx_rbtree_node_t* node = sh->rbtree.root;
+    ngx_rbtree_node_t* sentinel = sh->rbtree.sentinel;
+    while (node != sentinel) {
+        if (hash != node->key) {
+            node = hash < node->key ? node->left : node->right;
+            continue;
+        }
+        BucketNode* b = node_of(node);
+        ngx_int_t rc = ngx_memn2cmp((u_char*) id.data(), b->data,
+                                    id.size(), b->len);
+        if (rc == 0) {
+            return node;
+        }
+        node = rc < 0 ? node->left : node->right;
+    }
+    return nullptr;
+}
+
+
+void free_node(Zone* zone, ngx_queue_t* q)
+{
+    BucketNode* b = ngx_queue_data(q, BucketNode, queue);
+    auto* node = reinterpret_cast<ngx_rbtree_node_t*>(
+        reinterpret_cast<u_char*>(b) - offsetof(ngx_rbtree_node_t, color));
+    ngx_queue_remove(q);
+    ngx_rbtree_delete(&zone->sh->rbtree, node);
+    ngx_slab_free_locked(zone->shpool, node);
+}
+
+
+// Drops up to two buckets that are full again (they equal a missing bucket); with `force`,
+// drops the least recently used one whatever its state, to make room. Never one of `keep`,
+// the buckets of the request being decided.
+void expire(Zone* zone, int64_t now_ms, bool force, BucketNode* const* keep = nullptr,
+            size_t nkeep = 0)
+{
+    for (int i = 0; i < 2; i++) {
+        if (ngx_queue_empty(&zone->sh->queue)) {
+            return;
+        }
+        ngx_queue_t* q = ngx_queue_last(&zone->sh->queue);
+        BucketNode* b = ngx_queue_data(q, BucketNode, queue);
+        if (!force && b->full_at_ms > now_ms) {
+            return;
+        }
+        for (size_t k = 0; k < nkeep; k++) {
+            if (keep[k] == b) {
+                return;
+            }
+        }
+        free_node(zone, q);
+        force = false;
+    }
+}
+
+
+// A new bucket starts full, which is what a missing bucket means.
+BucketNode* create_node(Zone* zone, ngx_uint_t hash, const std::string& id,
+                        const ratelimit::BucketParams& params, int64_t now_ms,
+                        BucketNode* const* keep, size_t nkeep)
+{
+    size_t size = offsetof(ngx_rbtree_node_t, color) + offsetof(BucketNode, data) + id.size();
+    auto* node = static_cast<ngx_rbtree_node_t*>(ngx_slab_alloc_locked(zone->shpool, size));
+    if (node == nullptr) {
+        expire(zone, now_ms, true, keep, nkeep);
+        node = static_cast<ngx_rbtree_node_t*>(ngx_slab_alloc_locked(zone->shpool, size));
+        if (node == nullptr) {
+            return nullptr;
+        }
+    }
+    node->key = hash;
+    BucketNode* b = node_of(node);
+    b->len = u_short(id.size());
+    ngx_memcpy(b->data, id.data(), id.size());
+    b->level_units = params.capacity_units();
+    b->stamp_ms = now_ms;
+    b->full_at_ms = now_ms;
+    ngx_rbtree_insert(&zone->sh->rbtree, node);
+    ngx_queue_insert_head(&zone->sh->queue, &b->queue);
+    return b;
+}
+
+
+ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
+{
+    auto* old = static_cast<Zone*>(data);
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    if (old) {
+        // Same name and size as before the reload: keep every bucket.
+        zone->sh = old->sh;
+        zone->shpool = old->shpool;
+        return NGX_OK;
+    }
+    zone->shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
+    if (shm_zone->shm.exists) {
+        zone->sh = static_cast<ZoneShared*>(zone->shpool->data);
+        return NGX_OK;
+    }
+    zone->sh = static_cast<ZoneShared*>(ngx_slab_alloc(zone->shpool, sizeof(ZoneShared)));
+    if (zone->sh == nullptr) {
+        return NGX_ERROR;
+    }
+    zone->shpool->data = zone->sh;
+    ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel, rbtree_insert);
+    ngx_queue_init(&zone->sh->queue);
+
+    static const char ctx[] = " in ratelimit zone \"ratelimit\"";
+    zone->shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(zone->shpool, sizeof(ctx)));
+    if (zone->shpool->log_ctx == nullptr) {
+        return NGX_ERROR;
+    }
+    ngx_memcpy(zone->shpool->log_ctx, ctx, sizeof(ctx));
+    zone->shpool->log_nomem = 0;
+    return NGX_OK;
+}
+
+
+int64_t zone_now_ms()
+{
+    // The monotonic clock is the same for every worker of this host, and across reloads.
+    return int64_t(ngx_current_msec);
+}
+
+}  // namespace
+
+
+ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf*, size_t size)
+{
+    static ngx_str_t name = ngx_string("ratelimit");
+    ngx_shm_zone_t* shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_ratelimit_module);
+    if (shm_zone == nullptr) {
+        return nullptr;
+    }
+    auto* zone = static_cast<Zone*>(ngx_pcalloc(cf->pool, sizeof(Zone)));
+    if (zone == nullptr) {
+        return nullptr;
+    }
+    shm_zone->init = init_zone;
+    shm_zone->data = zone;
+    return shm_zone;
+}
+
+
+LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const LocalLimit* limits,
+                        size_t n, ratelimit::LimitOutcome* outcomes)
+{
+    if (n > kMaxLimitsPerRequest) {
+        return LocalResult::no_memory;
+    }
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    int64_t now = zone_now_ms();
+
+    std::string ids[kMaxLimitsPerRequest];
+    ngx_uint_t hashes[kMaxLimitsPerRequest];
+    for (size_t i = 0; i < n; i++) {
+        std::string_view policy(reinterpret_cast<const char*>(limits[i].policy.data),
+                                limits[i].policy.len);
+        std::string_view key(reinterpret_cast<const char*>(limits[i].key.data),
+                             limits[i].key.len);
+        ratelimit::append_bucket_key(ids[i], std::string_view(reinterpret_cast<const char*>(
+                                                  &space), 1), policy, key);
+        hashes[i] = ngx_crc32_short(reinterpret_cast<u_char*>(ids[i].data()), ids[i].size());
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    expire(zone, now, false);
+
+    BucketNode* nodes[kMaxLimitsPerRequest];
+    ratelimit::BucketState states[kMaxLimitsPerRequest];
+    ratelimit::LimitInput inputs[kMaxLimitsPerRequest];
+    for (size_t i = 0; i < n; i++) {
+        ngx_rbtree_node_t* node = lookup(zone->sh, hashes[i], ids[i]);
+        nodes[i] = node ? node_of(node) : nullptr;
+        inputs[i].params = limits[i].params;
+        inputs[i].cost = limits[i].cost;
+        inputs[i].state = nullptr;
+        if (nodes[i]) {
+            states[i] = {nodes[i]->level_units, nodes[i]->stamp_ms};
+            inputs[i].state = &states[i];
+            ngx_queue_remove(&nodes[i]->queue);
+            ngx_queue_insert_head(&zone->sh->queue, &nodes[i]->queue);
+        }
+    }
+
+    bool allowed = ratelimit::decide_all(inputs, outcomes, n, now);
+    LocalResult result = allowed ? LocalResult::allowed : LocalResult::rejected;
+
+    // Room for every new bucket first, so that a full zone takes from none of them.
+    for (size_t i = 0; allowed && i < n; i++) {
+        if (limits[i].cost > 0 && nodes[i] == nullptr) {
+            nodes[i] = create_node(zone, hashes[i], ids[i], limits[i].params, now, nodes, n);
+            if (nodes[i] == nullptr) {
+                result = LocalResult::no_memory;
+                allowed = false;
+            }
+        }
+    }
+    for (size_t i = 0; allowed && i < n; i++) {
+        if (limits[i].cost == 0) {
+            continue;  // nothing taken, nothing to store (as the script)
+        }
+        nodes[i]->level_units = outcomes[i].level_units;
+        nodes[i]->stamp_ms = now;
+        nodes[i]->full_at_ms = now + outcomes[i].reset_ms;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+    return result;
+}
+
+
+ratelimit::BucketParams node_share(const ratelimit::BucketParams& params, int64_t nodes)
+{
+    if (nodes <= 1) {
+        return params;
+    }
+    // rate/N as N times the period keeps the count an integer.
+    return ratelimit::BucketParams{params.count, params.period_ms * nodes,
+                                   (params.burst + nodes - 1) / nodes};
+}
+
+}  // namespace ngx_ratelimit

@@ -1,0 +1,937 @@
+// RedisClient against a fake event loop: manual clock, manual timers, a scripted transport.
+#include "ratelimit/redis_client.h"
+
+#include <gtest/gtest.h>
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace ratelimit {
+namespace {
+
+class FakeLoop;
+
+class FakeTransport final : public Transport {
+public:
+    bool connect(TransportSink& sink) noexcept override
+    {
+        connects++;
+        if (refuse_start) {
+            return false;
+        }
+        sink_ = &sink;
+        written.clear();  // a new stream
+        connecting = true;
+        open = false;
+        return true;
+    }
+    bool write(std::string_view bytes) noexcept override
+    {
+        if (!connecting && !open) {
+            return false;
+        }
+        written.append(bytes.data(), bytes.size());
+        return true;
+    }
+    void close() noexcept override
+    {
+        closes++;
+        connecting = false;
+        open = false;
+    }
+
+    // Test side.
+    void accept()
+    {
+        ASSERT_TRUE(connecting);
+        connecting = false;
+        open = true;
+        sink_->on_connected();
+    }
+    void refuse(std::string_view reason = "connection refused")
+    {
+        ASSERT_TRUE(connecting);
+        connecting = false;
+        sink_->on_closed(reason);
+    }
+    void feed(std::string_view data)
+    {
+        ASSERT_TRUE(open);
+        sink_->on_data(data.data(), data.size());
+    }
+    void peer_close()
+    {
+        ASSERT_TRUE(open);
+        open = false;
+        sink_->on_closed("closed by peer");
+    }
+    std::string take()
+    {
+        std::string out;
+        out.swap(written);
+        return out;
+    }
+
+    TransportSink* sink_ = nullptr;
+    bool connecting = false;
+    bool open = false;
+    bool refuse_start = false;
+    int connects = 0;
+    int closes = 0;
+    std::string written;
+};
+
+class FakeTimer final : public Timer {
+public:
+    FakeTimer(FakeLoop& loop, std::function<void()> fn, EventLoop::TimerKind kind)
+        : loop_(loop), fn(std::move(fn)), kind(kind)
+    {
+    }
+    void start(int64_t delay_ms) noexcept override;
+    void stop() noexcept override { armed_ = false; }
+    bool armed() const noexcept override { return armed_; }
+
+    FakeLoop& loop_;
+    std::function<void()> fn;
+    EventLoop::TimerKind kind;
+    bool armed_ = false;
+    int64_t due = 0;
+};
+
+class FakeLoop final : public EventLoop {
+public:
+    std::unique_ptr<Transport> make_transport() override
+    {
+        auto t = std::make_unique<FakeTransport>();
+        transports.push_back(t.get());
+        return t;
+    }
+    std::unique_ptr<Timer> make_timer(std::function<void()> on_fire, TimerKind kind) override
+    {
+        auto t = std::make_unique<FakeTimer>(*this, std::move(on_fire), kind);
+        timers.push_back(t.get());
+        return t;
+    }
+    int64_t now_ms() noexcept override { return now; }
+
+    // Moves the clock, firing due timers in order.
+    void advance(int64_t ms)
+    {
+        int64_t target = now + ms;
+        for (;;) {
+            FakeTimer* next = nullptr;
+            for (FakeTimer* t : timers) {
+                if (t->armed_ && t->due <= target && (!next || t->due < next->due)) {
+                    next = t;
+                }
+            }
+            if (!next) {
+                break;
+            }
+            now = std::max(now, next->due);
+            next->armed_ = false;
+            next->fn();
+        }
+        now = target;
+    }
+    FakeTransport& transport()
+    {
+        EXPECT_EQ(transports.size(), 1u);
+        return *transports.at(0);
+    }
+    const FakeTimer* timer_of_kind(TimerKind kind) const
+    {
+        for (FakeTimer* t : timers) {
+            if (t->kind == kind && t->armed_) {
+                return t;
+            }
+        }
+        return nullptr;
+    }
+
+    int64_t now = 1000;
+    std::vector<FakeTransport*> transports;
+    std::vector<FakeTimer*> timers;
+};
+
+void FakeTimer::start(int64_t delay_ms) noexcept
+{
+    armed_ = true;
+    due = loop_.now + delay_ms;
+}
+
+std::string cmd(const char* format, const char* arg = nullptr)
+{
+    char* out = nullptr;
+    int len = arg ? redisFormatCommand(&out, format, arg) : redisFormatCommand(&out, format);
+    std::string s(out, static_cast<size_t>(len));
+    redisFreeCommand(out);
+    return s;
+}
+
+// What a callback saw.
+struct Seen {
+    CallStatus status;
+    std::string text;  // integer or string reply, "ERR:..." for errors
+};
+
+std::string reply_text(const redisReply* r)
+{
+    if (!r) {
+        return "";
+    }
+    switch (r->type) {
+    case REDIS_REPLY_INTEGER:
+        return std::to_string(r->integer);
+    case REDIS_REPLY_ERROR:
+        return "ERR:" + std::string(r->str, r->len);
+    case REDIS_REPLY_NIL:
+        return "(nil)";
+    case REDIS_REPLY_ARRAY:
+        return "array:" + std::to_string(r->elements);
+    default:
+        return std::string(r->str, r->len);
+    }
+}
+
+class RedisClientTest : public ::testing::Test {
+protected:
+    void make(ClientOptions options = {})
+    {
+        ClientObserver observer;
+        observer.on_error = [this](std::string_view m) { errors.emplace_back(m); };
+        observer.on_state = [this](ClientState s) { states.push_back(s); };
+        client = std::make_unique<RedisClient>(loop, std::move(options), observer);
+    }
+    Callback record(std::vector<Seen>& into)
+    {
+        return [&into](const CallResult& r) {
+            into.push_back({r.status, reply_text(r.reply)});
+        };
+    }
+    // Submits a GET, expects acceptance.
+    CallId get(const char* key, std::vector<Seen>& into)
+    {
+        auto s = client->submit(cmd("GET %s", key), record(into));
+        EXPECT_EQ(s.status, CallStatus::ok);
+        EXPECT_NE(s.id, 0u);
+        return s.id;
+    }
+    // Connects and answers nothing else.
+    void connect_up()
+    {
+        std::vector<Seen> seen;
+        get("warmup", seen);
+        loop.transport().accept();
+        loop.transport().feed("$-1\r\n");
+        ASSERT_EQ(seen.size(), 1u);
+        ASSERT_EQ(client->state(), ClientState::up);
+        loop.transport().take();
+    }
+
+    FakeLoop loop;
+    std::unique_ptr<RedisClient> client;
+    std::vector<std::string> errors;
+    std::vector<ClientState> states;
+};
+
+TEST_F(RedisClientTest, ToString)
+{
+    EXPECT_STREQ(to_string(CallStatus::ok), "ok");
+    EXPECT_STREQ(to_string(CallStatus::timeout), "timeout");
+    EXPECT_STREQ(to_string(CallStatus::down), "down");
+}
+
+TEST_F(RedisClientTest, ConnectsOnFirstSubmitAndSendsQueuedCalls)
+{
+    make();
+    EXPECT_EQ(client->state(), ClientState::idle);
+    EXPECT_TRUE(loop.transports.empty());
+    std::vector<Seen> seen;
+    get("a", seen);
+    get("b", seen);
+    EXPECT_EQ(client->state(), ClientState::connecting);
+    EXPECT_EQ(loop.transport().connects, 1);
+    EXPECT_EQ(loop.transport().written, "");  // nothing before the connection is up
+    loop.transport().accept();
+    EXPECT_EQ(client->state(), ClientState::up);
+    EXPECT_EQ(loop.transport().take(), cmd("GET a") + cmd("GET b"));
+    EXPECT_TRUE(seen.empty());
+    EXPECT_EQ((std::vector<ClientState>{ClientState::connecting, ClientState::up}), states);
+}
+
+TEST_F(RedisClientTest, PipelinedRepliesMatchInOrderAcrossOddSplits)
+{
+    make();
+    std::vector<Seen> seen;
+    get("a", seen);
+    get("b", seen);
+    auto s = client->submit(cmd("INCR c"), record(seen));
+    ASSERT_EQ(s.status, CallStatus::ok);
+    get("d", seen);
+    get("e", seen);
+    loop.transport().accept();
+    std::string replies = "$5\r\nhello\r\n$-1\r\n:42\r\n-ERR wrong\r\n*2\r\n$1\r\nx\r\n:1\r\n";
+    // Odd splits: 1, 2, 3, ... bytes.
+    size_t pos = 0;
+    for (size_t step = 1; pos < replies.size(); step++) {
+        size_t n = std::min(step, replies.size() - pos);
+        loop.transport().feed(std::string_view(replies).substr(pos, n));
+        pos += n;
+    }
+    ASSERT_EQ(seen.size(), 5u);
+    EXPECT_EQ(seen[0].text, "hello");
+    EXPECT_EQ(seen[1].text, "(nil)");
+    EXPECT_EQ(seen[2].text, "42");
+    EXPECT_EQ(seen[3].text, "ERR:ERR wrong");
+    EXPECT_EQ(seen[4].text, "array:2");
+    for (const Seen& x : seen) {
+        EXPECT_EQ(x.status, CallStatus::ok);
+    }
+    EXPECT_EQ(client->pending(), 0u);
+}
+
+TEST_F(RedisClientTest, ManyRepliesInOneChunk)
+{
+    make();
+    connect_up();
+    std::vector<Seen> seen;
+    std::string all;
+    for (int i = 0; i < 100; i++) {
+        ASSERT_EQ(client->submit(cmd("INCR k"), record(seen)).status, CallStatus::ok);
+        all += ":" + std::to_string(i + 1) + "\r\n";
+    }
+    loop.transport().feed(all);
+    ASSERT_EQ(seen.size(), 100u);
+    for (int i = 0; i < 100; i++) {
+        EXPECT_EQ(seen[i].text, std::to_string(i + 1));
+    }
+}
+
+TEST_F(RedisClientTest, CallbacksAreNeverSynchronous)
+{
+    ClientOptions o;
+    o.max_pending = 1;
+    make(o);
+    int calls = 0;
+    auto cb = [&](const CallResult&) { calls++; };
+    EXPECT_EQ(client->submit(cmd("PING"), cb).status, CallStatus::ok);
+    EXPECT_EQ(client->submit(cmd("PING"), cb).status, CallStatus::overloaded);
+    EXPECT_EQ(calls, 0);
+    loop.transport().accept();
+    EXPECT_EQ(calls, 0);
+    loop.transport().feed("+PONG\r\n");
+    EXPECT_EQ(calls, 1);
+    // Once up, a submit still doesn't call back inline.
+    EXPECT_EQ(client->submit(cmd("PING"), cb).status, CallStatus::ok);
+    EXPECT_EQ(calls, 1);
+}
+
+TEST_F(RedisClientTest, Overloaded)
+{
+    ClientOptions o;
+    o.max_pending = 3;
+    make(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    get("b", seen);
+    get("c", seen);
+    auto s = client->submit(cmd("GET d"), record(seen));
+    EXPECT_EQ(s.status, CallStatus::overloaded);
+    EXPECT_EQ(s.id, 0u);
+    EXPECT_EQ(client->pending(), 3u);
+    loop.transport().accept();
+    loop.transport().feed(":1\r\n");
+    EXPECT_EQ(client->submit(cmd("GET d"), record(seen)).status, CallStatus::ok);
+    EXPECT_TRUE(seen.size() == 1u);
+}
+
+TEST_F(RedisClientTest, TimeoutLeavesAbandonedEntryThatStillMatches)
+{
+    ClientOptions o;
+    o.timeout_ms = 100;
+    o.failures_to_down = 10;
+    make(o);
+    connect_up();
+    std::vector<Seen> a, b;
+    get("a", a);
+    loop.advance(50);
+    get("b", b);
+    const FakeTimer* t = loop.timer_of_kind(EventLoop::TimerKind::request);
+    ASSERT_NE(t, nullptr);
+    loop.advance(49);
+    EXPECT_TRUE(a.empty());
+    loop.advance(1);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+    EXPECT_TRUE(b.empty());
+    EXPECT_EQ(client->pending(), 2u);  // a stays for matching
+    // a's late reply is swallowed; b gets its own.
+    loop.transport().feed("$2\r\nla\r\n$2\r\nlb\r\n");
+    EXPECT_EQ(a.size(), 1u);
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].status, CallStatus::ok);
+    EXPECT_EQ(b[0].text, "lb");
+    EXPECT_EQ(client->pending(), 0u);
+    EXPECT_EQ(client->state(), ClientState::up);
+    EXPECT_EQ(client->last_latency_ms(), 50);
+}
+
+TEST_F(RedisClientTest, TimerFollowsEarliestDeadline)
+{
+    ClientOptions o;
+    o.timeout_ms = 100;
+    o.failures_to_down = 10;
+    make(o);
+    connect_up();
+    std::vector<Seen> a, b;
+    get("a", a);
+    loop.advance(30);
+    get("b", b);
+    loop.transport().feed(":1\r\n");  // a answered
+    ASSERT_EQ(a.size(), 1u);
+    loop.advance(70);  // a's old deadline: nothing to expire
+    EXPECT_TRUE(b.empty());
+    loop.advance(29);
+    EXPECT_TRUE(b.empty());
+    loop.advance(1);
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].status, CallStatus::timeout);
+}
+
+TEST_F(RedisClientTest, CancelDropsCallbackButKeepsMatching)
+{
+    make();
+    std::vector<Seen> a, b, c;
+    CallId ia = get("a", a);
+    get("b", b);
+    loop.transport().accept();
+    client->cancel(ia);
+    client->cancel(ia);       // twice: harmless
+    client->cancel(123456);   // unknown
+    client->cancel(0);
+    loop.transport().feed(":1\r\n:2\r\n");
+    EXPECT_TRUE(a.empty());
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].text, "2");
+    CallId ic = get("c", c);
+    loop.transport().feed(":3\r\n");
+    client->cancel(ic);  // finished
+    ASSERT_EQ(c.size(), 1u);
+}
+
+TEST_F(RedisClientTest, CancelledCallIsNotCalledOnTimeoutOrDisconnect)
+{
+    ClientOptions o;
+    o.failures_to_down = 10;
+    make(o);
+    connect_up();
+    std::vector<Seen> a, b;
+    CallId ia = get("a", a);
+    client->cancel(ia);
+    loop.advance(o.timeout_ms);
+    EXPECT_TRUE(a.empty());
+    CallId ib = get("b", b);
+    client->cancel(ib);
+    loop.transport().peer_close();
+    EXPECT_TRUE(b.empty());
+}
+
+TEST_F(RedisClientTest, HandshakeAuthAndSelectGoFirst)
+{
+    ClientOptions o;
+    o.user = "alice";
+    o.password = "s3cret";
+    o.db = 5;
+    make(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.transport().accept();
+    EXPECT_EQ(loop.transport().take(),
+              cmd("AUTH alice s3cret") + cmd("SELECT 5") + cmd("GET a"));
+    EXPECT_EQ(client->state(), ClientState::connecting);
+    loop.transport().feed("+OK\r\n");
+    EXPECT_EQ(client->state(), ClientState::connecting);
+    // A call during the handshake is pipelined straight behind it.
+    get("b", seen);
+    EXPECT_EQ(loop.transport().take(), cmd("GET b"));
+    loop.transport().feed("+OK\r\n");
+    EXPECT_EQ(client->state(), ClientState::up);
+    EXPECT_TRUE(seen.empty());
+    loop.transport().feed("$1\r\nA\r\n$1\r\nB\r\n");
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[0].text, "A");
+    EXPECT_EQ(seen[1].text, "B");
+}
+
+TEST_F(RedisClientTest, PasswordOnlyAuth)
+{
+    ClientOptions o;
+    o.password = "pw";
+    make(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.transport().accept();
+    EXPECT_EQ(loop.transport().take(), cmd("AUTH pw") + cmd("GET a"));
+}
+
+TEST_F(RedisClientTest, AuthErrorDropsConnection)
+{
+    ClientOptions o;
+    o.password = "bad";
+    make(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.transport().accept();
+    loop.transport().feed("-WRONGPASS invalid username-password pair\r\n");
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].status, CallStatus::disconnected);
+    EXPECT_EQ(client->state(), ClientState::idle);
+    EXPECT_FALSE(loop.transport().open);
+    ASSERT_FALSE(errors.empty());
+    EXPECT_NE(errors.back().find("AUTH"), std::string::npos);
+    EXPECT_NE(errors.back().find("WRONGPASS"), std::string::npos);
+    // The next submit reconnects.
+    get("b", seen);
+    EXPECT_EQ(loop.transport().connects, 2);
+}
+
+TEST_F(RedisClientTest, ConnectTimeoutFailsQueuedCallsWithTimeout)
+{
+    ClientOptions o;
+    o.connect_timeout_ms = 200;
+    o.timeout_ms = 50;
+    make(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.advance(100);  // longer than timeout_ms: still connecting
+    EXPECT_TRUE(seen.empty());
+    get("b", seen);
+    loop.advance(100);
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[0].status, CallStatus::timeout);
+    EXPECT_EQ(seen[1].status, CallStatus::timeout);
+    EXPECT_EQ(client->state(), ClientState::idle);
+    EXPECT_GE(loop.transport().closes, 1);
+}
+
+TEST_F(RedisClientTest, QueuedCallsGetTimeoutFromConnection)
+{
+    ClientOptions o;
+    o.connect_timeout_ms = 200;
+    o.timeout_ms = 50;
+    make(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.advance(150);
+    loop.transport().accept();
+    loop.advance(49);
+    EXPECT_TRUE(seen.empty());
+    loop.advance(1);
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].status, CallStatus::timeout);
+}
+
+TEST_F(RedisClientTest, ConnectionLossFailsPendingAndReconnectsOnNextSubmit)
+{
+    make();
+    connect_up();
+    std::vector<Seen> seen;
+    get("a", seen);
+    get("b", seen);
+    loop.transport().peer_close();
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[0].status, CallStatus::disconnected);
+    EXPECT_EQ(seen[1].status, CallStatus::disconnected);
+    EXPECT_EQ(client->state(), ClientState::idle);
+    EXPECT_EQ(client->pending(), 0u);
+    get("c", seen);
+    EXPECT_EQ(loop.transport().connects, 2);
+    loop.transport().accept();
+    EXPECT_EQ(loop.transport().take(), cmd("GET c"));
+    loop.transport().feed(":7\r\n");
+    ASSERT_EQ(seen.size(), 3u);
+    EXPECT_EQ(seen[2].text, "7");
+}
+
+TEST_F(RedisClientTest, TransportThatCannotStart)
+{
+    make();
+    std::vector<Seen> seen;
+    get("warm", seen);  // creates the transport
+    loop.transport().accept();
+    loop.transport().peer_close();
+    loop.transport().refuse_start = true;
+    auto s = client->submit(cmd("GET a"), record(seen));
+    EXPECT_EQ(s.status, CallStatus::disconnected);
+    EXPECT_EQ(client->pending(), 0u);
+    EXPECT_EQ(seen.size(), 1u);  // only warm's disconnect
+}
+
+TEST_F(RedisClientTest, BreakerOpensAfterThreeFailuresAndProbeRecovers)
+{
+    ClientOptions o;
+    o.failures_to_down = 3;
+    o.probe_interval_ms = 1000;
+    make(o);
+    std::vector<Seen> seen;
+    for (int i = 0; i < 3; i++) {
+        EXPECT_EQ(client->state(), ClientState::idle);
+        get("a", seen);
+        loop.transport().refuse();
+    }
+    ASSERT_EQ(seen.size(), 3u);
+    for (const Seen& s : seen) {
+        EXPECT_EQ(s.status, CallStatus::disconnected);
+    }
+    EXPECT_EQ(client->state(), ClientState::down);
+    EXPECT_EQ(client->submit(cmd("GET a"), record(seen)).status, CallStatus::down);
+    EXPECT_EQ(loop.transport().connects, 3);
+    const FakeTimer* probe = loop.timer_of_kind(EventLoop::TimerKind::background);
+    ASSERT_NE(probe, nullptr);
+    EXPECT_EQ(probe->due, loop.now + 1000);
+
+    // A failed probe re-arms.
+    loop.advance(1000);
+    EXPECT_EQ(loop.transport().connects, 4);
+    EXPECT_EQ(client->state(), ClientState::down);
+    loop.transport().refuse();
+    EXPECT_EQ(client->state(), ClientState::down);
+    EXPECT_EQ(client->submit(cmd("GET a"), record(seen)).status, CallStatus::down);
+
+    // A good probe: connect, PING, PONG -> up.
+    loop.advance(1000);
+    EXPECT_EQ(loop.transport().connects, 5);
+    loop.transport().accept();
+    EXPECT_EQ(loop.transport().take(), cmd("PING"));
+    EXPECT_EQ(client->state(), ClientState::down);
+    loop.transport().feed("+PONG\r\n");
+    EXPECT_EQ(client->state(), ClientState::up);
+    EXPECT_EQ(loop.timer_of_kind(EventLoop::TimerKind::background), nullptr);
+    get("b", seen);
+    EXPECT_EQ(loop.transport().take(), cmd("GET b"));  // same connection
+    loop.transport().feed(":9\r\n");
+    EXPECT_EQ(seen.back().text, "9");
+    EXPECT_EQ(seen.size(), 4u);
+}
+
+TEST_F(RedisClientTest, ProbeConnectTimeoutRearms)
+{
+    ClientOptions o;
+    o.failures_to_down = 1;
+    o.probe_interval_ms = 500;
+    o.connect_timeout_ms = 100;
+    make(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.advance(100);  // connect timeout: one failure opens the breaker
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].status, CallStatus::timeout);
+    EXPECT_EQ(client->state(), ClientState::down);
+    loop.advance(500);
+    EXPECT_EQ(loop.transport().connects, 2);
+    loop.advance(100);  // probe times out
+    EXPECT_EQ(client->state(), ClientState::down);
+    loop.advance(500);
+    EXPECT_EQ(loop.transport().connects, 3);
+}
+
+TEST_F(RedisClientTest, TimeoutsOpenBreaker)
+{
+    ClientOptions o;
+    o.failures_to_down = 3;
+    make(o);
+    connect_up();
+    std::vector<Seen> seen;
+    get("a", seen);
+    get("b", seen);
+    get("c", seen);
+    get("d", seen);
+    loop.advance(o.timeout_ms);
+    ASSERT_EQ(seen.size(), 4u);
+    for (const Seen& s : seen) {
+        EXPECT_EQ(s.status, CallStatus::timeout);
+    }
+    EXPECT_EQ(client->state(), ClientState::down);
+    EXPECT_FALSE(loop.transport().open);
+    EXPECT_EQ(client->pending(), 0u);
+    EXPECT_EQ(client->submit(cmd("GET a"), record(seen)).status, CallStatus::down);
+}
+
+TEST_F(RedisClientTest, ErrorRepliesCountGoodRepliesReset)
+{
+    ClientOptions o;
+    o.failures_to_down = 3;
+    make(o);
+    connect_up();
+    std::vector<Seen> seen;
+    for (int i = 0; i < 6; i++) {
+        get("x", seen);
+    }
+    get("y", seen);
+    get("z", seen);
+    // err, err, ok, err, err, ok: never 3 in a row.
+    loop.transport().feed("-ERR a\r\n-ERR b\r\n:1\r\n-ERR c\r\n-ERR d\r\n:2\r\n");
+    EXPECT_EQ(client->state(), ClientState::up);
+    // NOSCRIPT doesn't count (no fallback configured: delivered as is).
+    loop.transport().feed("-NOSCRIPT No matching script\r\n");
+    EXPECT_EQ(seen.back().text, "ERR:NOSCRIPT No matching script");
+    EXPECT_EQ(client->state(), ClientState::up);
+    get("w", seen);
+    // err, then two more -> down; the third error's callback still sees its reply.
+    loop.transport().feed("-ERR e\r\n");
+    get("v", seen);
+    loop.transport().feed("-ERR f\r\n");
+    EXPECT_EQ(client->state(), ClientState::up);
+    loop.transport().feed("-ERR g\r\n");
+    EXPECT_EQ(client->state(), ClientState::down);
+    EXPECT_EQ(seen.back().status, CallStatus::ok);
+    EXPECT_EQ(seen.back().text, "ERR:ERR g");
+}
+
+TEST_F(RedisClientTest, DisconnectWithPendingOpensBreakerWithoutCallingTimedOut)
+{
+    ClientOptions o;
+    o.failures_to_down = 2;
+    make(o);
+    connect_up();
+    std::vector<Seen> a, b;
+    get("a", a);
+    loop.advance(o.timeout_ms);  // 1 failure
+    ASSERT_EQ(a.size(), 1u);
+    get("b", b);
+    loop.transport().peer_close();  // 2nd failure: down
+    EXPECT_EQ(a.size(), 1u);        // the timed-out one isn't called again
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].status, CallStatus::disconnected);
+    EXPECT_EQ(client->state(), ClientState::down);
+}
+
+TEST_F(RedisClientTest, NoscriptFallbackResendsUnderSameId)
+{
+    ClientOptions o;
+    std::vector<std::string> converted;
+    o.noscript_fallback = [&](std::string_view command) {
+        converted.emplace_back(command);
+        return cmd("EVAL %s 0", "return 1");
+    };
+    make(o);
+    connect_up();
+    std::vector<Seen> seen, other;
+    auto s = client->submit(cmd("EVALSHA %s 0", "abc"), record(seen));
+    ASSERT_EQ(s.status, CallStatus::ok);
+    get("k", other);
+    EXPECT_EQ(loop.transport().take(), cmd("EVALSHA %s 0", "abc") + cmd("GET k"));
+    loop.transport().feed("-NOSCRIPT No matching script. Please use EVAL.\r\n");
+    EXPECT_TRUE(seen.empty());
+    ASSERT_EQ(converted.size(), 1u);
+    EXPECT_EQ(converted[0], cmd("EVALSHA %s 0", "abc"));
+    EXPECT_EQ(loop.transport().take(), cmd("EVAL %s 0", "return 1"));
+    EXPECT_EQ(client->pending(), 2u);
+    // GET k's reply comes first (it was sent before the fallback).
+    loop.transport().feed("$1\r\nv\r\n:1\r\n");
+    ASSERT_EQ(other.size(), 1u);
+    EXPECT_EQ(other[0].text, "v");
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].status, CallStatus::ok);
+    EXPECT_EQ(seen[0].text, "1");
+}
+
+TEST_F(RedisClientTest, NoscriptFallbackKeepsIdForCancelAndGetsFreshDeadline)
+{
+    ClientOptions o;
+    o.timeout_ms = 100;
+    o.noscript_fallback = [](std::string_view) { return cmd("EVAL %s 0", "return 1"); };
+    make(o);
+    connect_up();
+    std::vector<Seen> a, b;
+    auto sa = client->submit(cmd("EVALSHA %s 0", "abc"), record(a));
+    loop.advance(80);
+    loop.transport().feed("-NOSCRIPT x\r\n");
+    loop.advance(80);  // 160 ms after submit, 80 after the resend: not expired
+    EXPECT_TRUE(a.empty());
+    loop.advance(20);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+
+    auto sb = client->submit(cmd("EVALSHA %s 0", "abc"), record(b));
+    loop.transport().feed(":5\r\n");  // late reply to a's EVAL: swallowed
+    loop.transport().feed("-NOSCRIPT x\r\n");
+    client->cancel(sb.id);  // the resent call keeps its id
+    loop.transport().feed(":1\r\n");
+    EXPECT_TRUE(b.empty());
+    EXPECT_EQ(client->pending(), 0u);
+    (void)sa;
+}
+
+TEST_F(RedisClientTest, CallbackMaySubmitAndCancel)
+{
+    make();
+    connect_up();
+    std::vector<Seen> seen, inner;
+    CallId victim = 0;
+    bool submitted = false;
+    auto s = client->submit(cmd("GET a"), [&](const CallResult& r) {
+        seen.push_back({r.status, reply_text(r.reply)});
+        auto again = client->submit(cmd("GET inner"), record(inner));
+        submitted = again.status == CallStatus::ok;
+        client->cancel(victim);
+    });
+    ASSERT_EQ(s.status, CallStatus::ok);
+    std::vector<Seen> v;
+    victim = get("victim", v);
+    loop.transport().take();
+    // Both replies in one chunk: the callback cancels the next one before it is handled.
+    loop.transport().feed(":1\r\n:2\r\n");
+    EXPECT_TRUE(submitted);
+    EXPECT_EQ(seen.size(), 1u);
+    EXPECT_TRUE(v.empty());
+    EXPECT_EQ(loop.transport().take(), cmd("GET inner"));
+    loop.transport().feed(":3\r\n");
+    ASSERT_EQ(inner.size(), 1u);
+    EXPECT_EQ(inner[0].text, "3");
+}
+
+TEST_F(RedisClientTest, CallbackMayShutDown)
+{
+    make();
+    connect_up();
+    std::vector<Seen> a, b;
+    ASSERT_EQ(client->submit(cmd("GET a"),
+                             [&](const CallResult& r) {
+                                 a.push_back({r.status, reply_text(r.reply)});
+                                 client->shutdown();
+                             })
+                  .status,
+              CallStatus::ok);
+    get("b", b);
+    loop.transport().feed(":1\r\n:2\r\n");
+    EXPECT_EQ(a.size(), 1u);
+    EXPECT_TRUE(b.empty());
+    EXPECT_EQ(client->pending(), 0u);
+    EXPECT_FALSE(loop.transport().open);
+    EXPECT_EQ(client->submit(cmd("GET c"), record(b)).status, CallStatus::shutdown);
+    loop.advance(10000);
+    EXPECT_TRUE(b.empty());
+}
+
+TEST_F(RedisClientTest, TimeoutCallbackMayShutDown)
+{
+    ClientOptions o;
+    o.failures_to_down = 10;
+    make(o);
+    connect_up();
+    std::vector<Seen> b;
+    int a = 0;
+    client->submit(cmd("GET a"), [&](const CallResult&) {
+        a++;
+        client->shutdown();
+    });
+    get("b", b);
+    loop.advance(o.timeout_ms);
+    EXPECT_EQ(a, 1);
+    EXPECT_TRUE(b.empty());
+}
+
+TEST_F(RedisClientTest, DisconnectCallbackMayResubmitOrShutDown)
+{
+    make();
+    connect_up();
+    std::vector<Seen> retried;
+    int called = 0;
+    client->submit(cmd("GET a"), [&](const CallResult& r) {
+        called++;
+        EXPECT_EQ(r.status, CallStatus::disconnected);
+        EXPECT_EQ(client->submit(cmd("GET retry"), record(retried)).status, CallStatus::ok);
+    });
+    int second = 0;
+    client->submit(cmd("GET b"), [&](const CallResult&) {
+        second++;
+        client->shutdown();
+    });
+    std::vector<Seen> third;
+    get("c", third);
+    loop.transport().peer_close();
+    EXPECT_EQ(called, 1);
+    EXPECT_EQ(second, 1);
+    EXPECT_TRUE(third.empty());   // dropped by the shutdown
+    EXPECT_TRUE(retried.empty());  // dropped by the shutdown
+    EXPECT_EQ(client->pending(), 0u);
+}
+
+TEST_F(RedisClientTest, DisconnectCallbackResubmitReconnects)
+{
+    make();
+    connect_up();
+    std::vector<Seen> retried;
+    client->submit(cmd("GET a"), [&](const CallResult&) {
+        client->submit(cmd("GET retry"), record(retried));
+    });
+    loop.transport().peer_close();
+    EXPECT_EQ(client->state(), ClientState::connecting);
+    EXPECT_EQ(loop.transport().connects, 2);
+    loop.transport().accept();
+    EXPECT_EQ(loop.transport().take(), cmd("GET retry"));
+    loop.transport().feed(":1\r\n");
+    ASSERT_EQ(retried.size(), 1u);
+    EXPECT_EQ(retried[0].text, "1");
+}
+
+TEST_F(RedisClientTest, ShutdownDropsCallbacksWithoutCalling)
+{
+    make();
+    connect_up();
+    std::vector<Seen> seen;
+    get("a", seen);
+    get("b", seen);
+    client->shutdown();
+    EXPECT_EQ(client->pending(), 0u);
+    EXPECT_FALSE(loop.transport().open);
+    for (const FakeTimer* t : loop.timers) {
+        EXPECT_FALSE(t->armed_);
+    }
+    loop.advance(10000);
+    EXPECT_TRUE(seen.empty());
+    EXPECT_EQ(client->submit(cmd("GET c"), record(seen)).status, CallStatus::shutdown);
+    client->shutdown();  // idempotent
+}
+
+TEST_F(RedisClientTest, ProtocolErrorDropsConnection)
+{
+    make();
+    connect_up();
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.transport().feed("?garbage\r\n");
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].status, CallStatus::disconnected);
+    EXPECT_FALSE(loop.transport().open);
+}
+
+TEST_F(RedisClientTest, CallbackExceptionIsContained)
+{
+    make();
+    connect_up();
+    std::vector<Seen> b;
+    client->submit(cmd("GET a"), [](const CallResult&) { throw std::runtime_error("boom"); });
+    get("b", b);
+    loop.transport().feed(":1\r\n:2\r\n");
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(client->state(), ClientState::up);
+}
+
+TEST_F(RedisClientTest, LatencyIsMeasured)
+{
+    make();
+    connect_up();
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.advance(7);
+    loop.transport().feed(":1\r\n");
+    EXPECT_EQ(client->last_latency_ms(), 7);
+}
+
+}  // namespace
+}  // namespace ratelimit
