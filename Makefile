@@ -58,7 +58,7 @@ $(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
 test: deps all
 	$(CORE_BUILD)/unit_tests --gtest_brief=1
 	$(CORE_BUILD)/integration_tests --gtest_brief=1
-	python3 -m pytest -q tests/e2e
+	/usr/bin/python3 -m pytest -q tests/e2e
 
 run: deps module
 	./conf-examples/run-quickstart.sh

@@ -1,0 +1,284 @@
+"""End-to-end fixtures: a real redis-server and real Debian nginx processes loading the built
+module, each on loopback ports of its own, stopped by PID."""
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = REPO / "build" / "ngx_http_ratelimit_module.so"
+NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
+# Lines that must never appear in an error log of ours.
+BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|exited on signal|AddressSanitizer|runtime error:")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=5.0, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+class Resp:
+    """A minimal RESP client: enough to drive Redis from tests without extra packages."""
+
+    def __init__(self, port, timeout=2.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def close(self):
+        self.sock.close()
+
+    def call(self, *args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        self.sock.sendall(out)
+        return self._reply()
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("redis closed the connection")
+                self.buf += chunk
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise RuntimeError("bad RESP line %r" % line)
+
+
+class RedisServer:
+    def __init__(self, workdir):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+             "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(self._pings), "redis-server did not start"
+
+    def _pings(self):
+        try:
+            c = Resp(self.port, timeout=0.2)
+            try:
+                return c.call("PING") == "PONG"
+            finally:
+                c.close()
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def cmd(self, *args):
+        c = Resp(self.port)
+        try:
+            return c.call(*args)
+        finally:
+            c.close()
+
+
+class Nginx:
+    """One nginx master (master_process on, daemon off) with the module loaded."""
+
+    def __init__(self, workdir, http_conf, workers=1, main_conf=""):
+        self.dir = Path(workdir)
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.backend_port = free_port()
+        self.conf = self.dir / "nginx.conf"
+        self.error_log = self.dir / "logs" / "error.log"
+        self.proc = None
+        self.write_conf(http_conf, workers, main_conf)
+
+    def write_conf(self, http_conf, workers=1, main_conf=""):
+        user = "user root;" if os.geteuid() == 0 else ""
+        temp = "\n".join("%s_temp_path %s/%s;" % (t, self.dir, t)
+                         for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        body = (http_conf.replace("@PORT@", str(self.port))
+                .replace("@BACKEND@", str(self.backend_port)))
+        self.conf.write_text(f"""
+load_module {MODULE};
+{user}
+worker_processes {workers};
+error_log {self.error_log} info;
+pid {self.dir}/nginx.pid;
+{main_conf}
+events {{ worker_connections 1024; }}
+http {{
+    access_log {self.dir}/logs/access.log;
+    {temp}
+    server {{
+        listen 127.0.0.1:{self.backend_port};
+        location / {{ add_header X-Backend yes; return 200 "backend $request_uri\\n"; }}
+    }}
+{body}
+}}
+""")
+
+    def test_config(self):
+        return subprocess.run([NGINX, "-t", "-p", str(self.dir), "-c", str(self.conf)],
+                              capture_output=True, text=True)
+
+    def start(self):
+        t = self.test_config()
+        assert t.returncode == 0, t.stderr
+        self.proc = subprocess.Popen([NGINX, "-p", str(self.dir), "-c", str(self.conf),
+                                      "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert wait_for(self._listening), "nginx did not start: %s" % self.log()
+        return self
+
+    def _listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def reload(self):
+        self.proc.send_signal(signal.SIGHUP)
+
+    def worker_pids(self):
+        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout
+        return [int(line.split()[0]) for line in out.splitlines() if "worker process" in line]
+
+    def stop(self, sig=signal.SIGQUIT, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("nginx did not stop within %ss" % timeout)
+        self.proc = None
+
+    def log(self):
+        return self.error_log.read_text() if self.error_log.exists() else ""
+
+    def bad_log_lines(self):
+        return [line for line in self.log().splitlines() if BAD_LOG.search(line)]
+
+    def get(self, path="/", headers=None, method="GET", timeout=10):
+        return http_request(self.port, path, headers, method, timeout)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    def __repr__(self):
+        return "<%d %r>" % (self.status, self.headers)
+
+
+def http_request(port, path="/", headers=None, method="GET", timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        body = r.read()
+        hdrs = {}
+        for k, v in r.getheaders():
+            hdrs.setdefault(k.lower(), v)
+        return Response(r.status, hdrs, body)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def built_module():
+    assert MODULE.exists(), "build the module first: make module"
+    return MODULE
+
+
+@pytest.fixture
+def workdir():
+    with tempfile.TemporaryDirectory(prefix="rl-e2e-") as d:
+        os.chmod(d, 0o755)
+        yield Path(d)
+
+
+@pytest.fixture
+def redis(workdir):
+    server = RedisServer(workdir / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nginx_factory(workdir):
+    """Makes nginx instances; at teardown stops them and checks their logs are clean."""
+    made = []
+
+    def make(http_conf, workers=1, main_conf="", start=True):
+        n = Nginx(workdir / ("nginx%d" % len(made)), http_conf, workers, main_conf)
+        made.append(n)
+        return n.start() if start else n
+
+    yield make
+    problems = []
+    for n in made:
+        n.stop()
+        problems += n.bad_log_lines()
+    assert not problems, "bad lines in nginx error logs:\n" + "\n".join(problems)
