@@ -417,13 +417,14 @@ void RedisClient::handle_reply(redisReply* raw)
         && !front.timed_out) {
         std::string fallback = options_.noscript_fallback(front.command);
         if (!fallback.empty()) {
-            Call again = std::move(front);
+            // Append first (push_back keeps references valid): if it throws, nothing moved.
+            calls_.push_back(std::move(front));
             calls_.pop_front();
+            Call& again = calls_.back();
             again.command = std::move(fallback);
             again.deadline_ms = now + options_.timeout_ms;
             again.fell_back = true;
-            calls_.push_back(std::move(again));
-            transport_->write(calls_.back().command);
+            transport_->write(again.command);
             if (!call_timer_->armed()) {
                 arm_call_timer();
             }
