@@ -465,6 +465,54 @@ char* set_failure_mode(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 }
 
 
+// Enumerations (ratelimit_headers, ratelimit_log_level): the message names the directive
+// and lists what it takes, unlike the stock enum slot.
+char* set_enum(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+{
+    auto* field = reinterpret_cast<ngx_uint_t*>(static_cast<char*>(conf) + cmd->offset);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    auto* choices = static_cast<ngx_conf_enum_t*>(cmd->post);
+    if (*field != NGX_CONF_UNSET_UINT) {
+        return const_cast<char*>("is duplicate");
+    }
+    u_char expected[128];
+    u_char* p = expected;
+    for (ngx_conf_enum_t* e = choices; e->name.len; e++) {
+        if (e->name.len == value[1].len
+            && ngx_strncasecmp(e->name.data, value[1].data, value[1].len) == 0)
+        {
+            *field = e->value;
+            return NGX_CONF_OK;
+        }
+        p = ngx_slprintf(p, expected + sizeof(expected), "%s%V", p == expected ? "" : ", ",
+                         &e->name);
+    }
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": invalid value \"%V\" (expected %*s)",
+                       &cmd->name, &value[1], p - expected, expected);
+    return static_cast<char*>(NGX_CONF_ERROR);
+}
+
+
+// ratelimit_status code;  (400-599)
+char* set_status(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+{
+    auto* lcf = static_cast<LocConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (lcf->status != NGX_CONF_UNSET_UINT) {
+        return const_cast<char*>("is duplicate");
+    }
+    ngx_int_t status = ngx_atoi(value[1].data, value[1].len);
+    if (status < 400 || status > 599) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": invalid status \"%V\" (expected 400 to 599)", &cmd->name,
+                           &value[1]);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    lcf->status = ngx_uint_t(status);
+    return NGX_CONF_OK;
+}
+
+
 ngx_conf_enum_t headers_styles[] = {
     {ngx_string("off"), headers_off},
     {ngx_string("x-ratelimit"), headers_x},
@@ -480,9 +528,6 @@ ngx_conf_enum_t log_levels[] = {
     {ngx_string("error"), NGX_LOG_ERR},
     {ngx_null_string, 0},
 };
-
-ngx_conf_num_bounds_t status_bounds = {ngx_conf_check_num_bounds, 400, 599};
-
 
 ngx_command_t commands[] = {
     {ngx_string("ratelimit_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, set_redis,
@@ -504,12 +549,11 @@ ngx_command_t commands[] = {
 
     {ngx_string("ratelimit_status"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, status),
-     &status_bounds},
+     set_status, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
 
     {ngx_string("ratelimit_headers"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, headers),
+     set_enum, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, headers),
      headers_styles},
 
     {ngx_string("ratelimit_failure_mode"),
@@ -522,7 +566,7 @@ ngx_command_t commands[] = {
 
     {ngx_string("ratelimit_log_level"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, log_level),
+     set_enum, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, log_level),
      log_levels},
 
     ngx_null_command,
