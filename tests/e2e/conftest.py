@@ -4,6 +4,7 @@ module, each on loopback ports of its own, stopped by PID."""
 import http.client
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -14,8 +15,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MODULE = REPO / "build" / "ngx_http_ratelimit_module.so"
+# Overridable for the sanitizer and valgrind runs (see the Makefile's test-asan/test-valgrind).
+MODULE = Path(os.environ.get("RL_MODULE", REPO / "build" / "ngx_http_ratelimit_module.so"))
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
+# A wrapper command put before nginx when starting it (not for `nginx -t`), e.g. "valgrind -q".
+NGINX_PREFIX_CMD = shlex.split(os.environ.get("NGINX_PREFIX_CMD", ""))
 # Lines that must never appear in an error log of ours.
 BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|exited on signal|AddressSanitizer|runtime error:")
 
@@ -177,7 +181,7 @@ http {{
     def start(self):
         t = self.test_config()
         assert t.returncode == 0, t.stderr
-        self.proc = subprocess.Popen([NGINX, "-p", str(self.dir), "-c", str(self.conf),
+        self.proc = subprocess.Popen(NGINX_PREFIX_CMD + [NGINX, "-p", str(self.dir), "-c", str(self.conf),
                                       "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert wait_for(self._listening), "nginx did not start: %s" % self.log()

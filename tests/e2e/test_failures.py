@@ -1,0 +1,307 @@
+"""Never the weak link: Redis failures and the failure modes, the circuit breaker, a hung
+Redis, reload and quit under load, client aborts (HTTP/1.1 and HTTP/2), hostile input."""
+
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import Resp, free_port, http_request, wait_for
+
+BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
+
+
+def conf(port, mode="open", redis_args="timeout=100ms connect_timeout=200ms", burst=1000,
+         extra_http=""):
+    return f"""
+    ratelimit_redis 127.0.0.1:{port} {redis_args};
+    ratelimit_policy p rate=1r/h burst={burst};
+    {extra_http}
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location / {{
+            ratelimit $http_x_key policy=p;
+            ratelimit_failure_mode {mode};
+            add_header X-Status $ratelimit_status always;
+            {BACKEND}
+        }}
+    }}
+"""
+
+
+def timed_get(n, key="k"):
+    start = time.monotonic()
+    r = n.get("/", {"X-Key": key})
+    return r, time.monotonic() - start
+
+
+class HungRedis:
+    """Accepts connections and never answers: the worst kind of broken Redis."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(128)
+        self.conns = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        self.sock.settimeout(0.1)
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+                self.conns.append(c)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stopped = True
+        self.thread.join()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+# --- failure modes -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode,status,code", [
+    ("open", "FAILED_OPEN", 200),
+    ("closed", "FAILED_CLOSED", 503),
+    ("local", "LOCAL_PASSED", 200),
+])
+def test_failure_modes_when_redis_refuses(nginx_factory, mode, status, code):
+    n = nginx_factory(conf(free_port(), mode))  # nothing listens there
+    r, elapsed = timed_get(n)
+    assert (r.status, r.header("X-Status")) == (code, status)
+    if mode == "local":
+        assert r.header("X-RateLimit-Limit") == "1000"
+    else:
+        assert r.header("X-RateLimit-Limit") is None
+        assert r.header("Retry-After") is None
+    assert elapsed < 1.0
+
+
+def test_local_failure_mode_decides_with_a_node_share(nginx_factory):
+    n = nginx_factory(conf(free_port(), "local nodes=3", burst=7))
+    results = [n.get("/", {"X-Key": "k"}) for _ in range(4)]
+    # burst 7 over 3 nodes: ceil(7/3) = 3 tokens here, then LOCAL_REJECTED.
+    assert [r.header("X-Status") for r in results] == \
+        ["LOCAL_PASSED"] * 3 + ["LOCAL_REJECTED"]
+    assert results[0].header("X-RateLimit-Limit") == "3"
+    assert results[-1].status == 429
+    assert results[-1].header("Retry-After") == "10800"  # rate/3: a token every 3 h
+
+
+def test_timeout_takes_the_failure_mode_within_the_timeout(redis, nginx_factory):
+    n = nginx_factory(conf(redis.port, "closed"))
+    assert timed_get(n)[0].header("X-Status") == "PASSED"
+    pauser = Resp(redis.port)
+    pauser.call("CLIENT", "PAUSE", "1500", "ALL")
+    r, elapsed = timed_get(n)
+    pauser.close()
+    assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+    assert 0.05 < elapsed < 0.6
+
+
+def test_error_reply_takes_the_failure_mode(redis, nginx_factory):
+    n = nginx_factory(conf(redis.port, "closed"))
+    assert timed_get(n)[0].header("X-Status") == "PASSED"
+    redis.cmd("ACL", "SETUSER", "default", "-evalsha", "-eval")
+    r, _ = timed_get(n)
+    assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+    assert "NOPERM" in n.log() or "no permissions" in n.log()
+    redis.cmd("ACL", "SETUSER", "default", "+@all")
+    assert wait_for(lambda: timed_get(n)[0].header("X-Status") == "PASSED", 5)
+
+
+def test_redis_restart_mid_traffic(redis, nginx_factory):
+    n = nginx_factory(conf(redis.port, "open"), workers=2)
+    assert n.get("/", {"X-Key": "a"}).header("X-Status") == "PASSED"
+    redis.restart()
+    statuses = set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        r = n.get("/", {"X-Key": "a"})
+        assert r.status == 200
+        statuses.add(r.header("X-Status"))
+        if r.header("X-Status") == "PASSED" and len(statuses) >= 1:
+            break
+    assert "PASSED" in statuses
+
+
+def test_breaker_opens_on_a_hung_redis_and_requests_stop_waiting(nginx_factory):
+    hung = HungRedis()
+    try:
+        n = nginx_factory(conf(hung.port, "open"))
+        first = [timed_get(n) for _ in range(3)]
+        later = [timed_get(n) for _ in range(20)]
+    finally:
+        hung.close()
+    assert all(r.status == 200 and r.header("X-Status") == "FAILED_OPEN" for r, _ in first + later)
+    # Each of the first requests costs at most the timeout (plus scheduling) ...
+    assert max(t for _, t in first) < 0.6
+    # ... then the breaker is open and requests take the failure mode at once.
+    assert max(t for _, t in later) < 0.08, [round(t, 3) for _, t in later]
+    assert "is down" in n.log()
+
+
+def test_breaker_closes_when_redis_comes_back(redis, nginx_factory):
+    n = nginx_factory(conf(redis.port, "open"))
+    assert n.get("/", {"X-Key": "k"}).header("X-Status") == "PASSED"
+    redis.stop()
+    for _ in range(5):
+        assert n.get("/", {"X-Key": "k"}).header("X-Status") == "FAILED_OPEN"
+    assert "is down" in n.log()
+    redis.start()
+    # The background probe (at most one per second) brings Redis back.
+    assert wait_for(lambda: n.get("/", {"X-Key": "k"}).header("X-Status") == "PASSED", 4, 0.1)
+    assert "is up" in n.log()
+
+
+# --- reload and quit under load ------------------------------------------------------------
+
+class Load:
+    """Threads sending requests in a loop, recording every outcome."""
+
+    def __init__(self, port, threads=8):
+        self.port = port
+        self.stop = threading.Event()
+        self.results = []
+        self.errors = []
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, i):
+        while not self.stop.is_set():
+            try:
+                r = http_request(self.port, "/", {"X-Key": "key-%d" % (i % 3)}, timeout=10)
+                self.results.append(r.status)
+            except Exception as e:  # noqa: BLE001 - every failure is a finding
+                self.errors.append(repr(e))
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def test_reload_under_load_fails_no_request(redis, nginx_factory):
+    n = nginx_factory(conf(redis.port, "closed", redis_args="timeout=1s", burst=100000), workers=2)
+    load = Load(n.port)
+    try:
+        for _ in range(5):
+            time.sleep(0.4)
+            n.reload()
+        time.sleep(0.5)
+    finally:
+        load.finish()
+    assert load.errors == []
+    assert len(load.results) > 100
+    assert set(load.results) == {200}
+    # Old workers close Redis and exit once their requests are done.
+    assert wait_for(lambda: len(n.worker_pids()) == 2, 10)
+    clients = redis.cmd("CLIENT", "LIST").decode().strip().splitlines()
+    assert wait_for(lambda: len(redis.cmd("CLIENT", "LIST").decode().strip().splitlines()) <= 3, 10), clients
+
+
+def test_quit_under_load_finishes_requests_and_exits(redis, nginx_factory):
+    n = nginx_factory(conf(redis.port, "closed", redis_args="timeout=1s", burst=100000), workers=2)
+    pauser = Resp(redis.port)
+    pauser.call("CLIENT", "PAUSE", "300", "WRITE")
+    waiting = [threading.Thread(target=lambda: http_request(n.port, "/", {"X-Key": "q"}))
+               for _ in range(4)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.1)
+    start = time.monotonic()
+    n.stop()  # SIGQUIT: graceful
+    assert time.monotonic() - start < 5
+    for t in waiting:
+        t.join()
+    pauser.close()
+
+
+# --- client aborts -------------------------------------------------------------------------
+
+def test_http2_client_abort_while_waiting(redis, nginx_factory):
+    n = nginx_factory(conf(redis.port, "open", redis_args="timeout=2s").replace(
+        "listen 127.0.0.1:@PORT@;", "listen 127.0.0.1:@PORT@ http2;"))
+    pauser = Resp(redis.port)
+    pauser.call("CLIENT", "PAUSE", "800", "ALL")
+    aborted = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "--max-time", "0.3",
+                              "-H", "X-Key: h2", "http://127.0.0.1:%d/" % n.port],
+                             capture_output=True)
+    pauser.close()
+    assert aborted.returncode == 28  # curl's timeout: the client went away
+    time.sleep(1.0)
+    ok = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                         "--http2-prior-knowledge", "-H", "X-Key: h2",
+                         "http://127.0.0.1:%d/" % n.port], capture_output=True, text=True)
+    assert ok.stdout == "200"
+    assert n.bad_log_lines() == []
+
+
+# --- hostile input -------------------------------------------------------------------------
+
+def test_hostile_keys_costs_and_policies(redis, nginx_factory):
+    n = nginx_factory(f"""
+    ratelimit_redis 127.0.0.1:{redis.port} timeout=1s;
+    ratelimit_policy p rate=10r/s burst=20;
+    ratelimit_policy q rate=1r/s burst=2;
+    large_client_header_buffers 4 32k;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location / {{
+            ratelimit $http_x_key policy=$http_x_policy cost=$http_x_cost;
+            ratelimit_default_policy p;
+            add_header X-Status $ratelimit_status always;
+            {BACKEND}
+        }}
+    }}
+""")
+    cases = [
+        {"X-Key": "k" * 20000},
+        {"X-Key": "\x01\x02\xff binary", "X-Policy": "q"},
+        {"X-Key": "a", "X-Cost": "99999999999999999999999"},
+        {"X-Key": "a", "X-Cost": "-5"},
+        {"X-Key": "a", "X-Cost": "1e3"},
+        {"X-Key": "a", "X-Policy": "../../etc/passwd"},
+        {"X-Key": "a", "X-Policy": "q" * 5000},
+        {"X-Key": "%00%ff", "X-Policy": "p\x7f"},
+    ]
+    for headers in cases:
+        headers = {k: v.encode("latin-1") for k, v in headers.items()}
+        r = n.get("/", headers)
+        assert r.status in (200, 429), headers
+        assert r.header("X-Status") in ("PASSED", "REJECTED"), headers
+    keys = redis.cmd("KEYS", "*")
+    assert max(len(k) for k in keys) <= len("rl:p:") + 6 + 40
+
+
+def test_many_distinct_keys_keep_memory_bounded(nginx_factory):
+    # Local mode: buckets live in a fixed-size zone, evicted when it is full.
+    n = nginx_factory(f"""
+    ratelimit_zone 64k;
+    ratelimit_policy p rate=1r/h burst=5;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location / {{ ratelimit $http_x_key policy=p; {BACKEND} }}
+    }}
+""")
+    def rss():
+        return sum(int(open("/proc/%d/status" % p).read().split("VmRSS:")[1].split()[0])
+                   for p in n.worker_pids())
+    for i in range(500):
+        n.get("/", {"X-Key": "warm-%d" % i})
+    before = rss()
+    for i in range(5000):
+        assert n.get("/", {"X-Key": "distinct-%d-%s" % (i, "x" * 100)}).status == 200
+    after = rss()
+    assert after - before < 2048, (before, after)  # KiB
