@@ -181,8 +181,8 @@ http {{
     def start(self):
         t = self.test_config()
         assert t.returncode == 0, t.stderr
-        self.proc = subprocess.Popen(NGINX_PREFIX_CMD + [NGINX, "-p", str(self.dir), "-c", str(self.conf),
-                                      "-g", "daemon off;"],
+        self.proc = subprocess.Popen(NGINX_PREFIX_CMD + [NGINX, "-p", str(self.dir),
+                                                         "-c", str(self.conf), "-g", "daemon off;"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert wait_for(self._listening), "nginx did not start: %s" % self.log()
         return self
