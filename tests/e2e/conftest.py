@@ -97,12 +97,14 @@ class RedisServer:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.unix_path = self.dir / "redis.sock"
         self.proc = None
         self.start()
 
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--unixsocket", str(self.unix_path), "--unixsocketperm", "777",
              "--save", "", "--appendonly", "no", "--dir", str(self.dir),
              "--logfile", str(self.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -175,3 +175,28 @@ def test_client_that_disconnects_while_waiting_for_redis(redis, nginx_factory):
     # (documented), and nothing was charged twice.
     assert int(r.header("X-RateLimit-Remaining")) == 93
     assert n.bad_log_lines() == []
+
+
+def test_unix_socket_and_password(redis, nginx_factory):
+    redis.cmd("CONFIG", "SET", "requirepass", "s3cret")
+    conf = f"""
+    ratelimit_redis unix:{redis.unix_path} password=s3cret;
+    ratelimit_policy p rate=1r/h burst=4;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location / {{
+            ratelimit $remote_addr policy=p;
+            add_header X-Status $ratelimit_status always;
+            proxy_pass http://127.0.0.1:@BACKEND@;
+        }}
+    }}
+"""
+    n = nginx_factory(conf)
+    r = n.get("/")
+    assert (r.status, r.header("X-Status"), r.header("X-RateLimit-Remaining")) == \
+        (200, "PASSED", "3")
+    # A wrong password is a failure (open by default), and the log says why.
+    wrong = nginx_factory(conf.replace("s3cret", "wrong"))
+    r = wrong.get("/")
+    assert (r.status, r.header("X-Status")) == (200, "FAILED_OPEN")
+    assert wait_for(lambda: "WRONGPASS" in wrong.log() or "invalid password" in wrong.log(), 3)
