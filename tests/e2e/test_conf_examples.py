@@ -111,7 +111,7 @@ def test_readme_config_passes_nginx_t(tmp_path):
     assert full, "README.md has no ```nginx block with load_module"
     text = re.sub(r"load_module\s+\S+;", f"load_module {MODULE};", full[0])
     text = text.replace("/run/nginx.pid", f"{tmp_path}/nginx.pid")
-    text = re.sub(r"error_log\s+\S+", f"error_log {tmp_path}/error.log", text)
+    text = re.sub(r"error_log\s+[^\s;]+", f"error_log {tmp_path}/error.log", text)
     tmp_path.chmod(0o755)
     conf = tmp_path / "nginx.conf"
     conf.write_text(text)
