@@ -394,8 +394,12 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
         [ctx](const ratelimit::CallResult& result) { on_script_reply(ctx, result); });
 
     if (submitted.status != ratelimit::CallStatus::ok) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "ratelimit: Redis is %s",
-                      ratelimit::to_string(submitted.status));
+        // "down" was logged once when the breaker opened; the rest is worth a line each.
+        if (submitted.status != ratelimit::CallStatus::down) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "ratelimit: Redis call not sent (%s)",
+                          ratelimit::to_string(submitted.status));
+        }
         apply_failure(r, ctx, lcf);
         return ctx->rc;
     }

@@ -70,6 +70,9 @@ public:
         failure_ev_.handler = &NgxTransport::on_failure_event;
         failure_ev_.data = this;
         failure_ev_.log = log;
+        flush_ev_.handler = &NgxTransport::on_flush_event;
+        flush_ev_.data = this;
+        flush_ev_.log = log;
     }
 
     ~NgxTransport() override
@@ -88,6 +91,7 @@ private:
     static void on_read(ngx_event_t* ev) noexcept;
     static void on_write(ngx_event_t* ev) noexcept;
     static void on_failure_event(ngx_event_t* ev) noexcept;
+    static void on_flush_event(ngx_event_t* ev) noexcept;
 
     void handle_read();
     void handle_write();
@@ -104,6 +108,7 @@ private:
     size_t out_sent_ = 0;
     const char* failure_ = nullptr;
     ngx_event_t failure_ev_{};
+    ngx_event_t flush_ev_{};     // sends what this event-loop iteration wrote, in one go
     bool* alive_ = nullptr;  // cleared by the destructor, for handlers that call the sink
 };
 
@@ -164,12 +169,12 @@ NgxTransport::write(std::string_view bytes) noexcept
         fail_later("out of memory");
         return false;
     }
-    if (!connected_ || c_ == nullptr) {
-        return c_ != nullptr;
-    }
-    if (!flush()) {
-        fail_later("send() failed");
+    if (c_ == nullptr) {
         return false;
+    }
+    // Requests decided in the same event-loop iteration share one send().
+    if (connected_ && !flush_ev_.posted) {
+        ngx_post_event(&flush_ev_, &ngx_posted_events);
     }
     return true;
 }
@@ -184,6 +189,9 @@ NgxTransport::close() noexcept
     }
     if (failure_ev_.posted) {
         ngx_delete_posted_event(&failure_ev_);
+    }
+    if (flush_ev_.posted) {
+        ngx_delete_posted_event(&flush_ev_);
     }
     connected_ = false;
     failure_ = nullptr;
@@ -243,6 +251,16 @@ NgxTransport::on_failure_event(ngx_event_t* ev) noexcept
     auto* t = static_cast<NgxTransport*>(ev->data);
     const char* reason = t->failure_ ? t->failure_ : "connection failed";
     t->fail(reason);
+}
+
+
+void
+NgxTransport::on_flush_event(ngx_event_t* ev) noexcept
+{
+    auto* t = static_cast<NgxTransport*>(ev->data);
+    if (t->c_ && t->connected_ && !t->flush()) {
+        t->fail("send() failed");
+    }
 }
 
 
