@@ -15,7 +15,8 @@ PACKAGES := nginx nginx-dev libhiredis-dev libev-dev googletest libgtest-dev cma
 
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
 
-.PHONY: all deps core module test test-unit test-integration test-e2e run bench clean
+.PHONY: all deps core module test test-unit test-integration test-e2e run bench clean \
+        asan-core test-asan
 
 all: core module
 
@@ -44,12 +45,18 @@ $(BUILD)/sources.list: FORCE
 	@mkdir -p $(BUILD)
 	@ls core/src/*.cpp ngx_module/*.cpp > $@.tmp; cmp -s $@.tmp $@ && rm $@.tmp || mv $@.tmp $@
 
-$(NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
+# $(call ngx_configure,builddir,extra cc/ld flags,log): configures the module against
+# Debian's nginx sources with Debian's flags (plus extra ones).
+define ngx_configure
 	cd $(NGINX_SRC) && . ./conf_flags && ./configure \
-	    --with-cc-opt="$$(dpkg-buildflags --get CFLAGS) -fPIC $$(dpkg-buildflags --get CPPFLAGS)" \
-	    --with-ld-opt="$$(dpkg-buildflags --get LDFLAGS) -fPIC" \
-	    "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(CURDIR) --builddir=$(NGX_BUILD) >$(BUILD)/configure.log \
-	    || { tail -20 $(BUILD)/configure.log; exit 1; }
+	    --with-cc-opt="$$(dpkg-buildflags --get CFLAGS) -fPIC $$(dpkg-buildflags --get CPPFLAGS) $(2)" \
+	    --with-ld-opt="$$(dpkg-buildflags --get LDFLAGS) -fPIC $(2)" \
+	    "$${NGX_CONF_FLAGS[@]}" --add-dynamic-module=$(CURDIR) --builddir=$(1) >$(3) \
+	    || { tail -20 $(3); exit 1; }
+endef
+
+$(NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
+	$(call ngx_configure,$(NGX_BUILD),,$(BUILD)/configure.log)
 
 $(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
 	$(MAKE) -f $(NGX_BUILD)/Makefile -C $(NGINX_SRC) modules -j$(JOBS) --no-print-directory
@@ -59,6 +66,56 @@ test: deps all
 	$(CORE_BUILD)/unit_tests --gtest_brief=1
 	$(CORE_BUILD)/integration_tests --gtest_brief=1
 	/usr/bin/python3 -m pytest -q tests/e2e
+
+# Sanitizers: the core's tests with ASan+UBSan, then the end-to-end suite against a module
+# built with ASan+UBSan and loaded by Debian's nginx with the runtimes preloaded. Reports go to
+# $(ASAN_LOGS)/{asan,ubsan}.<pid>; any such file fails the target. Leak checking is off for
+# nginx, which intentionally leaves its pools to exit().
+ASAN_CORE_BUILD := $(BUILD)/asan-core
+ASAN_NGX_BUILD  := $(BUILD)/asan-nginx
+ASAN_MODULE     := $(BUILD)/asan/ngx_http_ratelimit_module.so
+ASAN_NGINX      := $(BUILD)/asan/nginx
+ASAN_LOGS       := $(BUILD)/asan/logs
+SANITIZE_FLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer
+# Measures worker RSS, which ASan's quarantine (256 MB of freed memory held back) inflates.
+ASAN_DESELECT   := --deselect tests/e2e/test_failures.py::test_many_distinct_keys_keep_memory_bounded
+
+$(ASAN_CORE_BUILD)/Makefile: CMakeLists.txt
+	cmake -S . -B $(ASAN_CORE_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRATELIMIT_SANITIZE=ON >/dev/null
+
+asan-core: $(ASAN_CORE_BUILD)/Makefile
+	$(MAKE) -C $(ASAN_CORE_BUILD) -j$(JOBS) --no-print-directory
+
+$(ASAN_NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
+	@mkdir -p $(BUILD)/asan
+	$(call ngx_configure,$(ASAN_NGX_BUILD),$(SANITIZE_FLAGS),$(BUILD)/asan/configure.log)
+
+$(ASAN_MODULE): $(ASAN_NGX_BUILD)/Makefile $(MODULE_SRCS)
+	$(MAKE) -f $(ASAN_NGX_BUILD)/Makefile -C $(NGINX_SRC) modules -j$(JOBS) --no-print-directory >/dev/null
+	cp $(ASAN_NGX_BUILD)/ngx_http_ratelimit_module.so $@
+
+# nginx with the sanitizer runtimes preloaded (the module links them, but ASan must come
+# first), for both `nginx -t` and the servers the tests start. NGINX (the tests' way to name
+# this wrapper) is unset: nginx reads it as a list of inherited listening sockets.
+$(ASAN_NGINX): Makefile
+	@mkdir -p $(@D)
+	@printf '%s\n' '#!/bin/sh' 'unset NGINX' \
+	    'export LD_PRELOAD="$(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libubsan.so)"' \
+	    'export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:log_path=$(ASAN_LOGS)/asan"' \
+	    'export UBSAN_OPTIONS="print_stacktrace=1:log_path=$(ASAN_LOGS)/ubsan"' \
+	    'exec $${NGINX_BIN:-/usr/sbin/nginx} "$$@"' >$@
+	@chmod +x $@
+
+test-asan: deps asan-core $(ASAN_MODULE) $(ASAN_NGINX)
+	$(ASAN_CORE_BUILD)/unit_tests --gtest_brief=1
+	$(ASAN_CORE_BUILD)/integration_tests --gtest_brief=1
+	@rm -rf $(ASAN_LOGS) && mkdir -p $(ASAN_LOGS)
+	RL_MODULE=$(ASAN_MODULE) NGINX=$(ASAN_NGINX) /usr/bin/python3 -m pytest -q tests/e2e \
+	    $(ASAN_DESELECT); \
+	status=$$?; \
+	if ls $(ASAN_LOGS)/* >/dev/null 2>&1; then \
+	    echo "sanitizer reports:"; head -n 60 $(ASAN_LOGS)/*; exit 1; \
+	fi; exit $$status
 
 run: deps module
 	./conf-examples/run-quickstart.sh
