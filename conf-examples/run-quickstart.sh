@@ -37,7 +37,8 @@ cleanup() {
         wait "$REDIS_PID" 2>/dev/null
     fi
     if [ -n "$RUN_DIR" ]; then
-        rm -rf "$RUN_DIR"
+        # Retried: a curl still writing into the directory can make the first pass fail.
+        for _ in 1 2 3; do rm -rf "$RUN_DIR" 2>/dev/null && break; sleep 0.2; done
     fi
 }
 trap cleanup EXIT
