@@ -60,7 +60,8 @@ $(NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
 
 $(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
 	$(MAKE) -f $(NGX_BUILD)/Makefile -C $(NGINX_SRC) modules -j$(JOBS) --no-print-directory
-	cp $(NGX_BUILD)/ngx_http_ratelimit_module.so $@
+	@# A new inode: a running nginx keeps mapping the old file instead of crashing.
+	cp $(NGX_BUILD)/ngx_http_ratelimit_module.so $@.tmp && mv -f $@.tmp $@
 
 test: deps all
 	$(CORE_BUILD)/unit_tests --gtest_brief=1

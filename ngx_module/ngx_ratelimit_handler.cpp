@@ -3,6 +3,7 @@
 // and variables.
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ngx_ratelimit.h"
