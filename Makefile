@@ -11,12 +11,13 @@ JOBS      ?= $(shell nproc)
 
 # Debian packages the build, the tests and `make run` need.
 PACKAGES := nginx nginx-dev libhiredis-dev libev-dev googletest libgtest-dev cmake g++ make \
-            redis-server redis-tools python3 python3-pytest curl ca-certificates procps
+            redis-server redis-tools python3 python3-pytest curl ca-certificates procps \
+            valgrind clang libclang-rt-14-dev
 
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
 
 .PHONY: all deps core module test test-unit test-integration test-e2e run bench clean \
-        asan-core test-asan
+        asan-core test-asan test-valgrind
 
 all: core module
 
@@ -117,6 +118,11 @@ test-asan: deps asan-core $(ASAN_MODULE) $(ASAN_NGINX)
 	if ls $(ASAN_LOGS)/* >/dev/null 2>&1; then \
 	    echo "sanitizer reports:"; head -n 60 $(ASAN_LOGS)/*; exit 1; \
 	fi; exit $$status
+
+# Client aborts and Redis timeouts, HTTP/1.1 and HTTP/2, with nginx (one process) under
+# valgrind's memcheck; fails on any memcheck error (see tests/e2e/test_valgrind.py).
+test-valgrind: deps module
+	RL_VALGRIND=1 /usr/bin/python3 -m pytest -q tests/e2e/test_valgrind.py
 
 run: deps module
 	./conf-examples/run-quickstart.sh
