@@ -25,6 +25,13 @@ struct RedisClient::Call {
     bool fell_back = false;     // the NOSCRIPT fallback was sent already
 };
 
+// The calls fail_all has taken out of calls_ and not yet failed: a callback it calls may
+// cancel one of them. A stack, for fail_all re-entered from a callback.
+struct RedisClient::Failing {
+    std::deque<Call>* calls;
+    Failing* next;
+};
+
 namespace {
 
 std::string resp(std::initializer_list<std::string_view> args)
@@ -177,11 +184,22 @@ void RedisClient::cancel(CallId id) noexcept
     if (id == 0) {
         return;
     }
-    for (Call& call : calls_) {
-        if (call.kind == Call::Kind::user && call.id == id) {
-            Callback dropped = std::move(call.callback);
-            call.callback = nullptr;
-            return;  // `dropped` is destroyed here, after the entry is marked
+    auto mark = [id](std::deque<Call>& calls) {
+        for (Call& call : calls) {
+            if (call.kind == Call::Kind::user && call.id == id) {
+                Callback dropped = std::move(call.callback);
+                call.callback = nullptr;
+                return true;  // `dropped` is destroyed here, after the entry is marked
+            }
+        }
+        return false;
+    };
+    if (mark(calls_)) {
+        return;
+    }
+    for (Failing* f = failing_; f; f = f->next) {
+        if (mark(*f->calls)) {
+            return;
         }
     }
 }
@@ -595,6 +613,8 @@ void RedisClient::fail_all(CallStatus status) noexcept
     // Re-entrant submits land in the fresh calls_ (and start a new connection).
     std::deque<Call> failed;
     failed.swap(calls_);
+    Failing failing{&failed, failing_};
+    failing_ = &failing;
     while (!failed.empty() && !shut_down_) {
         Callback callback = std::move(failed.front().callback);
         bool timed_out = failed.front().timed_out;
@@ -605,6 +625,7 @@ void RedisClient::fail_all(CallStatus status) noexcept
             invoke(callback, result);
         }
     }
+    failing_ = failing.next;
 }
 
 void RedisClient::set_state(ClientState state) noexcept

@@ -794,6 +794,26 @@ TEST_F(RedisClientTest, CallbackMaySubmitAndCancel)
     EXPECT_EQ(inner[0].text, "3");
 }
 
+TEST_F(RedisClientTest, DisconnectCallbackMayCancelAnotherFailingCall)
+{
+    // Found by tests/fuzz/fuzz_client.cpp: the calls being failed had left calls_, where
+    // cancel() looked for them, so a cancelled call's callback was still called.
+    make();
+    std::vector<Seen> seen, v;
+    CallId victim = 0;
+    auto s = client->submit(cmd("GET a"), [&](const CallResult& r) {
+        seen.push_back({r.status, reply_text(r.reply)});
+        client->cancel(victim);
+    });
+    ASSERT_EQ(s.status, CallStatus::ok);
+    victim = get("victim", v);
+    loop.transport().refuse();
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].status, CallStatus::disconnected);
+    EXPECT_TRUE(v.empty());
+    EXPECT_EQ(client->pending(), 0u);
+}
+
 TEST_F(RedisClientTest, CallbackMayShutDown)
 {
     make();

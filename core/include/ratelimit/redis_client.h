@@ -87,6 +87,7 @@ public:
 
 private:
     struct Call;
+    struct Failing;
     // Where the current connection is; state_ is what the host sees. While the breaker is
     // open (state_ == down) a phase other than none means a probe is under way.
     enum class Phase { none, connecting, handshake, ready };
@@ -121,6 +122,7 @@ private:
     redisReader* reader_ = nullptr;
     std::deque<Call> calls_;        // in submission order; replies arrive in this order
     std::string unsent_;            // commands queued while connecting
+    Failing* failing_ = nullptr;    // calls fail_all is failing, still cancellable
     CallId next_id_ = 1;
     ClientState state_ = ClientState::idle;
     Phase phase_ = Phase::none;
