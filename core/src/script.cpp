@@ -214,6 +214,9 @@ bool parse_script_reply(const redisReply* reply, size_t n, ScriptResult& result,
     }
     if (reply->type == REDIS_REPLY_ERROR) {
         error.assign(reply->str, reply->len);
+        if (error.empty()) {
+            error = "empty error reply";
+        }
         return false;
     }
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 + 3 * n) {

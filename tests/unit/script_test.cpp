@@ -135,6 +135,11 @@ TEST(ScriptReply, ErrorReply)
     EXPECT_FALSE(parse_script_reply(reply.get(), 1, result, error));
     EXPECT_EQ(error, "ERR ratelimit: bad arguments");
     EXPECT_FALSE(is_noscript(reply.get()));
+
+    // Found by tests/fuzz/fuzz_script_reply.cpp: "-\r\n" left `error` empty.
+    auto empty = read_resp("-\r\n");
+    EXPECT_FALSE(parse_script_reply(empty.get(), 1, result, error));
+    EXPECT_EQ(error, "empty error reply");
 }
 
 TEST(ScriptReply, WrongShapes)
