@@ -122,6 +122,9 @@ std::optional<size_t> read_length(std::string_view text, size_t& pos)
     if (pos == start || text.substr(pos, 2) != "\r\n") {
         return std::nullopt;
     }
+    if (text[start] == '0' && pos - start > 1) {
+        return std::nullopt;  // "$014": not how format_evalsha (nor Redis) writes a length
+    }
     pos += 2;
     return value;
 }

@@ -96,6 +96,12 @@ TEST(Script, EvalshaToEvalRejectsOtherCommands)
     other_sha[other_sha.find(script_sha1())] ^= 1;
     EXPECT_EQ(evalsha_to_eval(other_sha), "");
     EXPECT_EQ(evalsha_to_eval("*99999999999999999999999\r\n$7\r\nEVALSHA\r\n"), "");
+    // Found by tests/fuzz/fuzz_script_reply.cpp: lengths with leading zeros were copied into
+    // the EVAL command, which Redis rejects.
+    std::string padded = evalsha;
+    padded.replace(padded.find("$1\r\n1\r\n"), 4, "$01\r\n");
+    EXPECT_EQ(evalsha_to_eval(padded), "");
+    EXPECT_EQ(evalsha_to_eval("*0" + evalsha.substr(1)), "");
 }
 
 TEST(ScriptReply, Parses)
