@@ -17,7 +17,7 @@ PACKAGES := nginx nginx-dev libhiredis-dev libev-dev googletest libgtest-dev cma
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
 
 .PHONY: all deps core module test test-unit test-integration test-e2e run bench clean \
-        asan-core test-asan test-valgrind
+        asan-core test-asan test-valgrind fuzz fuzz-build
 
 all: core module
 
@@ -123,6 +123,42 @@ test-asan: deps asan-core $(ASAN_MODULE) $(ASAN_NGINX)
 # valgrind's memcheck; fails on any memcheck error (see tests/e2e/test_valgrind.py).
 test-valgrind: deps module
 	RL_VALGRIND=1 /usr/bin/python3 -m pytest -q tests/e2e/test_valgrind.py
+
+# libFuzzer targets (tests/fuzz/fuzz_*.cpp) over the core, built with clang and ASan+UBSan.
+# Each runs FUZZ_SECONDS from a copy of its seed corpus (tests/fuzz/corpus/<target>), so the
+# repository's corpus stays as it is; crashes land in build/fuzz/artifacts/ and fail the run.
+FUZZ_SECONDS ?= 20
+FUZZ_BUILD   := $(BUILD)/fuzz
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
+FUZZ_CXX     ?= clang++
+FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Icore/include \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_OBJS    := $(patsubst core/src/%.cpp,$(FUZZ_BUILD)/obj/%.o,$(wildcard core/src/*.cpp))
+
+$(FUZZ_BUILD)/obj/%.o: core/src/%.cpp $(wildcard core/include/ratelimit/*.h)
+	@mkdir -p $(@D)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp $(FUZZ_OBJS)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJS) -lhiredis -o $@
+
+.SECONDARY: $(FUZZ_OBJS)
+
+fuzz-build: $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))
+
+fuzz: deps fuzz-build
+	@mkdir -p $(FUZZ_BUILD)/artifacts
+	@for t in $(FUZZ_TARGETS); do \
+	    rm -rf $(FUZZ_BUILD)/corpus-$$t && mkdir -p $(FUZZ_BUILD)/corpus-$$t; \
+	    if [ -d tests/fuzz/corpus/$$t ]; then cp tests/fuzz/corpus/$$t/* $(FUZZ_BUILD)/corpus-$$t/; fi; \
+	    dict=; if [ -f tests/fuzz/$$t.dict ]; then dict=-dict=tests/fuzz/$$t.dict; fi; \
+	    echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+	    $(FUZZ_BUILD)/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+	        -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t- $$dict $(FUZZ_BUILD)/corpus-$$t \
+	        >$(FUZZ_BUILD)/$$t.log 2>&1 \
+	        || { tail -n 60 $(FUZZ_BUILD)/$$t.log; echo "fuzz: $$t failed, see $(FUZZ_BUILD)/$$t.log"; exit 1; }; \
+	    grep -E '^stat::number_of_executed_units|^Done' $(FUZZ_BUILD)/$$t.log | tr '\n' ' '; echo; \
+	done
 
 run: deps module
 	./conf-examples/run-quickstart.sh
