@@ -68,6 +68,9 @@ test: deps all
 	$(CORE_BUILD)/unit_tests --gtest_brief=1
 	$(CORE_BUILD)/integration_tests --gtest_brief=1
 	/usr/bin/python3 -m pytest -q tests/e2e
+	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory test-valgrind
+	$(MAKE) --no-print-directory fuzz
 
 # Sanitizers: the core's tests with ASan+UBSan, then the end-to-end suite against a module
 # built with ASan+UBSan and loaded by Debian's nginx with the runtimes preloaded. Reports go to
@@ -94,7 +97,7 @@ $(ASAN_NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
 
 $(ASAN_MODULE): $(ASAN_NGX_BUILD)/Makefile $(MODULE_SRCS)
 	$(MAKE) -f $(ASAN_NGX_BUILD)/Makefile -C $(NGINX_SRC) modules -j$(JOBS) --no-print-directory >/dev/null
-	cp $(ASAN_NGX_BUILD)/ngx_http_ratelimit_module.so $@
+	cp $(ASAN_NGX_BUILD)/ngx_http_ratelimit_module.so $@.tmp && mv -f $@.tmp $@
 
 # nginx with the sanitizer runtimes preloaded (the module links them, but ASan must come
 # first), for both `nginx -t` and the servers the tests start. NGINX (the tests' way to name
