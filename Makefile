@@ -16,7 +16,7 @@ PACKAGES := nginx nginx-dev libhiredis-dev libev-dev googletest libgtest-dev cma
 
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
 
-.PHONY: all deps core module test test-unit test-integration test-e2e run bench clean \
+.PHONY: all deps core module test run bench soak clean \
         asan-core test-asan test-valgrind fuzz fuzz-build
 
 all: core module
@@ -166,8 +166,17 @@ fuzz: deps fuzz-build
 run: deps module
 	./conf-examples/run-quickstart.sh
 
+# The comparative benchmark (bench/bench.py): baseline, limit_req, OpenResty + Redis and this
+# module, interleaved in one run, printed as a table. Its peers need packages of their own.
+BENCH_PACKAGES := wrk libnginx-mod-http-lua lua-resty-core lua-nginx-redis
+
 bench: deps module
-	./bench/run.sh
+	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"
+	/usr/bin/python3 bench/bench.py
+
+# 10 minutes of mixed traffic with Redis restarts and reloads (not part of make test).
+soak: deps module
+	/usr/bin/python3 tests/soak/soak.py
 
 clean:
 	rm -rf $(BUILD)
