@@ -32,7 +32,9 @@ std::optional<int64_t> parse_digits(std::string_view text)
     return value;
 }
 
-std::optional<int64_t> period_of(char unit)
+}  // namespace
+
+std::optional<int64_t> unit_period_ms(char unit)
 {
     switch (unit) {
     case 's':
@@ -46,6 +48,8 @@ std::optional<int64_t> period_of(char unit)
     }
     return std::nullopt;
 }
+
+namespace {
 
 char unit_of(int64_t period_ms)
 {
@@ -70,7 +74,7 @@ std::optional<Rate> parse_rate(std::string_view text)
         return std::nullopt;
     }
     auto count = parse_positive_int(text.substr(0, text.size() - 3));
-    auto period = period_of(text.back());
+    auto period = unit_period_ms(text.back());
     if (!count || !period) {
         return std::nullopt;
     }

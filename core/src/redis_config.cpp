@@ -69,17 +69,7 @@ std::optional<int64_t> unit_ms(std::string_view unit)
     if (unit.size() != 1) {
         return std::nullopt;
     }
-    switch (unit[0]) {
-    case 's':
-        return 1000;
-    case 'm':
-        return 60 * 1000;
-    case 'h':
-        return 3600 * 1000;
-    case 'd':
-        return 86400 * 1000;
-    }
-    return std::nullopt;
+    return unit_period_ms(unit[0]);
 }
 
 // One "<digits><unit>" term of a duration; advances `pos`.

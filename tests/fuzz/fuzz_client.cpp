@@ -21,15 +21,10 @@
 
 #include "ratelimit/redis_client.h"
 #include "ratelimit/script.h"
+#include "fuzz_check.h"
 
 using namespace ratelimit;
 
-#define CHECK(cond) \
-    do { \
-        if (!(cond)) { \
-            __builtin_trap(); \
-        } \
-    } while (0)
 
 namespace {
 

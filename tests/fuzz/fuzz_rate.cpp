@@ -13,15 +13,10 @@
 #include "ratelimit/headers.h"
 #include "ratelimit/policy.h"
 #include "ratelimit/token_bucket.h"
+#include "fuzz_check.h"
 
 using namespace ratelimit;
 
-#define CHECK(cond) \
-    do { \
-        if (!(cond)) { \
-            __builtin_trap(); \
-        } \
-    } while (0)
 
 namespace {
 

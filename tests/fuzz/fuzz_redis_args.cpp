@@ -7,15 +7,10 @@
 #include <vector>
 
 #include "ratelimit/redis_config.h"
+#include "fuzz_check.h"
 
 using namespace ratelimit;
 
-#define CHECK(cond) \
-    do { \
-        if (!(cond)) { \
-            __builtin_trap(); \
-        } \
-    } while (0)
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
 {

@@ -11,15 +11,10 @@
 
 #include "ratelimit/headers.h"
 #include "ratelimit/script.h"
+#include "fuzz_check.h"
 
 using namespace ratelimit;
 
-#define CHECK(cond) \
-    do { \
-        if (!(cond)) { \
-            __builtin_trap(); \
-        } \
-    } while (0)
 
 namespace {
 

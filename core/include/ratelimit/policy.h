@@ -39,6 +39,9 @@ std::optional<int64_t> parse_positive_int(std::string_view text);
 // Parses a non-negative decimal integer (used for cost); nullopt on junk, sign, overflow.
 std::optional<int64_t> parse_non_negative_int(std::string_view text);
 
+// Milliseconds in one unit of a rate or a duration: 's', 'm', 'h' or 'd'.
+std::optional<int64_t> unit_period_ms(char unit);
+
 // Names match [A-Za-z0-9_-]+.
 bool is_valid_policy_name(std::string_view name);
 
