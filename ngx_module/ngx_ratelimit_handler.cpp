@@ -2,6 +2,7 @@
 // suspend the request while Redis answers, resume it, and report the decision in headers
 // and variables.
 
+#include <algorithm>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -230,25 +231,18 @@ void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
                                                  params[i], outcomes[i]));
     }
     size_t best = ratelimit::most_restrictive(reports.data(), reports.size());
-    if (!allowed) {
-        // A rejection is described by a limit that rejected it.
-        for (size_t i = 0; i < reports.size(); i++) {
-            if (reports[i].retry_after_seconds > 0
-                && (reports[best].retry_after_seconds == 0
-                    || reports[i].remaining < reports[best].remaining))
-            {
-                best = i;
-            }
-        }
-    }
     const ratelimit::LimitReport& report = reports[best];
     ctx->has_report = true;
     ctx->policy = ctx->limits[best].policy->name;
     ctx->limit = report.limit;
     ctx->remaining = report.remaining;
     ctx->reset = report.reset_seconds;
-    ctx->retry_after = report.retry_after_seconds;
     ctx->window = report.window_seconds;
+    // The request needs every limit's cost: it can pass again once the slowest has it.
+    ctx->retry_after = 0;
+    for (const ratelimit::LimitReport& each : reports) {
+        ctx->retry_after = std::max(ctx->retry_after, each.retry_after_seconds);
+    }
 
     if (allowed) {
         ctx->status = local_fallback ? Status::local_passed : Status::passed;

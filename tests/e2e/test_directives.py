@@ -76,6 +76,25 @@ def test_most_restrictive_limit_is_reported(redis, nginx_factory):
     assert (r.header("X-RateLimit-Limit"), r.header("X-RateLimit-Remaining")) == ("5", "4")
 
 
+def test_retry_after_waits_for_every_limit(redis, nginx_factory):
+    n = nginx_factory(server(f"""
+        location / {{
+            ratelimit $remote_addr policy=fast;
+            ratelimit $remote_addr policy=slow cost=60;
+            {BACKEND}
+        }}""", """
+        ratelimit_policy fast rate=1r/s burst=1;
+        ratelimit_policy slow rate=1r/h burst=100;
+    """, redis))
+    assert n.get("/").status == 200
+    r = n.get("/")
+    # "fast" is the most restrictive (0 left), but the request needs 60 tokens of "slow",
+    # which has 40: 20 more at one an hour.
+    assert (r.status, r.header("X-RateLimit-Limit"), r.header("X-RateLimit-Remaining")) == \
+        (429, "1", "0")
+    assert r.header("Retry-After") == "72000"
+
+
 def test_limits_are_inherited_only_by_levels_without_their_own(redis, nginx_factory):
     n = nginx_factory(server(f"""
         ratelimit $remote_addr policy=outer;
