@@ -235,6 +235,23 @@ def test_quit_under_load_finishes_requests_and_exits(redis, nginx_factory):
     pauser.close()
 
 
+def test_old_workers_exit_at_once_while_redis_is_down(nginx_factory):
+    hung = HungRedis()
+    try:
+        n = nginx_factory(conf(hung.port, "open"), workers=2)
+        for _ in range(8):
+            n.get("/", {"X-Key": "k"})
+        old = set(n.worker_pids())
+        n.reload()
+        start = time.monotonic()
+        # The breaker's probe timer is cancelable: it does not hold the old workers.
+        assert wait_for(lambda: not set(n.worker_pids()) & old, 5)
+        assert time.monotonic() - start < 2
+        assert n.get("/", {"X-Key": "k"}).status == 200
+    finally:
+        hung.close()
+
+
 # --- client aborts -------------------------------------------------------------------------
 
 def test_http2_client_abort_while_waiting(redis, nginx_factory):
