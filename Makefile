@@ -60,7 +60,9 @@ $(NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
 	$(call ngx_configure,$(NGX_BUILD),,$(BUILD)/configure.log)
 
 $(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
-	$(MAKE) -f $(NGX_BUILD)/Makefile -C $(NGINX_SRC) modules -j$(JOBS) --no-print-directory
+	@echo "building $@ (log: $(BUILD)/module.log)"
+	@$(MAKE) -f $(NGX_BUILD)/Makefile -C $(NGINX_SRC) modules -j$(JOBS) --no-print-directory \
+	    >$(BUILD)/module.log 2>&1 || { grep -v '^cc ' $(BUILD)/module.log | tail -40; exit 1; }
 	@# A new inode: a running nginx keeps mapping the old file instead of crashing.
 	cp $(NGX_BUILD)/ngx_http_ratelimit_module.so $@.tmp && mv -f $@.tmp $@
 
