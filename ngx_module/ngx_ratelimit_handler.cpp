@@ -97,13 +97,9 @@ void detach(RequestCtx* ctx) noexcept
 }
 
 
-void ctx_pool_cleanup(void* data) noexcept
-{
-    detach(static_cast<RequestCtx*>(data));
-}
-
-
-void ctx_request_cleanup(void* data) noexcept
+// Both the pool cleanup that holds the ctx and the request cleanup run this; the pool entry
+// is also how find_ctx recognises the ctx after an internal redirect.
+void detach_cleanup(void* data) noexcept
 {
     detach(static_cast<RequestCtx*>(data));
 }
@@ -116,7 +112,7 @@ RequestCtx* find_ctx(ngx_http_request_t* r)
         return ctx;
     }
     for (ngx_pool_cleanup_t* cln = r->pool->cleanup; cln; cln = cln->next) {
-        if (cln->handler == ctx_pool_cleanup) {
+        if (cln->handler == detach_cleanup) {
             ctx = static_cast<RequestCtx*>(cln->data);
             ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
             return ctx;
@@ -138,9 +134,9 @@ RequestCtx* create_ctx(ngx_http_request_t* r)
     ctx->r = r;
     ctx->phase = Phase::done;
     ctx->rc = NGX_DECLINED;
-    cln->handler = ctx_pool_cleanup;
+    cln->handler = detach_cleanup;
     // Runs early when the request is terminated (client abort, shutdown), before the pool.
-    hcln->handler = ctx_request_cleanup;
+    hcln->handler = detach_cleanup;
     hcln->data = ctx;
     ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
     return ctx;
@@ -167,7 +163,7 @@ int64_t request_cost(ngx_http_request_t* r, const Limit& limit)
 }
 
 
-Policy* request_policy(ngx_http_request_t* r, const Limit& limit, LocConf* lcf)
+Policy* request_policy(ngx_http_request_t* r, const Limit& limit, LocConf* lcf, MainConf* mcf)
 {
     if (limit.policy_value == nullptr) {
         return limit.policy;
@@ -176,15 +172,13 @@ Policy* request_policy(ngx_http_request_t* r, const Limit& limit, LocConf* lcf)
     if (ngx_http_complex_value(r, limit.policy_value, &name) != NGX_OK || name.len == 0) {
         return lcf->default_policy;
     }
-    auto* mcf = static_cast<MainConf*>(
-        ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module));
     Policy* policy = find_policy(mcf, name);
     return policy ? policy : lcf->default_policy;
 }
 
 
 // Evaluates keys, policies and costs; limits with an empty key are skipped.
-ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
+ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf)
 {
     auto* limits = static_cast<Limit*>(lcf->limits->elts);
     ctx->limits = static_cast<RequestLimit*>(
@@ -203,7 +197,7 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
         }
         RequestLimit& limit = ctx->limits[ctx->nlimits++];
         limit.key = key;
-        limit.policy = request_policy(r, limits[i], lcf);
+        limit.policy = request_policy(r, limits[i], lcf, mcf);
         limit.cost = request_cost(r, limits[i]);
     }
     return NGX_OK;
@@ -219,16 +213,26 @@ void log_rejection(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool dr
 }
 
 
+// The bucket a limit is decided with: its policy's, or this node's share of it when the
+// `local` failure mode stands in for Redis.
+ratelimit::BucketParams bucket_of(const RequestLimit& limit, LocConf* lcf, bool local_fallback)
+{
+    return local_fallback ? node_share(limit.policy->params, lcf->failure_nodes)
+                          : limit.policy->params;
+}
+
+
 // Records a bucket decision: the most restrictive limit, the status, the handler's result.
 void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
-                    const std::vector<ratelimit::BucketParams>& params,
                     const ratelimit::LimitOutcome* outcomes, bool allowed, bool local_fallback)
 {
     std::vector<ratelimit::LimitReport> reports;
     reports.reserve(ctx->nlimits);
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        reports.push_back(ratelimit::make_report(as_view(ctx->limits[i].policy->name),
-                                                 params[i], outcomes[i]));
+        const RequestLimit& limit = ctx->limits[i];
+        reports.push_back(ratelimit::make_report(as_view(limit.policy->name),
+                                                 bucket_of(limit, lcf, local_fallback),
+                                                 outcomes[i]));
     }
     size_t best = ratelimit::most_restrictive(reports.data(), reports.size());
     const ratelimit::LimitReport& report = reports[best];
@@ -268,12 +272,10 @@ void decide_locally(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool f
     auto* mcf = static_cast<MainConf*>(
         ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module));
     std::vector<LocalLimit> limits(ctx->nlimits);
-    std::vector<ratelimit::BucketParams> params(ctx->nlimits);
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        params[i] = fallback ? node_share(limit.policy->params, lcf->failure_nodes)
-                             : limit.policy->params;
-        limits[i] = LocalLimit{limit.policy->name, params[i], limit.key, limit.cost};
+        limits[i] = LocalLimit{limit.policy->name, bucket_of(limit, lcf, fallback), limit.key,
+                               limit.cost};
     }
     std::vector<ratelimit::LimitOutcome> outcomes(ctx->nlimits);
     LocalResult result = zone_decide(mcf->zone,
@@ -286,8 +288,7 @@ void decide_locally(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool f
         ctx->rc = NGX_DECLINED;
         return;
     }
-    apply_outcomes(r, ctx, lcf, params, outcomes.data(), result == LocalResult::allowed,
-                   fallback);
+    apply_outcomes(r, ctx, lcf, outcomes.data(), result == LocalResult::allowed, fallback);
 }
 
 
@@ -326,11 +327,7 @@ void apply_script_reply(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
         apply_failure(r, ctx, lcf);
         return;
     }
-    std::vector<ratelimit::BucketParams> params(ctx->nlimits);
-    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        params[i] = ctx->limits[i].policy->params;
-    }
-    apply_outcomes(r, ctx, lcf, params, script.outcomes.data(), script.allowed, false);
+    apply_outcomes(r, ctx, lcf, script.outcomes.data(), script.allowed, false);
 }
 
 
@@ -370,11 +367,9 @@ void on_script_reply(RequestCtx* ctx, const ratelimit::CallResult& result) noexc
 
 
 // Sends this request's limits to Redis. NGX_AGAIN: the request waits for the reply.
-ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
+ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf,
                     ratelimit::RedisClient* client)
 {
-    auto* mcf = static_cast<MainConf*>(
-        ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module));
     std::vector<std::string> keys(ctx->nlimits);
     std::vector<ratelimit::ScriptLimit> limits(ctx->nlimits);
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
@@ -423,8 +418,10 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
 
 ngx_int_t decide(ngx_http_request_t* r, LocConf* lcf)
 {
+    auto* mcf = static_cast<MainConf*>(
+        ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module));
     RequestCtx* ctx = create_ctx(r);
-    if (ctx == nullptr || evaluate_limits(r, ctx, lcf) != NGX_OK) {
+    if (ctx == nullptr || evaluate_limits(r, ctx, lcf, mcf) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (ctx->nlimits == 0) {
@@ -432,8 +429,6 @@ ngx_int_t decide(ngx_http_request_t* r, LocConf* lcf)
         return NGX_DECLINED;
     }
 
-    auto* mcf = static_cast<MainConf*>(
-        ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module));
     if (mcf->redis == nullptr) {
         decide_locally(r, ctx, lcf, false);
         return ctx->rc;
@@ -443,7 +438,7 @@ ngx_int_t decide(ngx_http_request_t* r, LocConf* lcf)
         apply_failure(r, ctx, lcf);
         return ctx->rc;
     }
-    return ask_redis(r, ctx, lcf, client);
+    return ask_redis(r, ctx, lcf, mcf, client);
 }
 
 }  // namespace

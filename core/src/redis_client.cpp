@@ -3,9 +3,10 @@
 #include <hiredis/hiredis.h>
 
 #include <algorithm>
-#include <initializer_list>
 #include <new>
 #include <utility>
+
+#include "ratelimit/resp.h"
 
 namespace ratelimit {
 
@@ -34,29 +35,9 @@ struct RedisClient::Failing {
 
 namespace {
 
-std::string resp(std::initializer_list<std::string_view> args)
-{
-    std::string out = "*" + std::to_string(args.size()) + "\r\n";
-    for (std::string_view arg : args) {
-        out += '$';
-        out += std::to_string(arg.size());
-        out += "\r\n";
-        out.append(arg.data(), arg.size());
-        out += "\r\n";
-    }
-    return out;
-}
-
 bool is_error(const redisReply* reply)
 {
     return reply->type == REDIS_REPLY_ERROR;
-}
-
-bool is_noscript_error(const redisReply* reply)
-{
-    static constexpr std::string_view prefix = "NOSCRIPT";
-    return is_error(reply) && reply->str && reply->len >= prefix.size()
-           && std::string_view(reply->str, prefix.size()) == prefix;
 }
 
 std::string_view error_text(const redisReply* reply)
@@ -284,14 +265,15 @@ void RedisClient::on_connected() noexcept
             handshake.push_back(std::move(call));
         };
         if (!options_.password.empty()) {
-            add("AUTH", options_.user.empty() ? resp({"AUTH", options_.password})
-                                              : resp({"AUTH", options_.user, options_.password}));
+            add("AUTH", options_.user.empty()
+                            ? format_command({"AUTH", options_.password})
+                            : format_command({"AUTH", options_.user, options_.password}));
         }
         if (options_.db != 0) {
-            add("SELECT", resp({"SELECT", std::to_string(options_.db)}));
+            add("SELECT", format_command({"SELECT", std::to_string(options_.db)}));
         }
         if (state_ == ClientState::down) {
-            add("PING", resp({"PING"}));
+            add("PING", format_command({"PING"}));
         }
         bytes += unsent_;
         for (auto it = handshake.rbegin(); it != handshake.rend(); ++it) {
@@ -430,7 +412,7 @@ void RedisClient::handle_reply(redisReply* raw)
     }
 
     int64_t now = loop_.now_ms();
-    bool noscript = is_noscript_error(reply.get());
+    bool noscript = is_noscript(reply.get());
     if (noscript && options_.noscript_fallback && front.callback && !front.fell_back
         && !front.timed_out) {
         std::string fallback = options_.noscript_fallback(front.command);

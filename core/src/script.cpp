@@ -4,6 +4,7 @@
 
 #include <optional>
 
+#include "ratelimit/resp.h"
 #include "ratelimit/sha1.h"
 
 namespace ratelimit {
@@ -76,15 +77,6 @@ for i = 1, n do
 end
 return reply
 )lua";
-
-void append_bulk(std::string& out, std::string_view arg)
-{
-    out += '$';
-    out += std::to_string(arg.size());
-    out += "\r\n";
-    out.append(arg);
-    out += "\r\n";
-}
 
 // RESP for: <verb> <script> <n> keys... (count period burst cost)...
 std::string format_script_command(std::string_view verb, std::string_view script,
@@ -242,12 +234,6 @@ bool parse_script_reply(const redisReply* reply, size_t n, ScriptResult& result,
     }
     result.allowed = allowed == 1;
     return true;
-}
-
-bool is_noscript(const redisReply* reply)
-{
-    return reply && reply->type == REDIS_REPLY_ERROR && reply->len >= 8
-           && std::string_view(reply->str, 8) == "NOSCRIPT";
 }
 
 }  // namespace ratelimit

@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ratelimit/resp.h"
 #include "ratelimit/token_bucket.h"
 
 struct redisReply;
@@ -46,8 +47,5 @@ struct ScriptResult {
 // reply or a reply of the wrong shape.
 bool parse_script_reply(const redisReply* reply, size_t n, ScriptResult& result,
                         std::string& error);
-
-// True for a "NOSCRIPT ..." error reply.
-bool is_noscript(const redisReply* reply);
 
 }  // namespace ratelimit

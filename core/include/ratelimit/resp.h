@@ -1,0 +1,22 @@
+// The little of RESP the core writes and recognises itself: commands as arrays of bulk
+// strings (what redisFormatCommandArgv produces) and the NOSCRIPT error reply.
+#pragma once
+
+#include <initializer_list>
+#include <string>
+#include <string_view>
+
+struct redisReply;
+
+namespace ratelimit {
+
+// Appends "$<len>\r\n<arg>\r\n".
+void append_bulk(std::string& out, std::string_view arg);
+
+// "*<n>\r\n" followed by each argument as a bulk string.
+std::string format_command(std::initializer_list<std::string_view> args);
+
+// True for a "NOSCRIPT ..." error reply.
+bool is_noscript(const redisReply* reply);
+
+}  // namespace ratelimit

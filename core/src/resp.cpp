@@ -1,0 +1,32 @@
+#include "ratelimit/resp.h"
+
+#include <hiredis/hiredis.h>
+
+namespace ratelimit {
+
+void append_bulk(std::string& out, std::string_view arg)
+{
+    out += '$';
+    out += std::to_string(arg.size());
+    out += "\r\n";
+    out.append(arg);
+    out += "\r\n";
+}
+
+std::string format_command(std::initializer_list<std::string_view> args)
+{
+    std::string out = "*" + std::to_string(args.size()) + "\r\n";
+    for (std::string_view arg : args) {
+        append_bulk(out, arg);
+    }
+    return out;
+}
+
+bool is_noscript(const redisReply* reply)
+{
+    static constexpr std::string_view prefix = "NOSCRIPT";
+    return reply && reply->type == REDIS_REPLY_ERROR && reply->str
+           && reply->len >= prefix.size() && std::string_view(reply->str, prefix.size()) == prefix;
+}
+
+}  // namespace ratelimit
