@@ -51,7 +51,8 @@ bool decide_all(const LimitInput* inputs, LimitOutcome* outcomes, size_t n, int6
     bool allowed = true;
     for (size_t i = 0; i < n; i++) {
         const LimitInput& in = inputs[i];
-        int64_t level = in.state ? refill(in.params, *in.state, now_ms) : in.params.capacity_units();
+        int64_t level =
+            in.state ? refill(in.params, *in.state, now_ms) : in.params.capacity_units();
         int64_t need = need_units(in.params, in.cost);
         outcomes[i].level_units = level;
         outcomes[i].retry_after_ms = retry_ms(in.params, level, need);
