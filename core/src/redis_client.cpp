@@ -17,8 +17,10 @@ struct RedisClient::Call {
 
     CallId id = 0;
     Kind kind = Kind::user;
-    const char* what = "";      // handshake: "AUTH", "SELECT" or "PING"
+    const char* what = "";      // handshake: "AUTH", "SELECT" or "probe"
     int64_t submitted_ms = 0;
+    int64_t queued_ms = 0;      // when the caller started waiting: the deadline runs from it
+    uint64_t epoch = 0;         // failure epoch then: one stall counts once
     int64_t deadline_ms = -1;   // -1 until the call is on a ready connection
     Callback callback;          // empty once cancelled or timed out
     std::string command;        // kept for the NOSCRIPT fallback
@@ -38,6 +40,12 @@ namespace {
 bool is_error(const redisReply* reply)
 {
     return reply->type == REDIS_REPLY_ERROR;
+}
+
+// A master turned replica: the connection must go, so that the next one finds the master.
+bool is_readonly(const redisReply* reply)
+{
+    return is_error(reply) && reply->len >= 8 && std::string_view(reply->str, 8) == "READONLY";
 }
 
 std::string_view error_text(const redisReply* reply)
@@ -98,7 +106,8 @@ size_t RedisClient::pending() const noexcept
     return calls_.size();
 }
 
-RedisClient::Submitted RedisClient::submit(std::string command, Callback callback)
+RedisClient::Submitted RedisClient::submit(std::string command, Callback callback,
+                                           const Since* since)
 {
     if (shut_down_) {
         return {CallStatus::shutdown, 0};
@@ -113,11 +122,13 @@ RedisClient::Submitted RedisClient::submit(std::string command, Callback callbac
     Call call;
     call.id = next_id_;
     call.submitted_ms = loop_.now_ms();
+    call.queued_ms = since ? std::min(since->ms, call.submitted_ms) : call.submitted_ms;
+    call.epoch = since ? since->epoch : failure_epoch_;
     call.callback = std::move(callback);
     call.command = std::move(command);
 
     if (phase_ == Phase::ready) {
-        call.deadline_ms = call.submitted_ms + options_.timeout_ms;
+        call.deadline_ms = call.queued_ms + options_.timeout_ms;
         calls_.push_back(std::move(call));
         next_id_++;
         // A broken stream reports on_closed later; the call then fails as disconnected.
@@ -154,7 +165,7 @@ RedisClient::Submitted RedisClient::submit(std::string command, Callback callbac
     if (!start_connect()) {
         calls_.pop_back();
         unsent_.resize(unsent_size);
-        record_failure("cannot start connecting to Redis");
+        record_failure("cannot start connecting to Redis", failure_epoch_);
         return {state_ == ClientState::down ? CallStatus::down : CallStatus::disconnected, 0};
     }
     return {CallStatus::ok, id};
@@ -273,7 +284,8 @@ void RedisClient::on_connected() noexcept
             add("SELECT", format_command({"SELECT", std::to_string(options_.db)}));
         }
         if (state_ == ClientState::down) {
-            add("PING", format_command({"PING"}));
+            add("probe", options_.probe_command.empty() ? format_command({"PING"})
+                                                        : options_.probe_command);
         }
         bytes += unsent_;
         for (auto it = handshake.rbegin(); it != handshake.rend(); ++it) {
@@ -418,11 +430,11 @@ void RedisClient::handle_reply(redisReply* raw)
         std::string fallback = options_.noscript_fallback(front.command);
         if (!fallback.empty()) {
             // Append first (push_back keeps references valid): if it throws, nothing moved.
+            // The deadline stays: the timeout covers the protocol's own retries.
             calls_.push_back(std::move(front));
             calls_.pop_front();
             Call& again = calls_.back();
             again.command = std::move(fallback);
-            again.deadline_ms = now + options_.timeout_ms;
             again.fell_back = true;
             transport_->write(again.command);
             if (!call_timer_->armed()) {
@@ -456,7 +468,12 @@ void RedisClient::handle_reply(redisReply* raw)
     if (error && !call.timed_out) {
         std::string message = "Redis error reply: ";
         message += error_text(reply.get());
-        record_failure(message);
+        if (is_readonly(reply.get())) {
+            count_failure(call.epoch);
+            drop_connection(message, CallStatus::disconnected, false);
+            return;
+        }
+        record_failure(message, call.epoch);
     }
 }
 
@@ -493,7 +510,7 @@ void RedisClient::on_call_timer() noexcept
             break;  // deadlines grow in deque order
         }
         call.timed_out = true;
-        failures_++;
+        count_failure(call.epoch);
         expired++;
         Callback callback = std::move(call.callback);
         call.callback = nullptr;
@@ -545,9 +562,21 @@ void RedisClient::on_closed(std::string_view reason) noexcept
     drop_connection(message, CallStatus::disconnected, failure);
 }
 
-void RedisClient::record_failure(std::string_view what) noexcept
+// Counts a failed round trip. Calls that were waiting when a failure was counted were caught
+// in that same stall (they queue behind it on the one connection): one stall, one failure.
+bool RedisClient::count_failure(uint64_t epoch) noexcept
 {
+    if (epoch != failure_epoch_) {
+        return false;
+    }
     failures_++;
+    failure_epoch_++;
+    return true;
+}
+
+void RedisClient::record_failure(std::string_view what, uint64_t epoch) noexcept
+{
+    count_failure(epoch);
     if (failures_ >= options_.failures_to_down && phase_ != Phase::none) {
         drop_connection(what, CallStatus::disconnected, false);
         return;
@@ -568,6 +597,7 @@ void RedisClient::drop_connection(std::string_view reason, CallStatus status,
     close_connection();
     if (failure) {
         failures_++;
+        failure_epoch_++;
     }
     bool open = failures_ >= options_.failures_to_down;
     set_state(open ? ClientState::down : ClientState::idle);

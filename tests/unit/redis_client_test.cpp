@@ -638,7 +638,7 @@ TEST_F(RedisClientTest, ProbeConnectTimeoutRearms)
     EXPECT_EQ(loop.transport().connects, 3);
 }
 
-TEST_F(RedisClientTest, TimeoutsOpenBreaker)
+TEST_F(RedisClientTest, OneStallIsOneFailureHoweverManyCallsItHeld)
 {
     ClientOptions o;
     o.failures_to_down = 3;
@@ -654,41 +654,118 @@ TEST_F(RedisClientTest, TimeoutsOpenBreaker)
     for (const Seen& s : seen) {
         EXPECT_EQ(s.status, CallStatus::timeout);
     }
+    // Four calls, one round trip: the breaker stays closed and the connection stays.
+    EXPECT_EQ(client->state(), ClientState::up);
+    EXPECT_TRUE(loop.transport().open);
+    // A call queued before the failure was counted but sent after it is the same stall.
+    RedisClient::Since before{loop.now - 1, client->failure_epoch() - 1};
+    auto s = client->submit(cmd("GET e"), record(seen), &before);
+    ASSERT_EQ(s.status, CallStatus::ok);
+    loop.advance(o.timeout_ms);
+    EXPECT_EQ(seen.back().status, CallStatus::timeout);
+    EXPECT_EQ(client->state(), ClientState::up);
+    // Two more round trips that fail, one after the other: three in a row open the breaker.
+    get("f", seen);
+    loop.advance(o.timeout_ms);
+    EXPECT_EQ(client->state(), ClientState::up);
+    get("g", seen);
+    loop.advance(o.timeout_ms);
     EXPECT_EQ(client->state(), ClientState::down);
     EXPECT_FALSE(loop.transport().open);
     EXPECT_EQ(client->pending(), 0u);
     EXPECT_EQ(client->submit(cmd("GET a"), record(seen)).status, CallStatus::down);
 }
 
-TEST_F(RedisClientTest, ErrorRepliesCountGoodRepliesReset)
+TEST_F(RedisClientTest, TimeoutRunsFromWhenTheCallerStartedWaiting)
+{
+    ClientOptions o;
+    o.timeout_ms = 100;
+    make(o);
+    connect_up();
+    std::vector<Seen> seen;
+    RedisClient::Since since{loop.now, client->failure_epoch()};
+    loop.advance(60);
+    ASSERT_EQ(client->submit(cmd("GET a"), record(seen), &since).status, CallStatus::ok);
+    loop.advance(39);
+    EXPECT_TRUE(seen.empty());
+    loop.advance(1);
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].status, CallStatus::timeout);
+}
+
+TEST_F(RedisClientTest, ErrorRepliesCountPerRoundTripGoodRepliesReset)
 {
     ClientOptions o;
     o.failures_to_down = 3;
     make(o);
     connect_up();
     std::vector<Seen> seen;
-    for (int i = 0; i < 6; i++) {
-        get("x", seen);
-    }
+    // Three calls in flight together that all fail: one failed round trip.
+    get("x", seen);
     get("y", seen);
     get("z", seen);
-    // err, err, ok, err, err, ok: never 3 in a row.
-    loop.transport().feed("-ERR a\r\n-ERR b\r\n:1\r\n-ERR c\r\n-ERR d\r\n:2\r\n");
+    loop.transport().feed("-ERR a\r\n-ERR b\r\n-ERR c\r\n");
+    EXPECT_EQ(client->state(), ClientState::up);
+    // err, ok, err, err: never 3 in a row.
+    get("x", seen);
+    loop.transport().feed(":1\r\n");
+    get("x", seen);
+    loop.transport().feed("-ERR d\r\n");
+    get("x", seen);
+    loop.transport().feed("-ERR e\r\n");
     EXPECT_EQ(client->state(), ClientState::up);
     // NOSCRIPT doesn't count (no fallback configured: delivered as is).
+    get("x", seen);
     loop.transport().feed("-NOSCRIPT No matching script\r\n");
     EXPECT_EQ(seen.back().text, "ERR:NOSCRIPT No matching script");
     EXPECT_EQ(client->state(), ClientState::up);
+    // The third failed round trip in a row opens it; its callback still sees its reply.
     get("w", seen);
-    // err, then two more -> down; the third error's callback still sees its reply.
-    loop.transport().feed("-ERR e\r\n");
-    get("v", seen);
-    loop.transport().feed("-ERR f\r\n");
-    EXPECT_EQ(client->state(), ClientState::up);
     loop.transport().feed("-ERR g\r\n");
     EXPECT_EQ(client->state(), ClientState::down);
     EXPECT_EQ(seen.back().status, CallStatus::ok);
     EXPECT_EQ(seen.back().text, "ERR:ERR g");
+}
+
+TEST_F(RedisClientTest, ReadonlyReplyDropsTheConnection)
+{
+    make();
+    connect_up();
+    std::vector<Seen> a, b;
+    get("a", a);
+    get("b", b);
+    loop.transport().feed("-READONLY You can't write against a read only replica.\r\n");
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].text, "ERR:READONLY You can't write against a read only replica.");
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].status, CallStatus::disconnected);
+    EXPECT_FALSE(loop.transport().open);
+    EXPECT_EQ(client->state(), ClientState::idle);  // one failure: not down
+    get("c", a);  // reconnects
+    EXPECT_EQ(loop.transport().connects, 2);
+}
+
+TEST_F(RedisClientTest, ProbeSendsTheConfiguredCallAndAnErrorKeepsItDown)
+{
+    ClientOptions o;
+    o.failures_to_down = 1;
+    o.probe_interval_ms = 1000;
+    o.probe_command = cmd("EVAL %s 0", "return 1");
+    make(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    loop.transport().refuse();
+    ASSERT_EQ(client->state(), ClientState::down);
+    loop.advance(1000);
+    loop.transport().accept();
+    EXPECT_EQ(loop.transport().take(), o.probe_command);
+    loop.transport().feed("-READONLY You can't write against a read only replica.\r\n");
+    EXPECT_EQ(client->state(), ClientState::down);
+    loop.advance(1000);
+    loop.transport().accept();
+    EXPECT_EQ(loop.transport().take(), o.probe_command);
+    loop.transport().feed(":1\r\n");
+    EXPECT_EQ(client->state(), ClientState::up);
 }
 
 TEST_F(RedisClientTest, DisconnectWithPendingOpensBreakerWithoutCallingTimedOut)
@@ -739,7 +816,7 @@ TEST_F(RedisClientTest, NoscriptFallbackResendsUnderSameId)
     EXPECT_EQ(seen[0].text, "1");
 }
 
-TEST_F(RedisClientTest, NoscriptFallbackKeepsIdForCancelAndGetsFreshDeadline)
+TEST_F(RedisClientTest, NoscriptFallbackKeepsIdForCancelAndItsDeadline)
 {
     ClientOptions o;
     o.timeout_ms = 100;
@@ -750,9 +827,9 @@ TEST_F(RedisClientTest, NoscriptFallbackKeepsIdForCancelAndGetsFreshDeadline)
     auto sa = client->submit(cmd("EVALSHA %s 0", "abc"), record(a));
     loop.advance(80);
     loop.transport().feed("-NOSCRIPT x\r\n");
-    loop.advance(80);  // 160 ms after submit, 80 after the resend: not expired
+    loop.advance(19);  // the timeout covers the resend: 100 ms from the submit
     EXPECT_TRUE(a.empty());
-    loop.advance(20);
+    loop.advance(1);
     ASSERT_EQ(a.size(), 1u);
     EXPECT_EQ(a[0].status, CallStatus::timeout);
 

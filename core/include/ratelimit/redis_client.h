@@ -30,6 +30,10 @@ struct ClientOptions {
     // When set, a call whose reply is a NOSCRIPT error is sent again, under the same id, as
     // noscript_fallback(original command) (EVALSHA -> EVAL, see script.h).
     std::function<std::string(std::string_view command)> noscript_fallback;
+    // What the breaker's probe sends once a second while Redis is down: a call like the ones
+    // requests make, so a server that answers PING but refuses scripts (READONLY, OOM,
+    // NOPERM) stays down. Empty: PING.
+    std::string probe_command;
 };
 
 enum class CallStatus {
@@ -72,7 +76,16 @@ public:
     };
     // Sends one RESP-encoded command (see redisFormatCommand). Never calls `callback`
     // synchronously: any immediate failure is returned instead, and the callback dropped.
-    Submitted submit(std::string command, Callback callback);
+    // `since` (default: now) is when the caller started waiting: the timeout runs from then
+    // and covers the NOSCRIPT resend, and a failure counted after it is the same stall.
+    struct Since {
+        int64_t ms;      // loop time
+        uint64_t epoch;  // failure_epoch() then
+    };
+    Submitted submit(std::string command, Callback callback, const Since* since = nullptr);
+
+    // Bumped whenever a failed round trip is counted.
+    uint64_t failure_epoch() const noexcept { return failure_epoch_; }
 
     // The callback of `id` will never be called. Safe for finished or unknown ids.
     void cancel(CallId id) noexcept;
@@ -105,7 +118,8 @@ private:
     void arm_call_timer();
     void close_connection() noexcept;
     void fail_all(CallStatus status) noexcept;
-    void record_failure(std::string_view what) noexcept;
+    bool count_failure(uint64_t epoch) noexcept;
+    void record_failure(std::string_view what, uint64_t epoch) noexcept;
     void set_state(ClientState state) noexcept;
     void drop_connection(std::string_view reason, CallStatus status, bool failure) noexcept;
     void probe_failed(std::string_view reason) noexcept;
@@ -128,6 +142,7 @@ private:
     Phase phase_ = Phase::none;
     uint64_t generation_ = 0;       // bumped when the connection is closed or shut down
     int failures_ = 0;
+    uint64_t failure_epoch_ = 0;
     int64_t last_latency_ms_ = -1;
     bool shut_down_ = false;
 };
