@@ -3,6 +3,7 @@
 #pragma once
 
 #include "ngx_ratelimit_nginx.h"
+#include "ratelimit/batcher.h"
 #include "ratelimit/policy.h"
 #include "ratelimit/redis_client.h"
 #include "ratelimit/redis_config.h"
@@ -31,6 +32,22 @@ struct Limit {
     ngx_str_t* file;                         // where it was written, for late errors
     ngx_uint_t line;
 };
+
+// A request's decision, as $ratelimit_status names it.
+enum class Status : ngx_uint_t {
+    none,
+    passed,
+    rejected,
+    rejected_dry_run,
+    skipped,
+    failed_open,
+    failed_closed,
+    local_passed,
+    local_rejected,
+};
+
+// At most this many `ratelimit` lines apply to one request (decided on the stack).
+constexpr ngx_uint_t kMaxLimitsPerRequest = 64;
 
 enum HeaderStyle : ngx_uint_t {
     headers_off = 0,
@@ -67,13 +84,17 @@ struct LocConf {
 
 Policy* find_policy(MainConf* mcf, const ngx_str_t& name);
 
-// The worker's Redis client; nullptr in local mode, in the master, and after exit_process.
+// The worker's Redis client and its batcher; nullptr in local mode, in the master, and after
+// exit_process.
 ratelimit::RedisClient* redis_client();
+ratelimit::Batcher* redis_batcher();
 ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf);
 void exit_worker_redis();
 
 // ngx_ratelimit_handler.cpp
 ngx_int_t access_handler(ngx_http_request_t* r) noexcept;
+
+// ngx_ratelimit_filter.cpp
 ngx_int_t install_header_filter() noexcept;
 ngx_int_t add_variables(ngx_conf_t* cf) noexcept;
 

@@ -1,32 +1,17 @@
-// The request path: evaluate a request's limits, decide them (Redis, or the shared zone),
-// suspend the request while Redis answers, resume it, and report the decision in headers
-// and variables.
+// The request path: evaluate a request's limits, decide them (Redis through the worker's
+// batcher, the node's rejection memory, or the shared zone), suspend the request while Redis
+// answers and resume it. Headers and variables: ngx_ratelimit_filter.cpp.
 
 #include <algorithm>
 #include <string>
-#include <type_traits>
-#include <vector>
 
-#include "ngx_ratelimit.h"
+#include "ngx_ratelimit_request.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/headers.h"
 #include "ratelimit/key.h"
-#include "ratelimit/script.h"
 
 namespace ngx_ratelimit {
 namespace {
-
-enum class Status : ngx_uint_t {
-    none,
-    passed,
-    rejected,
-    rejected_dry_run,
-    skipped,
-    failed_open,
-    failed_closed,
-    local_passed,
-    local_rejected,
-};
 
 ngx_str_t status_names[] = {
     ngx_null_string,
@@ -40,56 +25,18 @@ ngx_str_t status_names[] = {
     ngx_string("LOCAL_REJECTED"),
 };
 
-enum class Phase { waiting, resumed, done };
-
-// One evaluated limit of this request.
-struct RequestLimit {
-    Policy* policy;
-    ngx_str_t key;
-    int64_t cost;
-};
-
-// Lives in the request pool, inside the pool cleanup entry that finds it again after an
-// internal redirect (which clears module contexts).
-struct RequestCtx {
-    ngx_http_request_t* r;
-    Phase phase;
-    ngx_int_t rc;                 // what the handler returns once resumed
-    Status status;
-    bool has_report;
-    bool rejected;                // with the configured status (not dry run)
-    ngx_str_t policy;             // the most restrictive limit, for headers and variables
-    int64_t limit;
-    int64_t remaining;
-    int64_t reset;
-    int64_t retry_after;
-    int64_t window;
-    RequestLimit* limits;
-    ngx_uint_t nlimits;
-    ratelimit::CallId call;
-    bool call_pending;
-    ngx_event_t resume_ev;
-};
-
-static_assert(std::is_trivially_destructible<RequestCtx>::value, "lives in a pool");
-
-ngx_http_output_header_filter_pt next_header_filter;
+// The Redis keys of the request being queued, reused by every request of this worker.
+std::string key_scratch;
 
 
-std::string_view as_view(const ngx_str_t& s)
-{
-    return std::string_view(reinterpret_cast<const char*>(s.data), s.len);
-}
-
-
-// Stops anything that could still reach this request: the Redis callback and the resume.
+// Stops anything that could still reach this request: the verdict and the resume.
 void detach(RequestCtx* ctx) noexcept
 {
-    if (ctx->call_pending) {
-        ctx->call_pending = false;
-        if (ratelimit::RedisClient* client = redis_client()) {
-            client->cancel(ctx->call);
+    if (ctx->pending) {
+        if (ratelimit::Batcher* batcher = redis_batcher()) {
+            batcher->cancel(ctx->pending);
         }
+        ctx->pending = 0;
     }
     if (ctx->resume_ev.posted) {
         ngx_delete_posted_event(&ctx->resume_ev);
@@ -102,23 +49,6 @@ void detach(RequestCtx* ctx) noexcept
 void detach_cleanup(void* data) noexcept
 {
     detach(static_cast<RequestCtx*>(data));
-}
-
-
-RequestCtx* find_ctx(ngx_http_request_t* r)
-{
-    auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_ratelimit_module));
-    if (ctx || !(r->internal || r->filter_finalize)) {
-        return ctx;
-    }
-    for (ngx_pool_cleanup_t* cln = r->pool->cleanup; cln; cln = cln->next) {
-        if (cln->handler == detach_cleanup) {
-            ctx = static_cast<RequestCtx*>(cln->data);
-            ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
-            return ctx;
-        }
-    }
-    return nullptr;
 }
 
 
@@ -177,17 +107,33 @@ Policy* request_policy(ngx_http_request_t* r, const Limit& limit, LocConf* lcf, 
 }
 
 
-// Evaluates keys, policies and costs; limits with an empty key are skipped.
+// The limit of this request that already names the bucket (policy, key), if any.
+RequestLimit* same_bucket(RequestCtx* ctx, const Policy* policy, const ngx_str_t& key)
+{
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        RequestLimit& limit = ctx->limits[i];
+        if (limit.policy == policy && limit.key.len == key.len
+            && ngx_memcmp(limit.key.data, key.data, key.len) == 0)
+        {
+            return &limit;
+        }
+    }
+    return nullptr;
+}
+
+
+// Evaluates keys, policies and costs; limits with an empty key are skipped, and limits that
+// name the same bucket become one whose cost is their sum.
 ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf)
 {
     auto* limits = static_cast<Limit*>(lcf->limits->elts);
-    ctx->limits = static_cast<RequestLimit*>(
-        ngx_palloc(r->pool, lcf->limits->nelts * sizeof(RequestLimit)));
+    ngx_uint_t n = std::min<ngx_uint_t>(lcf->limits->nelts, kMaxLimitsPerRequest);
+    ctx->limits = static_cast<RequestLimit*>(ngx_palloc(r->pool, n * sizeof(RequestLimit)));
     if (ctx->limits == nullptr) {
         return NGX_ERROR;
     }
     ctx->nlimits = 0;
-    for (ngx_uint_t i = 0; i < lcf->limits->nelts; i++) {
+    for (ngx_uint_t i = 0; i < n; i++) {
         ngx_str_t key;
         if (ngx_http_complex_value(r, &limits[i].key, &key) != NGX_OK) {
             return NGX_ERROR;
@@ -195,10 +141,13 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
         if (key.len == 0) {
             continue;
         }
-        RequestLimit& limit = ctx->limits[ctx->nlimits++];
-        limit.key = key;
-        limit.policy = request_policy(r, limits[i], lcf, mcf);
-        limit.cost = request_cost(r, limits[i]);
+        Policy* policy = request_policy(r, limits[i], lcf, mcf);
+        int64_t cost = request_cost(r, limits[i]);
+        if (RequestLimit* twin = same_bucket(ctx, policy, key)) {
+            twin->cost = std::min<int64_t>(twin->cost + cost, 1000000000LL * 64);
+            continue;
+        }
+        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost};
     }
     return NGX_OK;
 }
@@ -222,19 +171,28 @@ ratelimit::BucketParams bucket_of(const RequestLimit& limit, LocConf* lcf, bool 
 }
 
 
+// The request's limits as the zone takes them.
+void zone_limits(RequestCtx* ctx, LocConf* lcf, bool local_fallback, LocalLimit* out)
+{
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        out[i] = LocalLimit{limit.policy->name, bucket_of(limit, lcf, local_fallback),
+                            limit.key, limit.cost};
+    }
+}
+
+
 // Records a bucket decision: the most restrictive limit, the status, the handler's result.
 void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
                     const ratelimit::LimitOutcome* outcomes, bool allowed, bool local_fallback)
 {
-    std::vector<ratelimit::LimitReport> reports;
-    reports.reserve(ctx->nlimits);
+    ratelimit::LimitReport reports[kMaxLimitsPerRequest];
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        reports.push_back(ratelimit::make_report(as_view(limit.policy->name),
-                                                 bucket_of(limit, lcf, local_fallback),
-                                                 outcomes[i]));
+        reports[i] = ratelimit::make_report(as_view(limit.policy->name),
+                                            bucket_of(limit, lcf, local_fallback), outcomes[i]);
     }
-    size_t best = ratelimit::most_restrictive(reports.data(), reports.size());
+    size_t best = ratelimit::most_restrictive(reports, ctx->nlimits);
     const ratelimit::LimitReport& report = reports[best];
     ctx->has_report = true;
     ctx->policy = ctx->limits[best].policy->name;
@@ -244,8 +202,8 @@ void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
     ctx->window = report.window_seconds;
     // The request needs every limit's cost: it can pass again once the slowest has it.
     ctx->retry_after = 0;
-    for (const ratelimit::LimitReport& each : reports) {
-        ctx->retry_after = std::max(ctx->retry_after, each.retry_after_seconds);
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        ctx->retry_after = std::max(ctx->retry_after, reports[i].retry_after_seconds);
     }
 
     if (allowed) {
@@ -266,29 +224,29 @@ void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
 }
 
 
+MainConf* main_conf(ngx_http_request_t* r)
+{
+    return static_cast<MainConf*>(ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module));
+}
+
+
 // Decides with this node's shared-memory buckets: local mode, or the `local` failure mode.
 void decide_locally(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool fallback)
 {
-    auto* mcf = static_cast<MainConf*>(
-        ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module));
-    std::vector<LocalLimit> limits(ctx->nlimits);
-    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        const RequestLimit& limit = ctx->limits[i];
-        limits[i] = LocalLimit{limit.policy->name, bucket_of(limit, lcf, fallback), limit.key,
-                               limit.cost};
-    }
-    std::vector<ratelimit::LimitOutcome> outcomes(ctx->nlimits);
-    LocalResult result = zone_decide(mcf->zone,
+    LocalLimit limits[kMaxLimitsPerRequest];
+    ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
+    zone_limits(ctx, lcf, fallback, limits);
+    LocalResult result = zone_decide(main_conf(r)->zone,
                                      fallback ? BucketSpace::failover : BucketSpace::local,
-                                     limits.data(), limits.size(), outcomes.data());
+                                     limits, ctx->nlimits, outcomes);
     if (result == LocalResult::no_memory) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "ratelimit: zone \"ratelimit\" is full, request allowed");
+                      "ratelimit: the shared zone is full, request allowed");
         ctx->status = fallback ? Status::local_passed : Status::passed;
         ctx->rc = NGX_DECLINED;
         return;
     }
-    apply_outcomes(r, ctx, lcf, outcomes.data(), result == LocalResult::allowed, fallback);
+    apply_outcomes(r, ctx, lcf, outcomes, result == LocalResult::allowed, fallback);
 }
 
 
@@ -310,24 +268,47 @@ void apply_failure(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
 }
 
 
-void apply_script_reply(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
-                        const ratelimit::CallResult& result)
+// The rejection memory: a request that needs more than what the last replies showed of its
+// buckets (refilled since) is rejected here, without a Redis call.
+bool rejected_on_node(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf)
 {
-    if (result.status != ratelimit::CallStatus::ok) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "ratelimit: Redis call failed (%s)", ratelimit::to_string(result.status));
+    LocalLimit limits[kMaxLimitsPerRequest];
+    ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
+    zone_limits(ctx, lcf, false, limits);
+    if (!zone_recall(mcf->zone, limits, ctx->nlimits, ratelimit::monotonic_ms(), outcomes)) {
+        return false;
+    }
+    ctx->on_node = true;
+    apply_outcomes(r, ctx, lcf, outcomes, false, false);
+    return true;
+}
+
+
+void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
+                   const ratelimit::Verdict& verdict)
+{
+    if (!verdict.decided) {
+        if (verdict.error.empty()) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "ratelimit: Redis call failed (%s)",
+                          ratelimit::to_string(verdict.status));
+        } else {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ratelimit: Redis replied: %*s",
+                          verdict.error.size(), verdict.error.data());
+        }
         apply_failure(r, ctx, lcf);
         return;
     }
-    ratelimit::ScriptResult script;
-    std::string error;
-    if (!ratelimit::parse_script_reply(result.reply, ctx->nlimits, script, error)) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ratelimit: Redis replied: %s",
-                      error.c_str());
-        apply_failure(r, ctx, lcf);
-        return;
+    LocalLimit limits[kMaxLimitsPerRequest];
+    ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
+    zone_limits(ctx, lcf, false, limits);
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        outcomes[i] = ratelimit::outcome_after(limits[i].params, limits[i].cost,
+                                               verdict.levels[i], verdict.allowed);
     }
-    apply_outcomes(r, ctx, lcf, script.outcomes.data(), script.allowed, false);
+    zone_remember(main_conf(r)->zone, limits, ctx->nlimits, verdict.levels, verdict.allowed,
+                  verdict.sent_ms);
+    apply_outcomes(r, ctx, lcf, outcomes, verdict.allowed, false);
 }
 
 
@@ -347,55 +328,56 @@ void resume_request(ngx_event_t* ev) noexcept
 }
 
 
-void on_script_reply(RequestCtx* ctx, const ratelimit::CallResult& result) noexcept
+void on_verdict(void* owner, const ratelimit::Verdict& verdict) noexcept
 {
+    auto* ctx = static_cast<RequestCtx*>(owner);
     ngx_http_request_t* r = ctx->r;
-    ctx->call_pending = false;
+    auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_module));
+    ctx->pending = 0;
     try {
-        auto* lcf = static_cast<LocConf*>(
-            ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_module));
-        apply_script_reply(r, ctx, lcf, result);
+        apply_verdict(r, ctx, lcf, verdict);
     } catch (...) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "ratelimit: failed to apply the Redis reply, request allowed");
-        ctx->status = Status::failed_open;
-        ctx->rc = NGX_DECLINED;
+                      "ratelimit: failed to apply the Redis reply");
+        apply_failure(r, ctx, lcf);
     }
     ctx->phase = Phase::resumed;
     ngx_post_event(&ctx->resume_ev, &ngx_posted_events);
 }
 
 
-// Sends this request's limits to Redis. NGX_AGAIN: the request waits for the reply.
+// Queues this request's limits for the next script call. NGX_AGAIN: the request waits.
 ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf,
-                    ratelimit::RedisClient* client)
+                    ratelimit::Batcher* batcher)
 {
-    std::vector<std::string> keys(ctx->nlimits);
-    std::vector<ratelimit::ScriptLimit> limits(ctx->nlimits);
+    size_t ends[kMaxLimitsPerRequest];
+    key_scratch.clear();
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        ratelimit::append_bucket_key(keys[i], mcf->redis->prefix, as_view(limit.policy->name),
-                                     as_view(limit.key));
-        limits[i] = ratelimit::ScriptLimit{keys[i], limit.policy->params, limit.cost};
+        ratelimit::append_bucket_key(key_scratch, mcf->redis->prefix,
+                                     as_view(limit.policy->name), as_view(limit.key));
+        ends[i] = key_scratch.size();
+    }
+    ratelimit::ScriptLimit limits[kMaxLimitsPerRequest];
+    for (ngx_uint_t i = 0, start = 0; i < ctx->nlimits; start = ends[i], i++) {
+        limits[i] = ratelimit::ScriptLimit{
+            std::string_view(key_scratch).substr(start, ends[i] - start),
+            ctx->limits[i].policy->params, ctx->limits[i].cost};
     }
 
-    auto submitted = client->submit(
-        ratelimit::format_evalsha(limits.data(), limits.size()),
-        [ctx](const ratelimit::CallResult& result) { on_script_reply(ctx, result); });
-
-    if (submitted.status != ratelimit::CallStatus::ok) {
-        // "down" was logged once when the breaker opened; the rest is worth a line each.
-        if (submitted.status != ratelimit::CallStatus::down) {
+    auto queued = batcher->decide(limits, ctx->nlimits, on_verdict, ctx);
+    if (queued.status != ratelimit::CallStatus::ok) {
+        // "down" was logged once when the breaker opened; the rest is worth a line.
+        if (queued.status != ratelimit::CallStatus::down) {
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                           "ratelimit: Redis call not sent (%s)",
-                          ratelimit::to_string(submitted.status));
+                          ratelimit::to_string(queued.status));
         }
         apply_failure(r, ctx, lcf);
         return ctx->rc;
     }
 
-    ctx->call = submitted.id;
-    ctx->call_pending = true;
+    ctx->pending = queued.id;
     ctx->phase = Phase::waiting;
     ctx->resume_ev.handler = resume_request;
     ctx->resume_ev.data = ctx;
@@ -410,243 +392,124 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainCo
         ngx_post_event(c->read, &ngx_posted_events);
     } else if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
         detach(ctx);
+        ctx->phase = Phase::done;
+        r->read_event_handler = ngx_http_block_reading;
+        r->write_event_handler = ngx_http_core_run_phases;
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     return NGX_AGAIN;
 }
 
 
-ngx_int_t decide(ngx_http_request_t* r, LocConf* lcf)
+ngx_int_t decide(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
 {
-    auto* mcf = static_cast<MainConf*>(
-        ngx_http_get_module_main_conf(r, ngx_http_ratelimit_module));
-    RequestCtx* ctx = create_ctx(r);
-    if (ctx == nullptr || evaluate_limits(r, ctx, lcf, mcf) != NGX_OK) {
+    MainConf* mcf = main_conf(r);
+    if (evaluate_limits(r, ctx, lcf, mcf) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (ctx->nlimits == 0) {
         ctx->status = Status::skipped;
         return NGX_DECLINED;
     }
-
     if (mcf->redis == nullptr) {
         decide_locally(r, ctx, lcf, false);
         return ctx->rc;
     }
-    ratelimit::RedisClient* client = redis_client();
-    if (client == nullptr) {
+    ratelimit::Batcher* batcher = redis_batcher();
+    if (batcher == nullptr) {
         apply_failure(r, ctx, lcf);
         return ctx->rc;
     }
-    return ask_redis(r, ctx, lcf, mcf, client);
+    if (rejected_on_node(r, ctx, lcf, mcf)) {
+        return ctx->rc;
+    }
+    return ask_redis(r, ctx, lcf, mcf, batcher);
+}
+
+
+// Something threw on the request path (out of memory): the failure mode decides.
+ngx_int_t decide_after_exception(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf) noexcept
+{
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "ratelimit: out of memory, the failure mode decides");
+    if (ctx == nullptr) {
+        return lcf->failure_mode == failure_closed ? NGX_HTTP_SERVICE_UNAVAILABLE
+                                                   : NGX_DECLINED;
+    }
+    detach(ctx);
+    ctx->phase = Phase::done;
+    ctx->has_report = false;
+    ctx->rejected = false;
+    try {
+        apply_failure(r, ctx, lcf);
+    } catch (...) {
+        ctx->status = lcf->failure_mode == failure_closed ? Status::failed_closed
+                                                          : Status::failed_open;
+        ctx->rc = lcf->failure_mode == failure_closed ? NGX_HTTP_SERVICE_UNAVAILABLE
+                                                      : NGX_DECLINED;
+    }
+    return ctx->rc;
 }
 
 }  // namespace
+
+
+RequestCtx* find_ctx(ngx_http_request_t* r) noexcept
+{
+    auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_ratelimit_module));
+    if (ctx || !(r->internal || r->filter_finalize)) {
+        return ctx;
+    }
+    for (ngx_pool_cleanup_t* cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == detach_cleanup) {
+            ctx = static_cast<RequestCtx*>(cln->data);
+            ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_module);
+            return ctx;
+        }
+    }
+    return nullptr;
+}
+
+
+const ngx_str_t& status_name(Status status) noexcept
+{
+    return status_names[ngx_uint_t(status)];
+}
 
 
 // PREACCESS handler. Allowed requests go on with NGX_DECLINED (never NGX_OK, which would
 // skip other handlers); rejected ones end with the configured status.
 ngx_int_t access_handler(ngx_http_request_t* r) noexcept
 {
-    try {
-        if (r != r->main) {
-            return NGX_DECLINED;
-        }
-        auto* lcf = static_cast<LocConf*>(
-            ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_module));
-        RequestCtx* ctx = find_ctx(r);
-        if (ctx) {
-            switch (ctx->phase) {
-            case Phase::waiting:
-                return NGX_AGAIN;
-            case Phase::resumed:
-                ctx->phase = Phase::done;
-                return ctx->rc;
-            case Phase::done:
-                // Decided once already (internal redirect, error page): never twice.
-                return NGX_DECLINED;
-            }
-        }
-        if (lcf->limits == nullptr) {
-            return NGX_DECLINED;
-        }
-        return decide(r, lcf);
-    } catch (...) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "ratelimit: out of memory, request allowed");
+    if (r != r->main) {
         return NGX_DECLINED;
     }
-}
-
-
-namespace {
-
-ngx_int_t push_header(ngx_http_request_t* r, const char* name, ngx_str_t value)
-{
-    ngx_table_elt_t* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
-    if (h == nullptr) {
-        return NGX_ERROR;
-    }
-    h->hash = 1;
-    h->key.len = ngx_strlen(name);
-    h->key.data = (u_char*) name;
-    h->value = value;
-    h->lowcase_key = nullptr;
-#if (nginx_version >= 1023000)
-    h->next = nullptr;
-#endif
-    return NGX_OK;
-}
-
-
-ngx_int_t push_number(ngx_http_request_t* r, const char* name, int64_t value)
-{
-    auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
-    if (p == nullptr) {
-        return NGX_ERROR;
-    }
-    ngx_str_t s{size_t(ngx_sprintf(p, "%L", value) - p), p};
-    return push_header(r, name, s);
-}
-
-
-ngx_int_t push_text(ngx_http_request_t* r, const char* name, const std::string& value)
-{
-    auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, value.size()));
-    if (p == nullptr) {
-        return NGX_ERROR;
-    }
-    ngx_memcpy(p, value.data(), value.size());
-    return push_header(r, name, ngx_str_t{value.size(), p});
-}
-
-
-ngx_int_t add_headers(ngx_http_request_t* r, RequestCtx* ctx, ngx_uint_t style)
-{
-    if ((style & headers_x)
-        && (push_number(r, "X-RateLimit-Limit", ctx->limit) != NGX_OK
-            || push_number(r, "X-RateLimit-Remaining", ctx->remaining) != NGX_OK
-            || push_number(r, "X-RateLimit-Reset", ctx->reset) != NGX_OK))
-    {
-        return NGX_ERROR;
-    }
-    if (style & headers_ietf) {
-        ratelimit::LimitReport report;
-        report.policy = as_view(ctx->policy);
-        report.limit = ctx->limit;
-        report.remaining = ctx->remaining;
-        report.reset_seconds = ctx->reset;
-        report.window_seconds = ctx->window;
-        if (push_text(r, "RateLimit-Policy", ratelimit::ietf_policy_value(report)) != NGX_OK
-            || push_text(r, "RateLimit", ratelimit::ietf_limit_value(report)) != NGX_OK)
-        {
-            return NGX_ERROR;
+    auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_module));
+    RequestCtx* ctx = find_ctx(r);
+    if (ctx) {
+        switch (ctx->phase) {
+        case Phase::waiting:
+            return NGX_AGAIN;
+        case Phase::resumed:
+            ctx->phase = Phase::done;
+            return ctx->rc;
+        case Phase::done:
+            // Decided once already (internal redirect, error page): never twice.
+            return NGX_DECLINED;
         }
     }
-    if (ctx->rejected && ctx->retry_after > 0) {
-        return push_number(r, "Retry-After", ctx->retry_after);
+    if (lcf->limits == nullptr) {
+        return NGX_DECLINED;
     }
-    return NGX_OK;
-}
-
-
-ngx_int_t header_filter(ngx_http_request_t* r) noexcept
-{
+    ctx = create_ctx(r);
+    if (ctx == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
     try {
-        if (r == r->main) {
-            RequestCtx* ctx = find_ctx(r);
-            auto* lcf = static_cast<LocConf*>(
-                ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_module));
-            if (ctx && ctx->has_report && lcf->headers != headers_off
-                && add_headers(r, ctx, lcf->headers) != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
-        }
+        return decide(r, ctx, lcf);
     } catch (...) {
-        return NGX_ERROR;
+        return decide_after_exception(r, ctx, lcf);
     }
-    return next_header_filter(r);
-}
-
-
-enum class Var : uintptr_t { status, limit, remaining, reset, policy };
-
-
-ngx_int_t get_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
-                       uintptr_t data) noexcept
-{
-    RequestCtx* ctx = find_ctx(r->main);
-    v->not_found = 1;
-    if (ctx == nullptr || ctx->status == Status::none) {
-        return NGX_OK;
-    }
-    auto set = [v](u_char* p, size_t len) {
-        v->data = p;
-        v->len = unsigned(len);
-        v->valid = 1;
-        v->no_cacheable = 1;
-        v->not_found = 0;
-    };
-    Var which = Var(data);
-    if (which == Var::status) {
-        const ngx_str_t& name = status_names[ngx_uint_t(ctx->status)];
-        set(name.data, name.len);
-        return NGX_OK;
-    }
-    if (!ctx->has_report) {
-        return NGX_OK;
-    }
-    if (which == Var::policy) {
-        set(ctx->policy.data, ctx->policy.len);
-        return NGX_OK;
-    }
-    int64_t number = which == Var::limit ? ctx->limit
-                     : which == Var::remaining ? ctx->remaining : ctx->reset;
-    auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
-    if (p == nullptr) {
-        return NGX_ERROR;
-    }
-    set(p, size_t(ngx_sprintf(p, "%L", number) - p));
-    return NGX_OK;
-}
-
-
-ngx_http_variable_t variables[] = {
-    {ngx_string("ratelimit_status"), nullptr, get_variable, uintptr_t(Var::status),
-     NGX_HTTP_VAR_NOCACHEABLE, 0},
-    {ngx_string("ratelimit_limit"), nullptr, get_variable, uintptr_t(Var::limit),
-     NGX_HTTP_VAR_NOCACHEABLE, 0},
-    {ngx_string("ratelimit_remaining"), nullptr, get_variable, uintptr_t(Var::remaining),
-     NGX_HTTP_VAR_NOCACHEABLE, 0},
-    {ngx_string("ratelimit_reset"), nullptr, get_variable, uintptr_t(Var::reset),
-     NGX_HTTP_VAR_NOCACHEABLE, 0},
-    {ngx_string("ratelimit_policy"), nullptr, get_variable, uintptr_t(Var::policy),
-     NGX_HTTP_VAR_NOCACHEABLE, 0},
-};
-
-}  // namespace
-
-
-ngx_int_t install_header_filter() noexcept
-{
-    next_header_filter = ngx_http_top_header_filter;
-    ngx_http_top_header_filter = header_filter;
-    return NGX_OK;
-}
-
-
-ngx_int_t add_variables(ngx_conf_t* cf) noexcept
-{
-    for (ngx_http_variable_t& v : variables) {
-        ngx_http_variable_t* var = ngx_http_add_variable(cf, &v.name, v.flags);
-        if (var == nullptr) {
-            return NGX_ERROR;
-        }
-        var->get_handler = v.get_handler;
-        var->data = v.data;
-    }
-    return NGX_OK;
 }
 
 }  // namespace ngx_ratelimit

@@ -26,7 +26,20 @@ public:
 
     void start(int64_t delay_ms) noexcept override
     {
-        ngx_add_timer(&event_.ev, ngx_msec_t(delay_ms < 1 ? 1 : delay_ms));
+        if (delay_ms <= 0) {
+            // "Soon": after the events of this iteration, without a trip through epoll.
+            if (event_.ev.timer_set) {
+                ngx_del_timer(&event_.ev);
+            }
+            if (!event_.ev.posted) {
+                ngx_post_event(&event_.ev, &ngx_posted_events);
+            }
+            return;
+        }
+        if (event_.ev.posted) {
+            ngx_delete_posted_event(&event_.ev);
+        }
+        ngx_add_timer(&event_.ev, ngx_msec_t(delay_ms));
     }
 
     void stop() noexcept override
@@ -39,7 +52,7 @@ public:
         }
     }
 
-    bool armed() const noexcept override { return event_.ev.timer_set; }
+    bool armed() const noexcept override { return event_.ev.timer_set || event_.ev.posted; }
 
 private:
     struct Event {

@@ -1,11 +1,12 @@
-// The worker's Redis runtime: one client and one connection per worker process, created
-// after fork and shut down in exit_process so that no socket outlives the worker.
+// The worker's Redis runtime: one client, one connection and one batcher per worker process,
+// created after fork and shut down in exit_process so that no socket outlives the worker.
 
 #include <new>
 #include <string>
 
 #include "ngx_ratelimit.h"
 #include "ngx_ratelimit_loop.h"
+#include "ratelimit/key.h"
 #include "ratelimit/script.h"
 
 namespace ngx_ratelimit {
@@ -14,12 +15,14 @@ namespace {
 struct Worker {
     Worker(const ngx_addr_t& peer, ngx_log_t* log, ratelimit::ClientOptions options,
            ratelimit::ClientObserver observer)
-        : loop(peer, log), client(loop, std::move(options), std::move(observer))
+        : loop(peer, log), client(loop, std::move(options), std::move(observer)),
+          batcher(loop, client)
     {
     }
 
     NgxEventLoop loop;
     ratelimit::RedisClient client;
+    ratelimit::Batcher batcher;  // declared last: it goes first
 };
 
 // A plain pointer, not a static object: nothing of ours may run after exit_process.
@@ -42,6 +45,22 @@ const char* state_name(ratelimit::ClientState state)
 }
 
 
+// While Redis is down, the breaker probes with a decision like the ones requests ask for (one
+// token of a bucket that refills in a millisecond), so that a server which answers PING but
+// refuses the script (READONLY, OOM, NOPERM) stays down. Its key cannot be a bucket's: those
+// have a ':' after the policy name.
+std::string probe_command(const ratelimit::RedisConfig& redis)
+{
+    std::string key = redis.prefix + "probe";
+    ratelimit::ScriptLimit limit{key, ratelimit::BucketParams{1000, 1000, 1}, 1};
+    ratelimit::ScriptBatch batch;
+    batch.add_request(&limit, 1);
+    std::string command;
+    batch.append_eval(command);
+    return command;
+}
+
+
 ratelimit::ClientOptions client_options(const ratelimit::RedisConfig& redis)
 {
     ratelimit::ClientOptions options;
@@ -53,6 +72,7 @@ ratelimit::ClientOptions client_options(const ratelimit::RedisConfig& redis)
     options.noscript_fallback = [](std::string_view command) {
         return ratelimit::evalsha_to_eval(command);
     };
+    options.probe_command = probe_command(redis);
     return options;
 }
 
@@ -83,6 +103,12 @@ ratelimit::RedisClient* redis_client()
 }
 
 
+ratelimit::Batcher* redis_batcher()
+{
+    return worker ? &worker->batcher : nullptr;
+}
+
+
 ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
 {
     try {
@@ -101,6 +127,7 @@ void exit_worker_redis()
     if (worker == nullptr) {
         return;
     }
+    worker->batcher.shutdown();
     worker->client.shutdown();
     delete worker;
     worker = nullptr;

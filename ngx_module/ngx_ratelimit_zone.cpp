@@ -1,13 +1,12 @@
 #include "ngx_ratelimit_zone.h"
 
+#include <algorithm>
 #include <string>
 
 #include "ratelimit/key.h"
 
 namespace ngx_ratelimit {
 namespace {
-
-constexpr size_t kMaxLimitsPerRequest = 64;
 
 struct BucketNode {
     u_char color;     // shares its first bytes with ngx_rbtree_node_t's tail, as limit_req
@@ -17,14 +16,50 @@ struct BucketNode {
     int64_t level_units;
     int64_t stamp_ms;
     int64_t full_at_ms;  // when the bucket is full again: it may then be dropped
+    ratelimit::BucketParams params;  // the level is in units of params.period_ms
     u_char data[1];      // "<space><policy>:<key or digest>"
 };
 
 struct ZoneShared {
     ngx_rbtree_t rbtree;
     ngx_rbtree_node_t sentinel;
-    ngx_queue_t queue;  // most recently used first
+    ngx_queue_t queue;      // most recently used first
+    ngx_atomic_t memories;  // rejection-memory nodes: none, and requests skip the lookup
 };
+
+// The bucket ids of one request: "<space><policy>:<key or digest>", built in a buffer the
+// worker reuses, so deciding allocates nothing once warm.
+struct Ids {
+    std::string_view id[kMaxLimitsPerRequest];
+    ngx_uint_t hash[kMaxLimitsPerRequest];
+};
+
+std::string id_scratch;
+
+void make_ids(BucketSpace space, const LocalLimit* limits, size_t n, Ids& ids)
+{
+    size_t ends[kMaxLimitsPerRequest];
+    id_scratch.clear();
+    for (size_t i = 0; i < n; i++) {
+        std::string_view policy(reinterpret_cast<const char*>(limits[i].policy.data),
+                                limits[i].policy.len);
+        std::string_view key(reinterpret_cast<const char*>(limits[i].key.data),
+                             limits[i].key.len);
+        ratelimit::append_bucket_key(
+            id_scratch, std::string_view(reinterpret_cast<const char*>(&space), 1), policy, key);
+        ends[i] = id_scratch.size();
+    }
+    for (size_t i = 0, start = 0; i < n; start = ends[i], i++) {
+        ids.id[i] = std::string_view(id_scratch).substr(start, ends[i] - start);
+        ids.hash[i] = ngx_crc32_short(reinterpret_cast<u_char*>(&id_scratch[start]),
+                                      ends[i] - start);
+    }
+}
+
+bool same_params(const ratelimit::BucketParams& a, const ratelimit::BucketParams& b)
+{
+    return a.count == b.count && a.period_ms == b.period_ms && a.burst == b.burst;
+}
 
 struct Zone {
     ZoneShared* sh;
@@ -63,7 +98,7 @@ void rbtree_insert(ngx_rbtree_node_t* temp, ngx_rbtree_node_t* node,
 }
 
 
-ngx_rbtree_node_t* lookup(ZoneShared* sh, ngx_uint_t hash, const std::string& id)
+ngx_rbtree_node_t* lookup(ZoneShared* sh, ngx_uint_t hash, std::string_view id)
 {
     ngx_rbtree_node_t* node = sh->rbtree.root;
     ngx_rbtree_node_t* sentinel = sh->rbtree.sentinel;
@@ -89,6 +124,9 @@ void free_node(Zone* zone, ngx_queue_t* q)
     BucketNode* b = ngx_queue_data(q, BucketNode, queue);
     auto* node = reinterpret_cast<ngx_rbtree_node_t*>(
         reinterpret_cast<u_char*>(b) - offsetof(ngx_rbtree_node_t, color));
+    if (b->data[0] == u_char(BucketSpace::memory)) {
+        (void) ngx_atomic_fetch_add(&zone->sh->memories, -1);
+    }
     ngx_queue_remove(q);
     ngx_rbtree_delete(&zone->sh->rbtree, node);
     ngx_slab_free_locked(zone->shpool, node);
@@ -122,7 +160,7 @@ void expire(Zone* zone, int64_t now_ms, bool force, BucketNode* const* keep = nu
 
 
 // A new bucket starts full, which is what a missing bucket means.
-BucketNode* create_node(Zone* zone, ngx_uint_t hash, const std::string& id,
+BucketNode* create_node(Zone* zone, ngx_uint_t hash, std::string_view id,
                         const ratelimit::BucketParams& params, int64_t now_ms,
                         BucketNode* const* keep, size_t nkeep)
 {
@@ -142,6 +180,10 @@ BucketNode* create_node(Zone* zone, ngx_uint_t hash, const std::string& id,
     b->level_units = params.capacity_units();
     b->stamp_ms = now_ms;
     b->full_at_ms = now_ms;
+    b->params = params;
+    if (id[0] == char(BucketSpace::memory)) {
+        (void) ngx_atomic_fetch_add(&zone->sh->memories, 1);
+    }
     ngx_rbtree_insert(&zone->sh->rbtree, node);
     ngx_queue_insert_head(&zone->sh->queue, &b->queue);
     return b;
@@ -170,6 +212,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     zone->shpool->data = zone->sh;
     ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel, rbtree_insert);
     ngx_queue_init(&zone->sh->queue);
+    zone->sh->memories = 0;
 
     static const char ctx[] = " in ratelimit zone \"ratelimit\"";
     zone->shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(zone->shpool, sizeof(ctx)));
@@ -217,17 +260,8 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
     auto* zone = static_cast<Zone*>(shm_zone->data);
     int64_t now = zone_now_ms();
 
-    std::string ids[kMaxLimitsPerRequest];
-    ngx_uint_t hashes[kMaxLimitsPerRequest];
-    for (size_t i = 0; i < n; i++) {
-        std::string_view policy(reinterpret_cast<const char*>(limits[i].policy.data),
-                                limits[i].policy.len);
-        std::string_view key(reinterpret_cast<const char*>(limits[i].key.data),
-                             limits[i].key.len);
-        ratelimit::append_bucket_key(ids[i], std::string_view(reinterpret_cast<const char*>(
-                                                  &space), 1), policy, key);
-        hashes[i] = ngx_crc32_short(reinterpret_cast<u_char*>(ids[i].data()), ids[i].size());
-    }
+    Ids ids;
+    make_ids(space, limits, n, ids);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
     expire(zone, now, false);
@@ -236,13 +270,15 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
     ratelimit::BucketState states[kMaxLimitsPerRequest];
     ratelimit::LimitInput inputs[kMaxLimitsPerRequest];
     for (size_t i = 0; i < n; i++) {
-        ngx_rbtree_node_t* node = lookup(zone->sh, hashes[i], ids[i]);
+        ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[i], ids.id[i]);
         nodes[i] = node ? node_of(node) : nullptr;
         inputs[i].params = limits[i].params;
         inputs[i].cost = limits[i].cost;
         inputs[i].state = nullptr;
         if (nodes[i]) {
-            states[i] = {nodes[i]->level_units, nodes[i]->stamp_ms};
+            // Kept across a rate change: converted from the period it was stored in.
+            states[i] = {nodes[i]->level_units, nodes[i]->stamp_ms,
+                         nodes[i]->params.period_ms};
             inputs[i].state = &states[i];
             ngx_queue_remove(&nodes[i]->queue);
             ngx_queue_insert_head(&zone->sh->queue, &nodes[i]->queue);
@@ -255,7 +291,7 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
     // Room for every new bucket first, so that a full zone takes from none of them.
     for (size_t i = 0; allowed && i < n; i++) {
         if (limits[i].cost > 0 && nodes[i] == nullptr) {
-            nodes[i] = create_node(zone, hashes[i], ids[i], limits[i].params, now, nodes, n);
+            nodes[i] = create_node(zone, ids.hash[i], ids.id[i], limits[i].params, now, nodes, n);
             if (nodes[i] == nullptr) {
                 result = LocalResult::no_memory;
                 allowed = false;
@@ -269,10 +305,110 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
         nodes[i]->level_units = outcomes[i].level_units;
         nodes[i]->stamp_ms = now;
         nodes[i]->full_at_ms = now + outcomes[i].reset_ms;
+        nodes[i]->params = limits[i].params;
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
     return result;
+}
+
+
+bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, int64_t now_ms,
+                 ratelimit::LimitOutcome* outcomes)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    if (zone->sh->memories == 0 || n > kMaxLimitsPerRequest) {
+        return false;
+    }
+    Ids ids;
+    make_ids(BucketSpace::memory, limits, n, ids);
+    int64_t levels[kMaxLimitsPerRequest];
+    bool reject = false;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    for (size_t i = 0; i < n; i++) {
+        const ratelimit::BucketParams& params = limits[i].params;
+        levels[i] = params.capacity_units();
+        ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[i], ids.id[i]);
+        if (node == nullptr) {
+            continue;
+        }
+        BucketNode* b = node_of(node);
+        if (!same_params(b->params, params)) {
+            free_node(zone, &b->queue);  // the policy changed: what we knew no longer holds
+            continue;
+        }
+        ratelimit::BucketState state{b->level_units, b->stamp_ms, params.period_ms};
+        levels[i] = ratelimit::refill(params, state, now_ms);
+        if (limits[i].cost > 0 && levels[i] < limits[i].cost * params.period_ms) {
+            reject = true;
+        }
+    }
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    for (size_t i = 0; reject && i < n; i++) {
+        outcomes[i] = ratelimit::outcome_after(limits[i].params, limits[i].cost, levels[i], false);
+    }
+    return reject;
+}
+
+
+void zone_remember(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n,
+                   const int64_t* levels, bool allowed, int64_t sent_ms)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    bool short_of = false;
+    for (size_t i = 0; i < n; i++) {
+        short_of = short_of || levels[i] < limits[i].cost * limits[i].params.period_ms;
+    }
+    if ((!short_of && zone->sh->memories == 0) || n > kMaxLimitsPerRequest) {
+        return;
+    }
+    (void) allowed;  // either way, the levels are the bucket's after the decision
+    Ids ids;
+    make_ids(BucketSpace::memory, limits, n, ids);
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    for (size_t i = 0; i < n; i++) {
+        const ratelimit::BucketParams& params = limits[i].params;
+        ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[i], ids.id[i]);
+        BucketNode* b = node ? node_of(node) : nullptr;
+        if (levels[i] >= limits[i].cost * params.period_ms) {
+            if (b) {
+                free_node(zone, &b->queue);  // it could take this request again: nothing to keep
+            }
+            continue;
+        }
+        if (b == nullptr) {
+            b = create_node(zone, ids.hash[i], ids.id[i], params, sent_ms, nullptr, 0);
+            if (b == nullptr) {
+                continue;  // no room: Redis keeps deciding, which is always right
+            }
+        } else {
+            ngx_queue_remove(&b->queue);
+            ngx_queue_insert_head(&zone->sh->queue, &b->queue);
+        }
+        b->level_units = std::max<int64_t>(levels[i], 0);
+        b->stamp_ms = sent_ms;
+        b->params = params;
+        b->full_at_ms = sent_ms + ratelimit::outcome_after(params, 0, b->level_units, true).reset_ms;
+    }
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+void zone_forget_rejections(ngx_shm_zone_t* shm_zone, const ngx_str_t& policy,
+                            const ngx_str_t& key)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    LocalLimit limit{policy, {}, key, 0};
+    Ids ids;
+    make_ids(BucketSpace::memory, &limit, 1, ids);
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    if (ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[0], ids.id[0])) {
+        free_node(zone, &node_of(node)->queue);
+    }
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
 

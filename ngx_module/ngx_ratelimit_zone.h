@@ -12,8 +12,9 @@ namespace ngx_ratelimit {
 // is unchanged.
 ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf* mcf, size_t size);
 
-// Which family of buckets: local mode, or the failure mode's (whose params differ).
-enum class BucketSpace : u_char { local = 'L', failover = 'F' };
+// Which family of buckets: local mode, the failure mode's (whose params differ), or the
+// rejection memory of Redis buckets.
+enum class BucketSpace : u_char { local = 'L', failover = 'F', memory = 'M' };
 
 struct LocalLimit {
     ngx_str_t policy;
@@ -28,6 +29,22 @@ enum class LocalResult { allowed, rejected, no_memory };
 // script would (all or nothing), and fills `outcomes`.
 LocalResult zone_decide(ngx_shm_zone_t* zone, BucketSpace space, const LocalLimit* limits,
                         size_t n, ratelimit::LimitOutcome* outcomes);
+
+// The rejection memory. What the last Redis reply showed of a bucket, refilled at its rate
+// since the call was sent, bounds its level from above (other nodes only take tokens).
+// zone_recall fills `outcomes` from those bounds (a bucket it knows nothing of counts as full)
+// and returns true when some limit's bound is below its cost: the request can be rejected on
+// the node. `now_ms` is ratelimit::monotonic_ms(), read fresh.
+bool zone_recall(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n, int64_t now_ms,
+                 ratelimit::LimitOutcome* outcomes);
+
+// Keeps what a reply showed of each limit's bucket (`levels` after the decision) while the
+// same request would not fit in it; forgets buckets the reply shows able to take it.
+void zone_remember(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n,
+                   const int64_t* levels, bool allowed, int64_t sent_ms);
+
+// Forgets one bucket (refilled through the API).
+void zone_forget_rejections(ngx_shm_zone_t* zone, const ngx_str_t& policy, const ngx_str_t& key);
 
 // burst/N (rounded up) and rate/N: this node's share of the fleet's limit.
 ratelimit::BucketParams node_share(const ratelimit::BucketParams& params, int64_t nodes);

@@ -39,7 +39,8 @@ public:
 class Timer {
 public:
     virtual ~Timer() = default;
-    virtual void start(int64_t delay_ms) noexcept = 0;  // restarts if armed
+    // Restarts if armed. 0: as soon as the events of this loop iteration are handled.
+    virtual void start(int64_t delay_ms) noexcept = 0;
     virtual void stop() noexcept = 0;                    // idempotent
     virtual bool armed() const noexcept = 0;
 };

@@ -1,0 +1,111 @@
+// Coalesced decisions: the requests a worker decides in one event-loop iteration travel to
+// Redis in one script call, and the ones that arrive while earlier calls are on their way
+// join the next call, which leaves as soon as a call comes back (never later than one round
+// trip). Outcomes are exactly those of deciding the requests one by one, in arrival order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ratelimit/redis_client.h"
+#include "ratelimit/script.h"
+
+namespace ratelimit {
+
+struct BatcherOptions {
+    size_t max_requests = 128;   // per script call: keeps one call short for Redis
+    size_t max_in_flight = 2;    // script calls on the wire at once
+    size_t max_waiting = 16384;  // requests queued or in flight; beyond: overloaded
+};
+
+// What one request learns.
+struct Verdict {
+    bool decided = false;              // false: Redis could not decide; see status and error
+    CallStatus status = CallStatus::ok;  // why not (ok: an error reply or a malformed one)
+    std::string_view error;            // Redis's error text or the reply problem
+    bool allowed = false;
+    int64_t now_ms = 0;                // Redis time of the decision
+    int64_t sent_ms = 0;               // monotonic_ms() when the call was sent, or earlier
+    const int64_t* levels = nullptr;   // per limit, after the decision
+};
+
+// Called once per request, never from inside decide(). `owner` is what decide() was given.
+using VerdictHandler = void (*)(void* owner, const Verdict& verdict) noexcept;
+
+// Called when a script call leaves, with the number of requests it carries.
+using BatchObserver = void (*)(size_t requests) noexcept;
+
+// Milliseconds of the host's monotonic clock, read fresh (not an event loop's cached time):
+// the same clock for every process of the host.
+int64_t monotonic_ms() noexcept;
+
+class Batcher {
+public:
+    Batcher(EventLoop& loop, RedisClient& client, BatcherOptions options = {},
+            BatchObserver on_send = nullptr);
+    ~Batcher();
+    Batcher(const Batcher&) = delete;
+    Batcher& operator=(const Batcher&) = delete;
+
+    struct Queued {
+        CallStatus status;  // ok: `handler` will be called exactly once, later
+        uint64_t id;
+    };
+    // Queues one request (its keys distinct). Any immediate refusal (down, overloaded,
+    // shutdown) is returned instead of calling `handler`. May throw std::bad_alloc.
+    Queued decide(const ScriptLimit* limits, size_t n, VerdictHandler handler, void* owner);
+
+    // The request's handler will never be called. Safe for finished or unknown ids. A request
+    // whose call is on its way is still decided by Redis; only its verdict is dropped.
+    void cancel(uint64_t id) noexcept;
+
+    // Drops every request without calling its handler and stops sending.
+    void shutdown() noexcept;
+
+    size_t waiting() const noexcept { return waiting_; }
+    size_t in_flight() const noexcept { return in_flight_; }
+
+private:
+    struct Waiter {
+        uint64_t id;
+        VerdictHandler handler;  // nullptr once cancelled
+        void* owner;
+    };
+    struct Batch {
+        ScriptBatch script;
+        std::vector<Waiter> waiters;
+        RedisClient::Since since{};  // of its first request
+        int64_t sent_ms = 0;
+        CallId call = 0;
+        bool sent = false;
+    };
+
+    Batch& open_batch();
+    void flush() noexcept;
+    void send(Batch& batch) noexcept;
+    void on_reply(Batch* batch, const CallResult& result) noexcept;
+    void fail(Batch& batch, CallStatus status, std::string_view error) noexcept;
+    void deliver(Waiter& waiter, const Verdict& verdict) noexcept;
+    void recycle(Batch* batch) noexcept;
+
+    EventLoop& loop_;
+    RedisClient& client_;
+    BatcherOptions options_;
+    BatchObserver on_send_;
+    std::unique_ptr<Timer> flush_timer_;  // started with 0: after this iteration's events
+    std::deque<std::unique_ptr<Batch>> batches_;  // in flight first, then waiting to leave
+    std::vector<std::unique_ptr<Batch>> spare_;   // cleared batches, buffers kept
+    BatchReply reply_;
+    size_t command_capacity_ = 256;
+    uint64_t next_id_ = 1;
+    size_t waiting_ = 0;
+    size_t in_flight_ = 0;
+    bool shut_down_ = false;
+};
+
+}  // namespace ratelimit

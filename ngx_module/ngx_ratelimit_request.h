@@ -1,0 +1,55 @@
+// A request's state while the module decides it, shared by the request path
+// (ngx_ratelimit_handler.cpp) and the header filter and variables (ngx_ratelimit_filter.cpp).
+#pragma once
+
+#include <string_view>
+#include <type_traits>
+
+#include "ngx_ratelimit.h"
+
+namespace ngx_ratelimit {
+
+enum class Phase { waiting, resumed, done };
+
+// One evaluated limit of this request; buckets named twice are merged (costs summed).
+struct RequestLimit {
+    Policy* policy;
+    ngx_str_t key;
+    int64_t cost;
+};
+
+// Lives in the request pool, inside the pool cleanup entry that finds it again after an
+// internal redirect (which clears module contexts).
+struct RequestCtx {
+    ngx_http_request_t* r;
+    Phase phase;
+    ngx_int_t rc;                 // what the handler returns once resumed
+    Status status;
+    bool has_report;
+    bool rejected;                // with the configured status (not dry run)
+    bool on_node;                 // rejected by the rejection memory, without Redis
+    ngx_str_t policy;             // the most restrictive limit, for headers and variables
+    int64_t limit;
+    int64_t remaining;
+    int64_t reset;
+    int64_t retry_after;
+    int64_t window;
+    RequestLimit* limits;
+    ngx_uint_t nlimits;
+    uint64_t pending;             // the batcher's id while Redis decides, else 0
+    ngx_event_t resume_ev;
+};
+
+static_assert(std::is_trivially_destructible<RequestCtx>::value, "lives in a pool");
+
+// The request's ctx, recovered after an internal redirect; nullptr if it has none.
+RequestCtx* find_ctx(ngx_http_request_t* r) noexcept;
+
+const ngx_str_t& status_name(Status status) noexcept;
+
+inline std::string_view as_view(const ngx_str_t& s)
+{
+    return std::string_view(reinterpret_cast<const char*>(s.data), s.len);
+}
+
+}  // namespace ngx_ratelimit

@@ -1,0 +1,263 @@
+// Batcher against the fake event loop: requests of one loop iteration share one script call,
+// later ones wait for a free slot, verdicts fan out in order, cancels and failures.
+#include "ratelimit/batcher.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "fake_loop.h"
+
+namespace ratelimit {
+namespace {
+
+using namespace testing_fakes;
+
+struct Seen {
+    int request;
+    bool decided;
+    CallStatus status;
+    bool allowed;
+    std::vector<int64_t> levels;
+    std::string error;
+};
+
+// One request as the test sees it: its limits and where its verdict goes.
+struct Req {
+    int number;
+    size_t nlimits;
+    std::vector<Seen>* seen;
+};
+
+void record(void* owner, const Verdict& v) noexcept
+{
+    auto* req = static_cast<Req*>(owner);
+    Seen s{req->number, v.decided, v.status, v.allowed, {}, std::string(v.error)};
+    if (v.decided) {
+        s.levels.assign(v.levels, v.levels + req->nlimits);
+    }
+    req->seen->push_back(s);
+}
+
+// RESP of the script's reply: now, then per request its flag and levels.
+std::string reply(int64_t now, const std::vector<std::pair<bool, std::vector<int64_t>>>& reqs)
+{
+    size_t n = 1;
+    for (const auto& r : reqs) {
+        n += 1 + r.second.size();
+    }
+    std::string out = "*" + std::to_string(n) + "\r\n:" + std::to_string(now) + "\r\n";
+    for (const auto& r : reqs) {
+        out += r.first ? ":1\r\n" : ":0\r\n";
+        for (int64_t level : r.second) {
+            out += ":" + std::to_string(level) + "\r\n";
+        }
+    }
+    return out;
+}
+
+class BatcherTest : public ::testing::Test {
+protected:
+    void make(BatcherOptions options = {}, ClientOptions client_options = {})
+    {
+        client = std::make_unique<RedisClient>(loop, client_options);
+        batcher = std::make_unique<Batcher>(loop, *client, options, &BatcherTest::observe);
+        sent_sizes().clear();
+    }
+    static std::vector<size_t>& sent_sizes()
+    {
+        static std::vector<size_t> sizes;
+        return sizes;
+    }
+    static void observe(size_t requests) noexcept { sent_sizes().push_back(requests); }
+
+    uint64_t decide(Req& req, std::vector<ScriptLimit> limits)
+    {
+        req.nlimits = limits.size();
+        auto q = batcher->decide(limits.data(), limits.size(), record, &req);
+        EXPECT_EQ(q.status, CallStatus::ok);
+        return q.id;
+    }
+    // Lets the posted flush run and the connection come up; returns what was written.
+    std::string run_and_take()
+    {
+        loop.advance(0);
+        if (loop.transports.size() == 1 && loop.transport().connecting) {
+            loop.transport().accept();
+        }
+        return loop.transport().take();
+    }
+    static std::string expected(const std::vector<std::vector<ScriptLimit>>& requests)
+    {
+        ScriptBatch batch;
+        for (const auto& r : requests) {
+            batch.add_request(r.data(), r.size());
+        }
+        std::string out;
+        batch.append_evalsha(out);
+        return out;
+    }
+
+    FakeLoop loop;
+    std::unique_ptr<RedisClient> client;
+    std::unique_ptr<Batcher> batcher;
+    const BucketParams params{10, 1000, 10};
+};
+
+TEST_F(BatcherTest, RequestsOfOneIterationShareOneCallAndFanOutInOrder)
+{
+    make();
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen}, c{3, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}});
+    decide(b, {{"rl:p:x", params, 1}, {"rl:p:y", params, 2}});
+    decide(c, {{"rl:p:x", params, 3}});
+    EXPECT_TRUE(seen.empty());  // never from inside decide()
+    std::string wire = run_and_take();
+    EXPECT_EQ(wire, expected({{{"rl:p:x", params, 1}},
+                              {{"rl:p:x", params, 1}, {"rl:p:y", params, 2}},
+                              {{"rl:p:x", params, 3}}}));
+    EXPECT_EQ(sent_sizes(), std::vector<size_t>{3});
+    loop.transport().feed(reply(5000, {{true, {9000}}, {true, {8000, 8000}}, {false, {8000}}}));
+    ASSERT_EQ(seen.size(), 3u);
+    EXPECT_EQ(seen[0].request, 1);
+    EXPECT_EQ(seen[0].levels, std::vector<int64_t>{9000});
+    EXPECT_EQ(seen[1].levels, (std::vector<int64_t>{8000, 8000}));
+    EXPECT_TRUE(seen[1].allowed);
+    EXPECT_EQ(seen[2].request, 3);
+    EXPECT_TRUE(seen[2].decided);
+    EXPECT_FALSE(seen[2].allowed);
+    EXPECT_EQ(batcher->waiting(), 0u);
+}
+
+TEST_F(BatcherTest, LaterRequestsJoinTheNextCallWhichLeavesWhenASlotFrees)
+{
+    BatcherOptions o;
+    o.max_in_flight = 1;
+    make(o);
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen}, c{3, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}});
+    std::string first = run_and_take();
+    EXPECT_EQ(first, expected({{{"rl:p:x", params, 1}}}));
+    decide(b, {{"rl:p:y", params, 1}});
+    loop.advance(0);
+    decide(c, {{"rl:p:x", params, 1}});
+    loop.advance(0);
+    EXPECT_EQ(loop.transport().take(), "");  // one call on the wire at a time
+    EXPECT_EQ(batcher->in_flight(), 1u);
+    loop.transport().feed(reply(1, {{true, {9000}}}));
+    ASSERT_EQ(seen.size(), 1u);
+    loop.advance(0);
+    EXPECT_EQ(loop.transport().take(),
+              expected({{{"rl:p:y", params, 1}}, {{"rl:p:x", params, 1}}}));
+    loop.transport().feed(reply(2, {{true, {9000}}, {true, {8000}}}));
+    ASSERT_EQ(seen.size(), 3u);
+    EXPECT_EQ(seen[2].levels, std::vector<int64_t>{8000});
+}
+
+TEST_F(BatcherTest, BatchSizeIsBounded)
+{
+    BatcherOptions o;
+    o.max_requests = 2;
+    o.max_in_flight = 8;
+    make(o);
+    std::vector<Seen> seen;
+    std::vector<Req> reqs(5, Req{0, 0, &seen});
+    for (int i = 0; i < 5; i++) {
+        reqs[i].number = i;
+        decide(reqs[i], {{"rl:p:x", params, 1}});
+    }
+    run_and_take();
+    EXPECT_EQ(sent_sizes(), (std::vector<size_t>{2, 2, 1}));
+}
+
+TEST_F(BatcherTest, CancelledRequestGetsNoVerdict)
+{
+    make();
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen};
+    uint64_t ida = decide(a, {{"rl:p:x", params, 1}});
+    decide(b, {{"rl:p:x", params, 1}});
+    run_and_take();
+    batcher->cancel(ida);
+    batcher->cancel(ida);  // twice is harmless
+    batcher->cancel(12345);
+    EXPECT_EQ(batcher->waiting(), 1u);
+    loop.transport().feed(reply(1, {{true, {9000}}, {true, {8000}}}));
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].request, 2);
+}
+
+TEST_F(BatcherTest, TimeoutFailsEveryRequestOfTheCallAsOneFailure)
+{
+    ClientOptions co;
+    co.timeout_ms = 100;
+    make({}, co);
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}});
+    decide(b, {{"rl:p:y", params, 1}});
+    run_and_take();
+    loop.advance(100);
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_FALSE(seen[0].decided);
+    EXPECT_EQ(seen[0].status, CallStatus::timeout);
+    EXPECT_EQ(seen[1].status, CallStatus::timeout);
+    EXPECT_EQ(client->state(), ClientState::up);
+}
+
+TEST_F(BatcherTest, ErrorReplyReachesEveryRequestAsUndecided)
+{
+    make();
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}});
+    decide(b, {{"rl:p:y", params, 1}});
+    run_and_take();
+    loop.transport().feed("-OOM command not allowed when used memory > 'maxmemory'.\r\n");
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_FALSE(seen[1].decided);
+    EXPECT_EQ(seen[1].status, CallStatus::ok);
+    EXPECT_NE(seen[1].error.find("OOM"), std::string::npos);
+}
+
+TEST_F(BatcherTest, RefusesWhenOverloadedOrDownWithoutCallingBack)
+{
+    BatcherOptions o;
+    o.max_waiting = 1;
+    ClientOptions co;
+    co.failures_to_down = 1;
+    make(o, co);
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen};
+    ScriptLimit limit{"rl:p:x", params, 1};
+    decide(a, {limit});
+    EXPECT_EQ(batcher->decide(&limit, 1, record, &b).status, CallStatus::overloaded);
+    loop.advance(0);
+    loop.transport().refuse();
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].status, CallStatus::disconnected);
+    EXPECT_EQ(batcher->decide(&limit, 1, record, &b).status, CallStatus::down);
+    EXPECT_EQ(seen.size(), 1u);
+}
+
+TEST_F(BatcherTest, ShutdownDropsEverything)
+{
+    make();
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}});
+    run_and_take();
+    decide(b, {{"rl:p:x", params, 1}});
+    batcher->shutdown();
+    loop.transport().feed(reply(1, {{true, {9000}}}));
+    loop.advance(1000);
+    EXPECT_TRUE(seen.empty());
+    ScriptLimit limit{"rl:p:x", params, 1};
+    EXPECT_EQ(batcher->decide(&limit, 1, record, &b).status, CallStatus::shutdown);
+}
+
+}  // namespace
+}  // namespace ratelimit
