@@ -5,6 +5,9 @@
 namespace ratelimit {
 namespace {
 
+constexpr int64_t kExactLimit = int64_t(1) << 53;
+constexpr int64_t kMaxPeriodMs = 86400000;
+
 int64_t ceil_div(int64_t a, int64_t b)
 {
     return a / b + (a % b != 0 ? 1 : 0);
@@ -31,10 +34,29 @@ int64_t retry_ms(const BucketParams& params, int64_t level, int64_t need)
 
 }  // namespace
 
+int64_t convert_level(int64_t level_units, int64_t from_period_ms, const BucketParams& to)
+{
+    if (from_period_ms == 0 || from_period_ms == to.period_ms) {
+        return level_units;
+    }
+    if (from_period_ms < 0 || from_period_ms > kMaxPeriodMs || level_units >= kExactLimit) {
+        return to.capacity_units();
+    }
+    int64_t level = level_units < 0 ? 0 : level_units;
+    int64_t tokens = level / from_period_ms;
+    if (tokens >= to.burst) {
+        return to.capacity_units();
+    }
+    // tokens * period < burst * period < 2^53; frac * period < 86400000^2 < 2^53.
+    int64_t frac = level % from_period_ms;
+    return tokens * to.period_ms + frac * to.period_ms / from_period_ms;
+}
+
 int64_t refill(const BucketParams& params, const BucketState& state, int64_t now_ms)
 {
     int64_t capacity = params.capacity_units();
-    int64_t level = state.level_units < 0 ? 0 : state.level_units;
+    int64_t level = convert_level(state.level_units, state.period_ms, params);
+    level = level < 0 ? 0 : level;
     if (level >= capacity) {
         return capacity;
     }
@@ -65,6 +87,17 @@ bool decide_all(const LimitInput* inputs, LimitOutcome* outcomes, size_t n, int6
         outcomes[i].reset_ms = reset_ms(inputs[i].params, outcomes[i].level_units);
     }
     return allowed;
+}
+
+LimitOutcome outcome_after(const BucketParams& params, int64_t cost, int64_t level_after,
+                           bool allowed)
+{
+    LimitOutcome out;
+    out.level_units = level_after;
+    out.reset_ms = reset_ms(params, level_after);
+    // Allowed: the level before held the cost. Rejected: nothing was taken.
+    out.retry_after_ms = allowed ? 0 : retry_ms(params, level_after, need_units(params, cost));
+    return out;
 }
 
 int64_t remaining_tokens(const BucketParams& params, const LimitOutcome& outcome)

@@ -3,6 +3,7 @@
 #include <hiredis/hiredis.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,10 +46,26 @@ std::vector<std::string> command_args(const std::string& resp)
 }
 
 const std::string kBinaryKey("rl:p:\x00\r\n$*", 10);
+const BucketParams kA{10, 1000, 5};
+const BucketParams kB{60, 60000, 100};
+const BucketParams kC{1, 1000, 2};
 
-std::vector<ScriptLimit> two_limits()
+// Two requests sharing kBinaryKey: {a cost 1, binary cost 3} then {binary cost 0, c cost 2}.
+void add_two_requests(ScriptBatch& batch)
 {
-    return {{"rl:a:k", {10, 1000, 5}, 1}, {kBinaryKey, {60, 60000, 100}, 3}};
+    ScriptLimit first[2] = {{"rl:a:k", kA, 1}, {kBinaryKey, kB, 3}};
+    ScriptLimit second[2] = {{kBinaryKey, kB, 0}, {"rl:c:k", kC, 2}};
+    EXPECT_EQ(batch.add_request(first, 2), 0u);
+    EXPECT_EQ(batch.add_request(second, 2), 1u);
+}
+
+std::vector<std::string> two_requests_argv()
+{
+    return {"3", "rl:a:k", kBinaryKey, "rl:c:k",
+            "2",                                          // requests
+            "10", "1000", "5", "60", "60000", "100", "1", "1000", "2",
+            "2", "1", "1", "2", "3",                      // request 0: key 1 cost 1, key 2 cost 3
+            "2", "2", "0", "3", "2"};                     // request 1: key 2 cost 0, key 3 cost 2
 }
 
 TEST(Script, Sha1IsOfTheSource)
@@ -58,37 +75,119 @@ TEST(Script, Sha1IsOfTheSource)
     EXPECT_NE(script_source().find("redis.call('TIME')"), std::string::npos);
 }
 
-TEST(Script, FormatEvalsha)
+TEST(ScriptBatch, EncodesKeysOnceThenParamsThenRequests)
 {
-    auto limits = two_limits();
-    auto args = command_args(format_evalsha(limits.data(), limits.size()));
-    std::vector<std::string> expected = {"EVALSHA", script_sha1(), "2", "rl:a:k", kBinaryKey,
-                                         "10", "1000", "5", "1", "60", "60000", "100", "3"};
+    ScriptBatch batch;
+    add_two_requests(batch);
+    EXPECT_EQ(batch.requests(), 2u);
+    EXPECT_EQ(batch.keys(), 3u);
+    EXPECT_EQ(batch.limits_of(0), 2u);
+    EXPECT_EQ(batch.limits_of(1), 2u);
+    EXPECT_EQ(batch.limits_of(2), 0u);
+    std::string out = "prefix";
+    batch.append_evalsha(out);
+    ASSERT_EQ(out.substr(0, 6), "prefix");
+    auto args = command_args(out.substr(6));
+    std::vector<std::string> expected = {"EVALSHA", script_sha1()};
+    for (const auto& a : two_requests_argv()) {
+        expected.push_back(a);
+    }
     EXPECT_EQ(args, expected);
+
+    std::string eval;
+    batch.append_eval(eval);
+    expected[0] = "EVAL";
+    expected[1] = script_source();
+    EXPECT_EQ(command_args(eval), expected);
 }
 
-TEST(Script, FormatEval)
+TEST(ScriptBatch, ClearReusesAndEncodesAfresh)
 {
-    auto limits = two_limits();
-    auto args = command_args(format_eval(limits.data(), 1));
-    std::vector<std::string> expected = {"EVAL", script_source(), "1", "rl:a:k",
-                                         "10", "1000", "5", "1"};
-    EXPECT_EQ(args, expected);
+    ScriptBatch batch;
+    add_two_requests(batch);
+    ScriptLimit other[1] = {{"rl:z:k", kC, 7}};
+    batch.add_request(other, 1);
+    batch.clear();
+    EXPECT_EQ(batch.requests(), 0u);
+    EXPECT_EQ(batch.keys(), 0u);
+    add_two_requests(batch);
+    std::string reused;
+    batch.append_evalsha(reused);
+    ScriptBatch fresh;
+    add_two_requests(fresh);
+    std::string expected;
+    fresh.append_evalsha(expected);
+    EXPECT_EQ(reused, expected);
+}
+
+TEST(ScriptBatch, ManyRequestsOverManyKeysDedupe)
+{
+    ScriptBatch batch;
+    std::vector<std::string> names;
+    for (int k = 0; k < 150; k++) {
+        names.push_back("rl:p:" + std::to_string(k));
+    }
+    for (int round = 0; round < 3; round++) {
+        batch.clear();
+        std::vector<std::string> first_seen;
+        for (int r = 0; r < 400; r++) {
+            ScriptLimit limits[2] = {{names[size_t(r) % 150], kA, 1},
+                                     {names[size_t(r * 7 + 1 + round) % 150], kB, r % 3}};
+            size_t n = limits[0].key == limits[1].key ? 1 : 2;
+            batch.add_request(limits, n);
+            for (size_t i = 0; i < n; i++) {
+                if (std::find(first_seen.begin(), first_seen.end(), limits[i].key)
+                    == first_seen.end()) {
+                    first_seen.emplace_back(limits[i].key);
+                }
+            }
+        }
+        ASSERT_EQ(first_seen.size(), 150u);
+        EXPECT_EQ(batch.requests(), 400u);
+        EXPECT_EQ(batch.keys(), 150u);
+        std::string out;
+        batch.append_evalsha(out);
+        auto args = command_args(out);
+        ASSERT_GT(args.size(), 3u + 150u);
+        EXPECT_EQ(args[2], "150");
+        for (size_t k = 0; k < 150; k++) {
+            EXPECT_EQ(args[3 + k], first_seen[k]);  // each once, first-seen order
+        }
+        EXPECT_EQ(args[3 + 150], "400");
+        // Each request's key indices name its own keys.
+        size_t a = 3 + 150 + 1 + 3 * 150;
+        for (int r = 0; r < 400; r++) {
+            size_t n = std::stoul(args[a]);
+            ASSERT_EQ(n, batch.limits_of(size_t(r)));
+            EXPECT_EQ(args[3 + std::stoul(args[a + 1]) - 1], names[size_t(r) % 150]);
+            EXPECT_EQ(args[a + 2], "1");
+            a += 1 + 2 * n;
+        }
+        EXPECT_EQ(a, args.size());
+    }
 }
 
 TEST(Script, EvalshaToEvalRoundTrip)
 {
-    auto limits = two_limits();
-    std::string evalsha = format_evalsha(limits.data(), limits.size());
-    EXPECT_EQ(evalsha_to_eval(evalsha), format_eval(limits.data(), limits.size()));
+    ScriptBatch batch;
+    add_two_requests(batch);
+    std::string evalsha;
+    std::string eval;
+    batch.append_evalsha(evalsha);
+    batch.append_eval(eval);
+    EXPECT_EQ(evalsha_to_eval(evalsha), eval);
 }
 
 TEST(Script, EvalshaToEvalRejectsOtherCommands)
 {
-    auto limits = two_limits();
-    std::string evalsha = format_evalsha(limits.data(), limits.size());
+    ScriptBatch batch;
+    add_two_requests(batch);
+    std::string evalsha;
+    std::string eval;
+    batch.append_evalsha(evalsha);
+    batch.append_eval(eval);
     EXPECT_EQ(evalsha_to_eval(""), "");
-    EXPECT_EQ(evalsha_to_eval(format_eval(limits.data(), 1)), "");
+    EXPECT_EQ(evalsha_to_eval(eval), "");
     EXPECT_EQ(evalsha_to_eval("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"), "");
     EXPECT_EQ(evalsha_to_eval(evalsha.substr(0, evalsha.size() - 1)), "");
     EXPECT_EQ(evalsha_to_eval(evalsha + "x"), "");
@@ -99,78 +198,85 @@ TEST(Script, EvalshaToEvalRejectsOtherCommands)
     // Found by tests/fuzz/fuzz_script_reply.cpp: lengths with leading zeros were copied into
     // the EVAL command, which Redis rejects.
     std::string padded = evalsha;
-    padded.replace(padded.find("$1\r\n1\r\n"), 4, "$01\r\n");
+    padded.replace(padded.find("$1\r\n3\r\n"), 4, "$01\r\n");
     EXPECT_EQ(evalsha_to_eval(padded), "");
     EXPECT_EQ(evalsha_to_eval("*0" + evalsha.substr(1)), "");
 }
 
 TEST(ScriptReply, Parses)
 {
-    auto reply = read_resp("*8\r\n:1\r\n:1700000000123\r\n:4000\r\n:100\r\n:0\r\n"
-                           ":0\r\n:2000\r\n:7\r\n");
-    ScriptResult result;
+    ScriptBatch batch;
+    add_two_requests(batch);
+    // now; request 0 allowed, levels 4000 and 0; request 1 rejected, levels 0 and 1500.
+    auto reply = read_resp("*7\r\n:1700000000123\r\n:1\r\n:4000\r\n:0\r\n:0\r\n:0\r\n:1500\r\n");
+    BatchReply result;
     std::string error;
-    ASSERT_TRUE(parse_script_reply(reply.get(), 2, result, error)) << error;
-    EXPECT_TRUE(result.allowed);
+    ASSERT_TRUE(parse_batch_reply(reply.get(), batch, result, error)) << error;
     EXPECT_EQ(result.now_ms, 1700000000123);
-    ASSERT_EQ(result.outcomes.size(), 2u);
-    EXPECT_EQ(result.outcomes[0].level_units, 4000);
-    EXPECT_EQ(result.outcomes[0].reset_ms, 100);
-    EXPECT_EQ(result.outcomes[0].retry_after_ms, 0);
-    EXPECT_EQ(result.outcomes[1].level_units, 0);
-    EXPECT_EQ(result.outcomes[1].reset_ms, 2000);
-    EXPECT_EQ(result.outcomes[1].retry_after_ms, 7);
-}
+    EXPECT_EQ(result.allowed, (std::vector<uint8_t>{1, 0}));
+    EXPECT_EQ(result.first, (std::vector<uint32_t>{0, 2}));
+    EXPECT_EQ(result.levels, (std::vector<int64_t>{4000, 0, 0, 1500}));
 
-TEST(ScriptReply, Rejected)
-{
-    auto reply = read_resp("*5\r\n:0\r\n:5\r\n:10\r\n:20\r\n:30\r\n");
-    ScriptResult result;
-    result.allowed = true;
-    std::string error;
-    ASSERT_TRUE(parse_script_reply(reply.get(), 1, result, error));
-    EXPECT_FALSE(result.allowed);
-    EXPECT_EQ(result.outcomes[0].retry_after_ms, 30);
+    // Reused: a smaller batch shrinks the vectors.
+    ScriptBatch one;
+    ScriptLimit limit[1] = {{"rl:a:k", kA, 1}};
+    one.add_request(limit, 1);
+    auto small = read_resp("*3\r\n:5\r\n:1\r\n:5000\r\n");
+    ASSERT_TRUE(parse_batch_reply(small.get(), one, result, error)) << error;
+    EXPECT_EQ(result.now_ms, 5);
+    EXPECT_EQ(result.allowed, (std::vector<uint8_t>{1}));
+    EXPECT_EQ(result.first, (std::vector<uint32_t>{0}));
+    EXPECT_EQ(result.levels, (std::vector<int64_t>{5000}));
 }
 
 TEST(ScriptReply, ErrorReply)
 {
+    ScriptBatch batch;
+    add_two_requests(batch);
     auto reply = read_resp("-ERR ratelimit: bad arguments\r\n");
-    ScriptResult result;
+    BatchReply result;
     std::string error;
-    EXPECT_FALSE(parse_script_reply(reply.get(), 1, result, error));
+    EXPECT_FALSE(parse_batch_reply(reply.get(), batch, result, error));
     EXPECT_EQ(error, "ERR ratelimit: bad arguments");
     EXPECT_FALSE(is_noscript(reply.get()));
 
     // Found by tests/fuzz/fuzz_script_reply.cpp: "-\r\n" left `error` empty.
     auto empty = read_resp("-\r\n");
-    EXPECT_FALSE(parse_script_reply(empty.get(), 1, result, error));
+    EXPECT_FALSE(parse_batch_reply(empty.get(), batch, result, error));
     EXPECT_EQ(error, "empty error reply");
 }
 
 TEST(ScriptReply, WrongShapes)
 {
+    ScriptBatch batch;
+    ScriptLimit limit[1] = {{"rl:a:k", kA, 1}};  // capacity 5000
+    batch.add_request(limit, 1);
+    batch.add_request(limit, 1);
     for (const char* resp : {
              "+OK\r\n",
              ":1\r\n",
              "$-1\r\n",
              "*-1\r\n",
-             "*4\r\n:1\r\n:5\r\n:10\r\n:20\r\n",                  // one short
-             "*6\r\n:1\r\n:5\r\n:10\r\n:20\r\n:30\r\n:40\r\n",    // one too many
-             "*5\r\n:2\r\n:5\r\n:10\r\n:20\r\n:30\r\n",           // allowed not 0/1
-             "*5\r\n:1\r\n$1\r\n5\r\n:10\r\n:20\r\n:30\r\n",      // string now
-             "*5\r\n:1\r\n:5\r\n:10\r\n*0\r\n:30\r\n",            // nested array
-             "*5\r\n:1\r\n:5\r\n:10\r\n:20\r\n$-1\r\n",           // nil retry
+             "*4\r\n:5\r\n:1\r\n:10\r\n:1\r\n",                   // one short
+             "*6\r\n:5\r\n:1\r\n:10\r\n:1\r\n:20\r\n:30\r\n",     // one too many
+             "*5\r\n:5\r\n:2\r\n:10\r\n:1\r\n:20\r\n",            // allowed not 0/1
+             "*5\r\n$1\r\n5\r\n:1\r\n:10\r\n:1\r\n:20\r\n",       // string now
+             "*5\r\n:5\r\n:1\r\n*0\r\n:1\r\n:20\r\n",             // nested array
+             "*5\r\n:5\r\n:1\r\n:10\r\n:1\r\n$-1\r\n",            // nil level
+             "*5\r\n:5\r\n:1\r\n:-1\r\n:1\r\n:20\r\n",            // level below empty
+             "*5\r\n:5\r\n:1\r\n:10\r\n:1\r\n:5001\r\n",          // level above full
          }) {
         auto reply = read_resp(resp);
-        ScriptResult result;
+        BatchReply result;
         std::string error;
-        EXPECT_FALSE(parse_script_reply(reply.get(), 1, result, error)) << resp;
+        EXPECT_FALSE(parse_batch_reply(reply.get(), batch, result, error)) << resp;
         EXPECT_FALSE(error.empty()) << resp;
     }
-    ScriptResult result;
+    BatchReply result;
     std::string error;
-    EXPECT_FALSE(parse_script_reply(nullptr, 1, result, error));
+    EXPECT_FALSE(parse_batch_reply(nullptr, batch, result, error));
+    auto good = read_resp("*5\r\n:5\r\n:1\r\n:10\r\n:0\r\n:5000\r\n");
+    EXPECT_TRUE(parse_batch_reply(good.get(), batch, result, error)) << error;
 }
 
 TEST(ScriptReply, Noscript)

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <limits>
+#include <random>
 
 namespace ratelimit {
 namespace {
@@ -199,6 +200,99 @@ TEST(DecideAll, DifferentCostsPerLimit)
     EXPECT_TRUE(decide_all(inputs, outcomes, 2, 0));
     EXPECT_EQ(outcomes[0].level_units, 2000);
     EXPECT_EQ(outcomes[1].level_units, 120000);
+}
+
+TEST(ConvertLevel, SamePeriodOrLegacyIsIdentity)
+{
+    EXPECT_EQ(convert_level(4321, 1000, kTenPerSecond), 4321);
+    EXPECT_EQ(convert_level(4321, 0, kTenPerSecond), 4321);
+    EXPECT_EQ(convert_level(0, 1000, kTenPerSecond), 0);
+}
+
+TEST(ConvertLevel, TokensKeptAcrossPeriods)
+{
+    // 10r/m burst 10 with 4 tokens left, reloaded as 1r/s burst 10: still 4 tokens, not 9.
+    const BucketParams per_second{1, 1000, 10};
+    EXPECT_EQ(convert_level(4 * 60000, 60000, per_second), 4000);
+    // And back: 4 tokens of 1r/s are 4 tokens of 10r/m.
+    const BucketParams per_minute{10, 60000, 10};
+    EXPECT_EQ(convert_level(4000, 1000, per_minute), 4 * 60000);
+}
+
+TEST(ConvertLevel, FractionScaledDown)
+{
+    // 2.5 tokens of a minute (150000 units) are 2.5 tokens of a second.
+    EXPECT_EQ(convert_level(150000, 60000, {1, 1000, 10}), 2500);
+    // 1 unit of a second (1/1000 token) is 60 units of a minute; 59 units of a minute round
+    // down to 0 units of a second.
+    EXPECT_EQ(convert_level(1, 1000, {1, 60000, 10}), 60);
+    EXPECT_EQ(convert_level(59, 60000, {1, 1000, 10}), 0);
+    EXPECT_EQ(convert_level(60059, 60000, {1, 1000, 10}), 1000);
+    EXPECT_EQ(convert_level(86399999, 86400000, {1, 3600000, 10}), 3599999);
+}
+
+TEST(ConvertLevel, CappedAtNewBurst)
+{
+    const BucketParams small{1, 1000, 3};
+    EXPECT_EQ(convert_level(8 * 60000, 60000, small), 3000);
+    EXPECT_EQ(convert_level(3 * 60000, 60000, small), 3000);
+    EXPECT_EQ(convert_level(3 * 60000 - 1, 60000, small), 2999);
+}
+
+TEST(ConvertLevel, NoOverflowAtTheLimits)
+{
+    // Largest burst for 1r/ms... capacity just below 2^53 in both periods.
+    const BucketParams day{1, 86400000, 104249991};
+    const BucketParams second{1, 1000, 9007199254740};
+    EXPECT_EQ(convert_level(day.capacity_units() - 1, 86400000, second),
+              (day.burst - 1) * 1000 + 999);
+    EXPECT_EQ(convert_level(second.capacity_units() - 1, 1000, day), day.capacity_units());
+    EXPECT_EQ(convert_level((104249990LL) * 1000 + 999, 1000, day),
+              104249990LL * 86400000 + 999LL * 86400000 / 1000);
+    // Impossible inputs read as full, as the script reads them.
+    EXPECT_EQ(convert_level(int64_t(1) << 53, 1000, {1, 60000, 5}), 300000);
+    EXPECT_EQ(convert_level(std::numeric_limits<int64_t>::max(), 3600000, kTenPerSecond), 5000);
+    EXPECT_EQ(convert_level(1000, 86400001, kTenPerSecond), 5000);
+    EXPECT_EQ(convert_level(1000, -5, kTenPerSecond), 5000);
+    EXPECT_EQ(convert_level(-7, 60000, kTenPerSecond), 0);
+}
+
+TEST(Refill, ConvertsBeforeRefilling)
+{
+    // 4 of 10 tokens under 10r/m, read under 1r/s 100 ms later: 4 tokens + 100 ms of 1r/s.
+    BucketState state{4 * 60000, 1000, 60000};
+    EXPECT_EQ(refill({1, 1000, 10}, state, 1100), 4100);
+    EXPECT_EQ(refill({1, 1000, 10}, state, 1000 + 6000), 10000);
+    // Legacy (period 0) is in the reader's own period.
+    BucketState legacy{4 * 60000, 1000, 0};
+    EXPECT_EQ(refill({10, 60000, 10}, legacy, 1100), 4 * 60000 + 1000);
+}
+
+TEST(OutcomeAfter, EqualsDecideAll)
+{
+    const BucketParams params[4] = {kTenPerSecond, kSixtyPerMinute, {7, 1000, 3}, {1, 3600000, 4}};
+    std::mt19937 rng(99);
+    for (int step = 0; step < 20000; step++) {
+        size_t n = 1 + rng() % 4;
+        BucketState states[4];
+        LimitInput inputs[4];
+        for (size_t i = 0; i < n; i++) {
+            const BucketParams& p = params[(step + i) % 4];
+            states[i] = {int64_t(rng() % uint64_t(p.capacity_units() + 1)), int64_t(rng() % 100),
+                         0};
+            int64_t cost = rng() % 6 == 0 ? int64_t(rng()) * 1000000 : int64_t(rng() % 5);
+            inputs[i] = {p, cost, rng() % 5 == 0 ? nullptr : &states[i]};
+        }
+        LimitOutcome outcomes[4];
+        bool allowed = decide_all(inputs, outcomes, n, 100 + int64_t(rng() % 50));
+        for (size_t i = 0; i < n; i++) {
+            LimitOutcome o = outcome_after(inputs[i].params, inputs[i].cost,
+                                           outcomes[i].level_units, allowed);
+            ASSERT_EQ(o.level_units, outcomes[i].level_units) << step;
+            ASSERT_EQ(o.reset_ms, outcomes[i].reset_ms) << step;
+            ASSERT_EQ(o.retry_after_ms, outcomes[i].retry_after_ms) << step;
+        }
+    }
 }
 
 TEST(Seconds, Rounding)
