@@ -56,8 +56,9 @@ def test_several_limits_all_or_nothing_in_one_round_trip(redis, nginx_factory):
     other = n.get("/", {"X-User": "u2"})
     assert other.status == 200
     assert (other.header("X-Policy"), other.header("X-RateLimit-Remaining")) == ("user", "1")
-    level = int(redis.cmd("GET", "rl:global:global").split()[0])
-    assert level // 3600000 == 7  # whole tokens; the rest is the refill of a few ms
+    version, level, period, _stamp = redis.cmd("GET", "rl:global:global").split()
+    assert (version, int(period)) == (b"v2", 3600000)
+    assert int(level) // 3600000 == 7  # whole tokens; the rest is the refill of a few ms
     # One script call per request, whatever the number of limits.
     assert evalsha_calls(redis) - before == 4
 

@@ -160,7 +160,7 @@ public:
     std::vector<FakeTimer*> timers;
 };
 
-void FakeTimer::start(int64_t delay_ms) noexcept
+inline void FakeTimer::start(int64_t delay_ms) noexcept
 {
     armed_ = true;
     due = loop_.now + delay_ms;
