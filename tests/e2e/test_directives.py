@@ -34,7 +34,7 @@ def evalsha_calls(redis):
 # --- several limits ------------------------------------------------------------------------
 
 def test_several_limits_all_or_nothing_in_one_round_trip(redis, nginx_factory):
-    n = nginx_factory(server(f"""
+    conf = server(f"""
         location / {{
             ratelimit $http_x_user policy=user;
             ratelimit global policy=global;
@@ -43,13 +43,16 @@ def test_several_limits_all_or_nothing_in_one_round_trip(redis, nginx_factory):
         }}""", """
         ratelimit_policy user rate=1r/h burst=2;
         ratelimit_policy global rate=1r/h burst=10;
-    """, redis))
+    """, redis)
+    n = nginx_factory(conf)
+    # A second node: it has not seen u1's bucket run dry, so Redis itself rejects there.
+    other_node = nginx_factory(conf)
     before = evalsha_calls(redis)
     first = n.get("/", {"X-User": "u1"})
     assert (first.status, first.header("X-RateLimit-Remaining"), first.header("X-Policy")) == \
         (200, "1", "user")
     assert n.get("/", {"X-User": "u1"}).status == 200
-    rejected = n.get("/", {"X-User": "u1"})
+    rejected = other_node.get("/", {"X-User": "u1"})
     assert rejected.status == 429
     assert rejected.header("X-Policy") == "user"
     # The rejected request took nothing from the global bucket: 10 - 2 - 1 left after u2.

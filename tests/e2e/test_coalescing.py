@@ -1,0 +1,270 @@
+"""Shared limits at the cost of a local one: coalesced script calls, the rejection memory,
+buckets named twice, rates changed on reload, the versioned bucket format, and recovery from
+a short Redis stall or a master turned replica."""
+
+import threading
+import time
+
+from conftest import Resp, RedisServer, wait_for, http_request
+from test_directives import BACKEND, evalsha_calls, server
+
+
+def keyed(policy_lines, redis, redis_args="", extra_location=""):
+    return server(f"""
+        location / {{
+            ratelimit $http_x_key policy=p;
+            add_header X-Status $ratelimit_status always;
+            {extra_location}
+            {BACKEND}
+        }}""", policy_lines, redis, redis_args)
+
+
+def parallel(port, headers, count, threads=16):
+    """Sends `count` requests from `threads` threads; returns the responses."""
+    results, lock = [], threading.Lock()
+    todo = iter(range(count))
+
+    def run():
+        while True:
+            with lock:
+                if next(todo, None) is None:
+                    return
+            r = http_request(port, "/", headers)
+            with lock:
+                results.append(r)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return results
+
+
+# --- coalescing ------------------------------------------------------------------------------
+
+def test_concurrent_requests_share_script_calls_and_stay_exact(redis, nginx_factory):
+    n = nginx_factory(keyed("ratelimit_policy p rate=1r/h burst=150;", redis), workers=2)
+    before = evalsha_calls(redis)
+    results = parallel(n.port, {"X-Key": "shared"}, 400, threads=40)
+    statuses = [r.status for r in results]
+    # Exact: the burst and not one more, whatever the batching.
+    assert statuses.count(200) == 150, statuses.count(200)
+    assert statuses.count(429) == 250
+    remaining = sorted(int(r.header("X-RateLimit-Remaining")) for r in results if r.status == 200)
+    assert remaining == list(range(150)), "every token handed out once"
+    # Fewer script calls than requests: decisions travelled together, and the rejected ones
+    # mostly never reached Redis.
+    calls = evalsha_calls(redis) - before
+    assert calls < 200, calls
+
+
+def test_many_keys_in_one_call_each_decided_as_alone(redis, nginx_factory):
+    n = nginx_factory(keyed("ratelimit_policy p rate=1r/h burst=3;", redis))
+    results = {}
+    lock = threading.Lock()
+
+    def client(i):
+        for _ in range(5):
+            r = http_request(n.port, "/", {"X-Key": "k%d" % (i % 8)})
+            with lock:
+                results.setdefault(i % 8, []).append(r.status)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for key, statuses in results.items():
+        assert statuses.count(200) == 3, (key, statuses)
+
+
+# --- rejection memory ----------------------------------------------------------------------
+
+def test_flood_on_one_key_costs_redis_about_its_rate(redis, nginx_factory):
+    n = nginx_factory(keyed("ratelimit_policy p rate=10r/s burst=5;", redis), workers=2)
+    before = evalsha_calls(redis)
+    start = time.monotonic()
+    results = parallel(n.port, {"X-Key": "flood"}, 1500, threads=20)
+    elapsed = time.monotonic() - start
+    passed = sum(r.status == 200 for r in results)
+    calls = evalsha_calls(redis) - before
+    # Exact as ever: at most burst + rate * elapsed passed.
+    assert passed <= 5 + 10 * elapsed + 1, (passed, elapsed)
+    assert passed >= 5
+    # Redis saw about what the rate admits (plus a refill probe per worker now and then),
+    # not one call per request.
+    assert calls <= passed + 2 * (elapsed * 10 + 10) + 20, (calls, passed, elapsed)
+    assert calls < len(results) / 4, (calls, len(results))
+    rejected = [r for r in results if r.status == 429]
+    assert rejected and all(r.header("Retry-After") for r in rejected)
+    assert all(r.header("X-Status") == "REJECTED" for r in rejected)
+    assert all(r.header("X-RateLimit-Remaining") == "0" for r in rejected)
+
+
+def test_rejection_memory_never_outlives_the_refill(redis, nginx_factory):
+    # 1 token per 200 ms: after a rejection the node asks Redis again once the bound says a
+    # token may be there, and Redis passes it.
+    n = nginx_factory(keyed("ratelimit_policy p rate=5r/s burst=1;", redis))
+    assert n.get("/", {"X-Key": "k"}).status == 200
+    first_reject = n.get("/", {"X-Key": "k"})
+    assert first_reject.status == 429
+    assert first_reject.header("Retry-After") == "1"
+    before = evalsha_calls(redis)
+    assert n.get("/", {"X-Key": "k"}).status == 429
+    assert evalsha_calls(redis) == before, "decided on the node"
+    time.sleep(0.25)
+    assert n.get("/", {"X-Key": "k"}).status == 200
+    assert evalsha_calls(redis) == before + 1
+
+
+def test_rejection_memory_is_node_wide_and_cleared_when_the_policy_changes(redis, nginx_factory):
+    conf = keyed("ratelimit_policy p rate=1r/h burst=1;", redis)
+    n = nginx_factory(conf, workers=2)
+    assert n.get("/", {"X-Key": "k"}).status == 200
+    assert n.get("/", {"X-Key": "k"}).status == 429
+    before = evalsha_calls(redis)
+    # Every worker rejects from the memory now (new connections spread over workers).
+    assert all(n.get("/", {"X-Key": "k"}).status == 429 for _ in range(20))
+    assert evalsha_calls(redis) == before
+    # Another burst after reload: what the node remembered of the old policy no longer holds,
+    # so Redis decides again (the bucket keeps its 0 tokens: still rejected), once.
+    n.write_conf(keyed("ratelimit_policy p rate=1r/h burst=3;", redis), workers=2)
+    n.reload()
+    assert wait_for(lambda: "gracefully shutting down" in n.log(), 5)
+    time.sleep(0.5)
+    r = n.get("/", {"X-Key": "k"})
+    assert (r.status, r.header("X-RateLimit-Limit")) == (429, "3")
+    assert evalsha_calls(redis) == before + 1
+    assert all(n.get("/", {"X-Key": "k"}).status == 429 for _ in range(10))
+    assert evalsha_calls(redis) == before + 1
+
+
+# --- buckets named twice -------------------------------------------------------------------
+
+DUP = """
+        map $http_x_role $role {{ default dup; other other; }}
+        {redis}
+        ratelimit_policy dup rate=1r/h burst=6;
+        ratelimit_policy other rate=1r/h burst=6;
+        server {{
+            listen 127.0.0.1:@PORT@;
+            location / {{
+                ratelimit $http_x_key policy=dup;
+                ratelimit $http_x_key policy=$role;
+                ratelimit_default_policy dup;
+                {backend}
+            }}
+        }}
+"""
+
+
+def check_named_twice(n):
+    got = [n.get("/", {"X-Key": "k"}) for _ in range(4)]
+    assert [(r.status, r.header("X-RateLimit-Remaining")) for r in got] == \
+        [(200, "4"), (200, "2"), (200, "0"), (429, "0")]
+
+
+def test_one_bucket_named_twice_counts_once_with_the_summed_cost_redis(redis, nginx_factory):
+    n = nginx_factory(DUP.format(redis=f"ratelimit_redis 127.0.0.1:{redis.port};",
+                                 backend=BACKEND))
+    check_named_twice(n)
+
+
+def test_one_bucket_named_twice_counts_once_with_the_summed_cost_local(nginx_factory):
+    n = nginx_factory(DUP.format(redis="", backend=BACKEND))
+    check_named_twice(n)
+
+
+# --- rates changed on reload and the stored format -------------------------------------------
+
+def take(n, count):
+    return [n.get("/", {"X-Key": "k"}) for _ in range(count)][-1]
+
+
+def test_rate_change_on_reload_keeps_tokens_redis(redis, nginx_factory):
+    n = nginx_factory(keyed("ratelimit_policy p rate=10r/m burst=10;", redis))
+    assert take(n, 6).header("X-RateLimit-Remaining") == "4"
+    n.write_conf(keyed("ratelimit_policy p rate=1r/s burst=10;", redis))
+    n.reload()
+    # 4 tokens kept (not 9, not 0); the new workers answer once the reload is through.
+    assert wait_for(lambda: "gracefully shutting down" in n.log(), 5)
+    time.sleep(0.3)
+    r = n.get("/", {"X-Key": "k"})
+    assert r.status == 200
+    assert int(r.header("X-RateLimit-Remaining")) in (3, 4), r.headers
+    # A lower burst caps what is kept.
+    n.write_conf(keyed("ratelimit_policy p rate=1r/h burst=2;", redis))
+    n.reload()
+    time.sleep(1.0)
+    r = n.get("/", {"X-Key": "k"})
+    assert (r.status, r.header("X-RateLimit-Remaining")) == (200, "1")
+
+
+def test_rate_change_on_reload_keeps_tokens_local(nginx_factory):
+    def conf(policy):
+        return server(f"""
+            location / {{
+                ratelimit $http_x_key policy=p;
+                {BACKEND}
+            }}""", policy)
+    n = nginx_factory(conf("ratelimit_policy p rate=10r/m burst=10;"))
+    assert take(n, 6).header("X-RateLimit-Remaining") == "4"
+    n.write_conf(conf("ratelimit_policy p rate=1r/s burst=10;"))
+    n.reload()
+    assert wait_for(lambda: "gracefully shutting down" in n.log(), 5)
+    time.sleep(0.3)
+    r = n.get("/", {"X-Key": "k"})
+    assert int(r.header("X-RateLimit-Remaining")) in (3, 4), r.headers
+
+
+def test_buckets_in_the_previous_unversioned_format_are_read(redis, nginx_factory):
+    n = nginx_factory(keyed("ratelimit_policy p rate=1r/h burst=10;", redis))
+    now_ms = int(redis.cmd("TIME")[0]) * 1000
+    # Written by 0.2: "<level_units> <stamp_ms>", 3 tokens left in units of 1/3600000.
+    redis.cmd("SET", "rl:p:old", "%d %d" % (3 * 3600000, now_ms), "PX", "100000000")
+    r = n.get("/", {"X-Key": "old"})
+    assert (r.status, r.header("X-RateLimit-Remaining")) == (200, "2")
+    version, level, period, _ = redis.cmd("GET", "rl:p:old").split()
+    assert (version, int(period)) == (b"v2", 3600000)
+    assert int(level) // 3600000 == 2
+
+
+# --- stalls and replicas -------------------------------------------------------------------
+
+def test_a_short_stall_does_not_open_the_breaker(redis, nginx_factory):
+    n = nginx_factory(keyed("ratelimit_policy p rate=100000r/s;", redis, "timeout=100ms"))
+    assert n.get("/", {"X-Key": "a"}).header("X-Status") == "PASSED"
+    pauser = Resp(redis.port)
+    pauser.call("CLIENT", "PAUSE", "400", "ALL")
+    stalled = parallel(n.port, {"X-Key": "b"}, 24, threads=24)
+    pauser.close()
+    assert {r.header("X-Status") for r in stalled} == {"FAILED_OPEN"}
+    time.sleep(0.5)  # the stall is over
+    after = [n.get("/", {"X-Key": "c"}).header("X-Status") for _ in range(10)]
+    assert after == ["PASSED"] * 10
+    assert "is down" not in n.log()
+
+
+def test_a_master_turned_replica_stays_down_until_it_is_master_again(workdir, redis, nginx_factory):
+    replica = RedisServer(workdir / "replica")
+    try:
+        n = nginx_factory(keyed("ratelimit_policy p rate=100000r/s;", replica,
+                                "timeout=200ms"), main_conf="")
+        assert n.get("/", {"X-Key": "a"}).header("X-Status") == "PASSED"
+        replica.cmd("REPLICAOF", "127.0.0.1", str(redis.port))
+        assert wait_for(lambda: n.get("/", {"X-Key": "a"}).header("X-Status") == "FAILED_OPEN")
+        for _ in range(5):
+            assert n.get("/", {"X-Key": "a"}).header("X-Status") == "FAILED_OPEN"
+        assert wait_for(lambda: "is down" in n.log(), 3)
+        ups = n.log().count("is up")
+        # PING works on a replica, the script does not: the probe must not flip it up.
+        time.sleep(2.5)
+        assert n.log().count("is up") == ups
+        assert n.get("/", {"X-Key": "a"}).header("X-Status") == "FAILED_OPEN"
+        assert "READONLY" in n.log()
+        replica.cmd("REPLICAOF", "NO", "ONE")
+        assert wait_for(lambda: n.get("/", {"X-Key": "a"}).header("X-Status") == "PASSED", 4, 0.1)
+        assert n.log().count("is up") == ups + 1
+    finally:
+        replica.stop()
