@@ -28,7 +28,7 @@ struct Limit {
     Policy* policy;                          // resolved policy=name
     ngx_http_complex_value_t* cost_value;    // cost=$variable, or nullptr
     int64_t cost;
-    ngx_str_t* file;                         // where it was written, for late errors
+    ngx_str_t file;                          // where it was written (a copy), for late errors
     ngx_uint_t line;
 };
 
@@ -56,6 +56,8 @@ struct MainConf {
 struct LocConf {
     ngx_array_t* limits;               // of Limit; nullptr: none at this level
     ngx_str_t default_policy_name;
+    ngx_str_t default_policy_file;     // where it was written, for the merge-time error
+    ngx_uint_t default_policy_line;
     Policy* default_policy;
     ngx_uint_t status;
     ngx_uint_t headers;
