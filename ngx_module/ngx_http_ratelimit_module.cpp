@@ -99,6 +99,17 @@ bool resolve_limits(ngx_conf_t* cf, MainConf* mcf, LocConf* lcf)
         return true;
     }
     auto* limits = static_cast<Limit*>(lcf->limits->elts);
+    if (lcf->limits->nelts > kMaxLimitsPerRequest) {
+        auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(
+            ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+        static ngx_str_t server_level = ngx_string("(server level)");
+        ngx_str_t* where = clcf->name.len ? &clcf->name : &server_level;
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "%ui \"ratelimit\" limits apply to location \"%V\", at most %uz "
+                      "are allowed, the first in %V:%ui", lcf->limits->nelts, where,
+                      kMaxLimitsPerRequest, &limits[0].file, limits[0].line);
+        return false;
+    }
     bool uses_variable = false;
     for (ngx_uint_t i = 0; i < lcf->limits->nelts; i++) {
         Limit& limit = limits[i];

@@ -13,6 +13,10 @@ extern ngx_module_t ngx_http_ratelimit_module;
 
 namespace ngx_ratelimit {
 
+// `ratelimit` lines that may apply to one request (after inheritance): a request's limits
+// are decided together, in fixed-size arrays. More makes `nginx -t` fail.
+constexpr size_t kMaxLimitsPerRequest = 64;
+
 // ratelimit_policy name rate=... burst=...
 struct Policy {
     ngx_str_t name;

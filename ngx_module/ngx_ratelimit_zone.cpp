@@ -7,8 +7,6 @@
 namespace ngx_ratelimit {
 namespace {
 
-constexpr size_t kMaxLimitsPerRequest = 64;
-
 struct BucketNode {
     u_char color;     // shares its first bytes with ngx_rbtree_node_t's tail, as limit_req
     u_char pad;

@@ -58,3 +58,71 @@ def test_limits_in_included_files_apply(workdir, nginx_factory):
     n.start()
     assert [n.get("/").header("X-RateLimit-Remaining") for _ in range(3)] == ["2", "1", "0"]
     assert n.get("/").status == 429
+
+
+# --- more limits than one request can take -------------------------------------------------
+
+def many_limits(n):
+    return "\n".join("        ratelimit k%d policy=p;" % i for i in range(n))
+
+
+def test_more_than_64_limits_fail_nginx_t_naming_the_location(workdir):
+    n = Nginx(workdir / "many", f"""
+    ratelimit_policy p rate=1r/s;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location /ok {{
+{many_limits(64)}
+        }}
+        location /crowded {{
+{many_limits(65)}
+        }}
+    }}""")
+    t = n.test_config()
+    assert t.returncode != 0
+    assert "[emerg]" in t.stderr
+    assert '65 "ratelimit" limits apply to location "/crowded"' in t.stderr, t.stderr
+    assert "at most 64" in t.stderr and "nginx.conf:" in t.stderr
+
+
+def test_inherited_limits_count_where_they_apply(workdir):
+    # 40 at the server level, inherited by /a (none of its own): fine. /b has 70 of its own.
+    n = Nginx(workdir / "inherit", f"""
+    ratelimit_policy p rate=1r/s;
+    server {{
+        listen 127.0.0.1:@PORT@;
+{many_limits(40)}
+        location /a {{ }}
+        location /b {{
+{many_limits(70)}
+        }}
+    }}""")
+    t = n.test_config()
+    assert t.returncode != 0
+    assert 'apply to location "/b"' in t.stderr, t.stderr
+    ok = Nginx(workdir / "ok", f"""
+    ratelimit_policy p rate=1r/s;
+    server {{
+        listen 127.0.0.1:@PORT@;
+{many_limits(64)}
+        location /a {{ }}
+    }}""")
+    assert ok.test_config().returncode == 0
+
+
+def test_64_limits_on_one_request_are_decided(nginx_factory):
+    n = nginx_factory(f"""
+    ratelimit_policy p rate=1r/h burst=2;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location / {{
+{many_limits(64)}
+            add_header X-Status $ratelimit_status always;
+            {BACKEND}
+        }}
+    }}""")
+    r = n.get("/")
+    assert (r.status, r.header("X-Status"), r.header("X-RateLimit-Remaining")) == \
+        (200, "PASSED", "1")
+    n.get("/")
+    assert n.get("/").status == 429
