@@ -169,7 +169,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel, rbtree_insert);
     ngx_queue_init(&zone->sh->queue);
 
-    static const char ctx[] = " in ratelimit zone \"ratelimit\"";
+    static const char ctx[] = " in ratelimit_zone";
     zone->shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(zone->shpool, sizeof(ctx)));
     if (zone->shpool->log_ctx == nullptr) {
         return NGX_ERROR;
@@ -191,7 +191,8 @@ int64_t zone_now_ms()
 
 ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf*, size_t size)
 {
-    static ngx_str_t name = ngx_string("ratelimit");
+    // Named after the module: an operator's own zones ("ratelimit", say) never clash with it.
+    static ngx_str_t name = ngx_string("ngx_http_ratelimit_module");
     ngx_shm_zone_t* shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_ratelimit_module);
     if (shm_zone == nullptr) {
         return nullptr;

@@ -126,3 +126,21 @@ def test_64_limits_on_one_request_are_decided(nginx_factory):
         (200, "PASSED", "1")
     n.get("/")
     assert n.get("/").status == 429
+
+
+# --- the module's zone and an operator's zone named "ratelimit" ----------------------------
+
+def test_operator_zone_named_ratelimit_does_not_clash(nginx_factory):
+    n = nginx_factory(f"""
+    limit_req_zone $binary_remote_addr zone=ratelimit:1m rate=1r/m;
+    ratelimit_zone 1m;
+    ratelimit_policy p rate=1r/h burst=5;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location /ours {{ ratelimit $remote_addr policy=p; {BACKEND} }}
+        location /theirs {{ limit_req zone=ratelimit; {BACKEND} }}
+    }}""")
+    assert [n.get("/ours").header("X-RateLimit-Remaining") for _ in range(2)] == ["4", "3"]
+    assert n.get("/theirs").status == 200
+    assert n.get("/theirs").status == 503  # limit_req's own zone works too
+    assert n.get("/ours").header("X-RateLimit-Remaining") == "2"
