@@ -265,9 +265,12 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
         if (limits[i].cost == 0) {
             continue;  // nothing taken, nothing to store (as the script)
         }
-        nodes[i]->level_units = outcomes[i].level_units;
-        nodes[i]->stamp_ms = now;
-        nodes[i]->full_at_ms = now + outcomes[i].reset_ms;
+        // Never stamped back by a worker whose cached clock lags another's.
+        ratelimit::BucketState before{nodes[i]->level_units, nodes[i]->stamp_ms};
+        ratelimit::BucketState after = ratelimit::stored_state(&before, outcomes[i], now);
+        nodes[i]->level_units = after.level_units;
+        nodes[i]->stamp_ms = after.stamp_ms;
+        nodes[i]->full_at_ms = after.stamp_ms + outcomes[i].reset_ms;
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
