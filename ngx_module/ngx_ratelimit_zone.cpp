@@ -1,5 +1,6 @@
 #include "ngx_ratelimit_zone.h"
 
+#include <algorithm>
 #include <string>
 
 #include "ratelimit/key.h"
@@ -93,11 +94,8 @@ void free_node(Zone* zone, ngx_queue_t* q)
 }
 
 
-// Drops up to two buckets that are full again (they equal a missing bucket); with `force`,
-// drops the least recently used one whatever its state, to make room. Never one of `keep`,
-// the buckets of the request being decided.
-void expire(Zone* zone, int64_t now_ms, bool force, BucketNode* const* keep = nullptr,
-            size_t nkeep = 0)
+// Drops up to two buckets that are full again (they equal a missing bucket).
+void expire(Zone* zone, int64_t now_ms)
 {
     for (int i = 0; i < 2; i++) {
         if (ngx_queue_empty(&zone->sh->queue)) {
@@ -105,31 +103,45 @@ void expire(Zone* zone, int64_t now_ms, bool force, BucketNode* const* keep = nu
         }
         ngx_queue_t* q = ngx_queue_last(&zone->sh->queue);
         BucketNode* b = ngx_queue_data(q, BucketNode, queue);
-        if (!force && b->full_at_ms > now_ms) {
+        if (b->full_at_ms > now_ms) {
             return;
         }
-        for (size_t k = 0; k < nkeep; k++) {
-            if (keep[k] == b) {
-                return;
-            }
-        }
         free_node(zone, q);
-        force = false;
     }
 }
 
 
-// A new bucket starts full, which is what a missing bucket means.
+// Drops the least recently used bucket, whatever its state, to make room; never one of
+// `keep`, the buckets of the request being decided. False: nothing left to drop.
+bool evict_lru(Zone* zone, BucketNode* const* keep, size_t nkeep)
+{
+    ngx_queue_t* sentinel = ngx_queue_sentinel(&zone->sh->queue);
+    for (ngx_queue_t* q = ngx_queue_last(&zone->sh->queue); q != sentinel;
+         q = ngx_queue_prev(q))
+    {
+        BucketNode* b = ngx_queue_data(q, BucketNode, queue);
+        if (std::find(keep, keep + nkeep, b) == keep + nkeep) {
+            free_node(zone, q);
+            return true;
+        }
+    }
+    return false;
+}
+
+
+// A new bucket starts full, which is what a missing bucket means. When the zone is full,
+// least recently used buckets go until the allocation succeeds: one freed bucket may be of
+// another slab size, which frees no room for this one.
 BucketNode* create_node(Zone* zone, ngx_uint_t hash, const std::string& id,
                         const ratelimit::BucketParams& params, int64_t now_ms,
                         BucketNode* const* keep, size_t nkeep)
 {
     size_t size = offsetof(ngx_rbtree_node_t, color) + offsetof(BucketNode, data) + id.size();
-    auto* node = static_cast<ngx_rbtree_node_t*>(ngx_slab_alloc_locked(zone->shpool, size));
-    if (node == nullptr) {
-        expire(zone, now_ms, true, keep, nkeep);
-        node = static_cast<ngx_rbtree_node_t*>(ngx_slab_alloc_locked(zone->shpool, size));
-        if (node == nullptr) {
+    ngx_rbtree_node_t* node;
+    while ((node = static_cast<ngx_rbtree_node_t*>(ngx_slab_alloc_locked(zone->shpool, size)))
+           == nullptr)
+    {
+        if (!evict_lru(zone, keep, nkeep)) {
             return nullptr;
         }
     }
@@ -229,7 +241,7 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
     }
 
     ngx_shmtx_lock(&zone->shpool->mutex);
-    expire(zone, now, false);
+    expire(zone, now);
 
     BucketNode* nodes[kMaxLimitsPerRequest];
     ratelimit::BucketState states[kMaxLimitsPerRequest];
