@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ngx_ratelimit.h"
+#include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/headers.h"
 #include "ratelimit/key.h"
@@ -154,7 +155,7 @@ int64_t request_cost(ngx_http_request_t* r, const Limit& limit)
     }
     auto cost = ratelimit::parse_non_negative_int(as_view(value));
     if (!cost || *cost > 1000000000) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+        log_throttled(NGX_LOG_WARN, r->connection->log, LogReason::junk_cost,
                       "ratelimit: cost \"%V\" is not a non-negative integer, counting 1",
                       &value);
         return 1;
@@ -314,7 +315,7 @@ void apply_script_reply(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
                         const ratelimit::CallResult& result)
 {
     if (result.status != ratelimit::CallStatus::ok) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+        log_throttled(NGX_LOG_WARN, r->connection->log, LogReason::call_failed,
                       "ratelimit: Redis call failed (%s)", ratelimit::to_string(result.status));
         apply_failure(r, ctx, lcf);
         return;
@@ -386,7 +387,7 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainCo
     if (submitted.status != ratelimit::CallStatus::ok) {
         // "down" was logged once when the breaker opened; the rest is worth a line each.
         if (submitted.status != ratelimit::CallStatus::down) {
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+            log_throttled(NGX_LOG_WARN, r->connection->log, LogReason::call_not_sent,
                           "ratelimit: Redis call not sent (%s)",
                           ratelimit::to_string(submitted.status));
         }
