@@ -10,9 +10,9 @@ CORE_BUILD := $(BUILD)/core
 JOBS      ?= $(shell nproc)
 
 # Debian packages the build, the tests and `make run` need.
-PACKAGES := nginx nginx-dev libhiredis-dev libev-dev googletest libgtest-dev cmake g++ make \
+PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgtest-dev cmake g++ make \
             redis-server redis-tools python3 python3-pytest curl ca-certificates procps \
-            valgrind clang libclang-rt-14-dev
+            valgrind clang libclang-rt-14-dev strace
 
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
 
@@ -145,7 +145,7 @@ $(FUZZ_BUILD)/obj/%.o: core/src/%.cpp $(wildcard core/include/ratelimit/*.h)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.cpp $(FUZZ_OBJS)
-	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJS) -lhiredis -o $@
+	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJS) -lhiredis -lcrypto -o $@
 
 .SECONDARY: $(FUZZ_OBJS)
 

@@ -99,6 +99,17 @@ bool resolve_limits(ngx_conf_t* cf, MainConf* mcf, LocConf* lcf)
         return true;
     }
     auto* limits = static_cast<Limit*>(lcf->limits->elts);
+    if (lcf->limits->nelts > kMaxLimitsPerRequest) {
+        auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(
+            ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+        static ngx_str_t server_level = ngx_string("(server level)");
+        ngx_str_t* where = clcf->name.len ? &clcf->name : &server_level;
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "%ui \"ratelimit\" limits apply to location \"%V\", at most %uz "
+                      "are allowed, the first in %V:%ui", lcf->limits->nelts, where,
+                      kMaxLimitsPerRequest, &limits[0].file, limits[0].line);
+        return false;
+    }
     bool uses_variable = false;
     for (ngx_uint_t i = 0; i < lcf->limits->nelts; i++) {
         Limit& limit = limits[i];
@@ -112,14 +123,14 @@ bool resolve_limits(ngx_conf_t* cf, MainConf* mcf, LocConf* lcf)
         if (limit.policy == nullptr) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                           "\"ratelimit\" uses unknown policy \"%V\" in %V:%ui",
-                          &limit.policy_name, limit.file, limit.line);
+                          &limit.policy_name, &limit.file, limit.line);
             return false;
         }
     }
     if (uses_variable && lcf->default_policy == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"ratelimit\" with a variable policy needs \"ratelimit_default_policy\" "
-                      "in %V:%ui", limits[0].file, limits[0].line);
+                      "in %V:%ui", &limits[0].file, limits[0].line);
         return false;
     }
     return true;
@@ -139,13 +150,16 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept
     }
     if (conf->default_policy_name.data == nullptr) {
         conf->default_policy_name = prev->default_policy_name;
+        conf->default_policy_file = prev->default_policy_file;
+        conf->default_policy_line = prev->default_policy_line;
     }
     if (conf->default_policy_name.data && conf->default_policy == nullptr) {
         conf->default_policy = find_policy(mcf, conf->default_policy_name);
         if (conf->default_policy == nullptr) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "\"ratelimit_default_policy\" uses unknown policy \"%V\"",
-                          &conf->default_policy_name);
+                          "\"ratelimit_default_policy\" uses unknown policy \"%V\" in %V:%ui",
+                          &conf->default_policy_name, &conf->default_policy_file,
+                          conf->default_policy_line);
             return static_cast<char*>(NGX_CONF_ERROR);
         }
     }
@@ -305,6 +319,21 @@ ngx_http_complex_value_t* compile_value(ngx_conf_t* cf, ngx_str_t* text)
 }
 
 
+// The file and line being read, for errors found at merge time. The name is copied: the
+// ngx_conf_file_t that holds it lives on ngx_conf_parse()'s stack, one per included file.
+bool copy_position(ngx_conf_t* cf, ngx_str_t* file, ngx_uint_t* line)
+{
+    file->len = cf->conf_file->file.name.len;
+    file->data = static_cast<u_char*>(ngx_pnalloc(cf->pool, file->len));
+    if (file->data == nullptr) {
+        return false;
+    }
+    ngx_memcpy(file->data, cf->conf_file->file.name.data, file->len);
+    *line = cf->conf_file->line;
+    return true;
+}
+
+
 // ratelimit key policy=name|$variable [cost=number|$variable];
 char* set_limit(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 {
@@ -323,8 +352,9 @@ char* set_limit(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
     }
     ngx_memzero(limit, sizeof(Limit));
     limit->cost = 1;
-    limit->file = &cf->conf_file->file.name;
-    limit->line = cf->conf_file->line;
+    if (!copy_position(cf, &limit->file, &limit->line)) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
 
     ngx_http_compile_complex_value_t ccv{};
     ccv.cf = cf;
@@ -401,6 +431,9 @@ char* set_default_policy(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcep
         return static_cast<char*>(NGX_CONF_ERROR);
     }
     lcf->default_policy_name = value[1];
+    if (!copy_position(cf, &lcf->default_policy_file, &lcf->default_policy_line)) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
     return NGX_CONF_OK;
 }
 

@@ -14,6 +14,10 @@ extern ngx_module_t ngx_http_ratelimit_module;
 
 namespace ngx_ratelimit {
 
+// `ratelimit` lines that may apply to one request (after inheritance): a request's limits
+// are decided together, in fixed-size arrays. More makes `nginx -t` fail.
+constexpr size_t kMaxLimitsPerRequest = 64;
+
 // ratelimit_policy name rate=... burst=...
 struct Policy {
     ngx_str_t name;
@@ -29,7 +33,7 @@ struct Limit {
     Policy* policy;                          // resolved policy=name
     ngx_http_complex_value_t* cost_value;    // cost=$variable, or nullptr
     int64_t cost;
-    ngx_str_t* file;                         // where it was written, for late errors
+    ngx_str_t file;                          // where it was written (a copy), for late errors
     ngx_uint_t line;
 };
 
@@ -45,9 +49,6 @@ enum class Status : ngx_uint_t {
     local_passed,
     local_rejected,
 };
-
-// At most this many `ratelimit` lines apply to one request (decided on the stack).
-constexpr ngx_uint_t kMaxLimitsPerRequest = 64;
 
 enum HeaderStyle : ngx_uint_t {
     headers_off = 0,
@@ -73,6 +74,8 @@ struct MainConf {
 struct LocConf {
     ngx_array_t* limits;               // of Limit; nullptr: none at this level
     ngx_str_t default_policy_name;
+    ngx_str_t default_policy_file;     // where it was written, for the merge-time error
+    ngx_uint_t default_policy_line;
     Policy* default_policy;
     ngx_uint_t status;
     ngx_uint_t headers;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_request.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/headers.h"
@@ -84,7 +85,7 @@ int64_t request_cost(ngx_http_request_t* r, const Limit& limit)
     }
     auto cost = ratelimit::parse_non_negative_int(as_view(value));
     if (!cost || *cost > 1000000000) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+        log_throttled(NGX_LOG_WARN, r->connection->log, LogReason::junk_cost,
                       "ratelimit: cost \"%V\" is not a non-negative integer, counting 1",
                       &value);
         return 1;
@@ -127,7 +128,7 @@ RequestLimit* same_bucket(RequestCtx* ctx, const Policy* policy, const ngx_str_t
 ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf)
 {
     auto* limits = static_cast<Limit*>(lcf->limits->elts);
-    ngx_uint_t n = std::min<ngx_uint_t>(lcf->limits->nelts, kMaxLimitsPerRequest);
+    ngx_uint_t n = std::min<ngx_uint_t>(lcf->limits->nelts, ngx_uint_t(kMaxLimitsPerRequest));
     ctx->limits = static_cast<RequestLimit*>(ngx_palloc(r->pool, n * sizeof(RequestLimit)));
     if (ctx->limits == nullptr) {
         return NGX_ERROR;
@@ -240,7 +241,7 @@ void decide_locally(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool f
                                      fallback ? BucketSpace::failover : BucketSpace::local,
                                      limits, ctx->nlimits, outcomes);
     if (result == LocalResult::no_memory) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        log_throttled(NGX_LOG_ERR, r->connection->log, LogReason::zone_full,
                       "ratelimit: the shared zone is full, request allowed");
         ctx->status = fallback ? Status::local_passed : Status::passed;
         ctx->rc = NGX_DECLINED;
@@ -289,12 +290,13 @@ void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
 {
     if (!verdict.decided) {
         if (verdict.error.empty()) {
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+            log_throttled(NGX_LOG_WARN, r->connection->log, LogReason::call_failed,
                           "ratelimit: Redis call failed (%s)",
                           ratelimit::to_string(verdict.status));
         } else {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ratelimit: Redis replied: %*s",
-                          verdict.error.size(), verdict.error.data());
+            log_throttled(NGX_LOG_ERR, r->connection->log, LogReason::redis_error,
+                          "ratelimit: Redis replied: %*s", verdict.error.size(),
+                          verdict.error.data());
         }
         apply_failure(r, ctx, lcf);
         return;
@@ -369,7 +371,7 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainCo
     if (queued.status != ratelimit::CallStatus::ok) {
         // "down" was logged once when the breaker opened; the rest is worth a line.
         if (queued.status != ratelimit::CallStatus::down) {
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+            log_throttled(NGX_LOG_WARN, r->connection->log, LogReason::call_not_sent,
                           "ratelimit: Redis call not sent (%s)",
                           ratelimit::to_string(queued.status));
         }

@@ -161,6 +161,11 @@ NgxTransport::connect(ratelimit::TransportSink& sink) noexcept
     c_->read->log = log_;
     c_->write->log = log_;
     connected_ = false;
+    // Small pipelined writes must not wait for the previous one's ACK (Nagle's algorithm):
+    // that would add a round trip whenever Redis is on another host. TCP only.
+    if (peer_.sockaddr->sa_family != AF_UNIX) {
+        (void) ngx_tcp_nodelay(c_);  // logs its own failure; the connection still works
+    }
 
     if (rc == NGX_OK) {
         // Connected at once (unix sockets): report it from the event loop.

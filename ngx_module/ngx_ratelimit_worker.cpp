@@ -5,6 +5,7 @@
 #include <string>
 
 #include "ngx_ratelimit.h"
+#include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_loop.h"
 #include "ratelimit/key.h"
 #include "ratelimit/script.h"
@@ -81,8 +82,8 @@ ratelimit::ClientObserver client_observer(ngx_log_t* log, const ngx_str_t* name)
 {
     ratelimit::ClientObserver observer;
     observer.on_error = [log, name](std::string_view message) {
-        ngx_log_error(NGX_LOG_ERR, log, 0, "ratelimit: Redis %V: %*s", name,
-                      message.size(), message.data());
+        log_throttled(NGX_LOG_ERR, log, LogReason::redis_error, "ratelimit: Redis %V: %*s",
+                      name, message.size(), message.data());
     };
     observer.on_state = [log, name](ratelimit::ClientState state) {
         if (state == ratelimit::ClientState::down || state == ratelimit::ClientState::up) {

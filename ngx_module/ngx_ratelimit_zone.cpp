@@ -133,11 +133,8 @@ void free_node(Zone* zone, ngx_queue_t* q)
 }
 
 
-// Drops up to two buckets that are full again (they equal a missing bucket); with `force`,
-// drops the least recently used one whatever its state, to make room. Never one of `keep`,
-// the buckets of the request being decided.
-void expire(Zone* zone, int64_t now_ms, bool force, BucketNode* const* keep = nullptr,
-            size_t nkeep = 0)
+// Drops up to two buckets that are full again (they equal a missing bucket).
+void expire(Zone* zone, int64_t now_ms)
 {
     for (int i = 0; i < 2; i++) {
         if (ngx_queue_empty(&zone->sh->queue)) {
@@ -145,31 +142,45 @@ void expire(Zone* zone, int64_t now_ms, bool force, BucketNode* const* keep = nu
         }
         ngx_queue_t* q = ngx_queue_last(&zone->sh->queue);
         BucketNode* b = ngx_queue_data(q, BucketNode, queue);
-        if (!force && b->full_at_ms > now_ms) {
+        if (b->full_at_ms > now_ms) {
             return;
         }
-        for (size_t k = 0; k < nkeep; k++) {
-            if (keep[k] == b) {
-                return;
-            }
-        }
         free_node(zone, q);
-        force = false;
     }
 }
 
 
-// A new bucket starts full, which is what a missing bucket means.
+// Drops the least recently used bucket, whatever its state, to make room; never one of
+// `keep`, the buckets of the request being decided. False: nothing left to drop.
+bool evict_lru(Zone* zone, BucketNode* const* keep, size_t nkeep)
+{
+    ngx_queue_t* sentinel = ngx_queue_sentinel(&zone->sh->queue);
+    for (ngx_queue_t* q = ngx_queue_last(&zone->sh->queue); q != sentinel;
+         q = ngx_queue_prev(q))
+    {
+        BucketNode* b = ngx_queue_data(q, BucketNode, queue);
+        if (std::find(keep, keep + nkeep, b) == keep + nkeep) {
+            free_node(zone, q);
+            return true;
+        }
+    }
+    return false;
+}
+
+
+// A new bucket starts full, which is what a missing bucket means. When the zone is full,
+// least recently used buckets go until the allocation succeeds: one freed bucket may be of
+// another slab size, which frees no room for this one.
 BucketNode* create_node(Zone* zone, ngx_uint_t hash, std::string_view id,
                         const ratelimit::BucketParams& params, int64_t now_ms,
                         BucketNode* const* keep, size_t nkeep)
 {
     size_t size = offsetof(ngx_rbtree_node_t, color) + offsetof(BucketNode, data) + id.size();
-    auto* node = static_cast<ngx_rbtree_node_t*>(ngx_slab_alloc_locked(zone->shpool, size));
-    if (node == nullptr) {
-        expire(zone, now_ms, true, keep, nkeep);
-        node = static_cast<ngx_rbtree_node_t*>(ngx_slab_alloc_locked(zone->shpool, size));
-        if (node == nullptr) {
+    ngx_rbtree_node_t* node;
+    while ((node = static_cast<ngx_rbtree_node_t*>(ngx_slab_alloc_locked(zone->shpool, size)))
+           == nullptr)
+    {
+        if (!evict_lru(zone, keep, nkeep)) {
             return nullptr;
         }
     }
@@ -214,7 +225,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     ngx_queue_init(&zone->sh->queue);
     zone->sh->memories = 0;
 
-    static const char ctx[] = " in ratelimit zone \"ratelimit\"";
+    static const char ctx[] = " in ratelimit_zone";
     zone->shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(zone->shpool, sizeof(ctx)));
     if (zone->shpool->log_ctx == nullptr) {
         return NGX_ERROR;
@@ -236,7 +247,8 @@ int64_t zone_now_ms()
 
 ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf*, size_t size)
 {
-    static ngx_str_t name = ngx_string("ratelimit");
+    // Named after the module: an operator's own zones ("ratelimit", say) never clash with it.
+    static ngx_str_t name = ngx_string("ngx_http_ratelimit_module");
     ngx_shm_zone_t* shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_ratelimit_module);
     if (shm_zone == nullptr) {
         return nullptr;
@@ -264,7 +276,7 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
     make_ids(space, limits, n, ids);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
-    expire(zone, now, false);
+    expire(zone, now);
 
     BucketNode* nodes[kMaxLimitsPerRequest];
     ratelimit::BucketState states[kMaxLimitsPerRequest];
@@ -302,9 +314,12 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
         if (limits[i].cost == 0) {
             continue;  // nothing taken, nothing to store (as the script)
         }
-        nodes[i]->level_units = outcomes[i].level_units;
-        nodes[i]->stamp_ms = now;
-        nodes[i]->full_at_ms = now + outcomes[i].reset_ms;
+        // Never stamped back by a worker whose cached clock lags another's.
+        ratelimit::BucketState before{nodes[i]->level_units, nodes[i]->stamp_ms};
+        ratelimit::BucketState after = ratelimit::stored_state(&before, outcomes[i], now);
+        nodes[i]->level_units = after.level_units;
+        nodes[i]->stamp_ms = after.stamp_ms;
+        nodes[i]->full_at_ms = after.stamp_ms + outcomes[i].reset_ms;
         nodes[i]->params = limits[i].params;
     }
 

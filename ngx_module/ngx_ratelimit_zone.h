@@ -8,7 +8,7 @@
 
 namespace ngx_ratelimit {
 
-// Registers the module's zone ("ratelimit", `size` bytes). It survives reload when the size
+// Registers the module's zone ("ngx_http_ratelimit_module", `size` bytes). It survives reload when the size
 // is unchanged.
 ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf* mcf, size_t size);
 

@@ -100,6 +100,13 @@ LimitOutcome outcome_after(const BucketParams& params, int64_t cost, int64_t lev
     return out;
 }
 
+BucketState stored_state(const BucketState* before, const LimitOutcome& outcome,
+                         int64_t now_ms)
+{
+    int64_t stamp = before && before->stamp_ms > now_ms ? before->stamp_ms : now_ms;
+    return BucketState{outcome.level_units, stamp};
+}
+
 int64_t remaining_tokens(const BucketParams& params, const LimitOutcome& outcome)
 {
     return outcome.level_units > 0 ? outcome.level_units / params.period_ms : 0;

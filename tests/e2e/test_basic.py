@@ -1,6 +1,9 @@
 """The module end to end: nginx -> C++ core -> Redis, with exact header values."""
 
+import re
+import signal
 import socket
+import subprocess
 import time
 
 from conftest import Resp, wait_for
@@ -200,3 +203,59 @@ def test_unix_socket_and_password(redis, nginx_factory):
     r = wrong.get("/")
     assert (r.status, r.header("X-Status")) == (200, "FAILED_OPEN")
     assert wait_for(lambda: "WRONGPASS" in wrong.log() or "invalid password" in wrong.log(), 3)
+
+
+def strace_redis_socket(n, redis, sockaddr_match):
+    """Attaches strace to the worker, makes it reconnect to Redis, and returns the socket
+    calls made on the new Redis connection's descriptor (connect, setsockopt)."""
+    out = n.dir / "strace.txt"
+    worker = n.worker_pids()[0]
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=connect,setsockopt,close",
+                               "-o", str(out), "-p", str(worker)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)  # attached
+        redis.cmd("CLIENT", "KILL", "TYPE", "normal")  # the worker's connection, not ours
+        assert wait_for(lambda: n.get("/").header("X-Status") == "PASSED", 5, 0.1)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=10)
+    calls = out.read_text().splitlines()
+    fds = [re.match(r"(?:\d+\s+)?connect\((\d+),", c).group(1) for c in calls
+           if c.lstrip("0123456789 ").startswith("connect(") and sockaddr_match in c]
+    assert fds, "no reconnect to Redis seen:\n" + "\n".join(calls)
+    fd = fds[-1]
+    return [c.lstrip("0123456789 ") for c in calls
+            if re.search(r"(connect|setsockopt)\(%s," % fd, c)]
+
+
+def test_tcp_nodelay_on_the_redis_connection(redis, nginx_factory):
+    n = nginx_factory(redis_http(redis, """
+        location / {
+            ratelimit $remote_addr policy=p;
+            add_header X-Status $ratelimit_status always;
+            proxy_pass http://127.0.0.1:@BACKEND@;
+        }
+    """, "ratelimit_policy p rate=1r/h burst=100;"))
+    assert n.get("/").header("X-Status") == "PASSED"
+    calls = strace_redis_socket(n, redis, "htons(%d)" % redis.port)
+    assert any("SOL_TCP, TCP_NODELAY, [1]" in c for c in calls), calls
+
+
+def test_no_tcp_nodelay_on_a_unix_socket(redis, nginx_factory):
+    n = nginx_factory(f"""
+    ratelimit_redis unix:{redis.unix_path};
+    ratelimit_policy p rate=1r/h burst=100;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location / {{
+            ratelimit $remote_addr policy=p;
+            add_header X-Status $ratelimit_status always;
+            proxy_pass http://127.0.0.1:@BACKEND@;
+        }}
+    }}
+""")
+    assert n.get("/").header("X-Status") == "PASSED"
+    calls = strace_redis_socket(n, redis, str(redis.unix_path))
+    assert not any("TCP_NODELAY" in c for c in calls), calls
+    assert "setsockopt(TCP_NODELAY) failed" not in n.log()

@@ -46,5 +46,18 @@ TEST(Sha1, BinaryInputAndRawDigest)
     EXPECT_EQ(sha1_hex(binary), "e4bc8a01806054986edd720593bc12f760eca5b9");
 }
 
+// Every byte value once, and the over-long keys of the end-to-end tests: the digests name
+// existing buckets in Redis, so they must never change (checked against Python's hashlib).
+TEST(Sha1, StableDigestsOfKeys)
+{
+    std::string all;
+    for (int i = 0; i < 256; i++) {
+        all += char(i);
+    }
+    EXPECT_EQ(sha1_hex(all), "4916d6bdb7f78e6803698cab32d1586ea457dfc8");
+    EXPECT_EQ(sha1_hex(std::string(300, 'k')), "3413fbe006ad15aea62a1f28045806be6e49b709");
+    EXPECT_EQ(sha1_hex(std::string(129, 'k')), "b4cc423df271afe3df9415c3778f5e7f557e8a29");
+}
+
 }  // namespace
 }  // namespace ratelimit

@@ -295,6 +295,40 @@ TEST(OutcomeAfter, EqualsDecideAll)
     }
 }
 
+TEST(StoredState, StampNeverGoesBackwards)
+{
+    LimitOutcome outcome;
+    outcome.level_units = 777;
+    BucketState ahead{100, 5000};
+    EXPECT_EQ(stored_state(&ahead, outcome, 4990).stamp_ms, 5000);  // lagging clock
+    EXPECT_EQ(stored_state(&ahead, outcome, 5010).stamp_ms, 5010);
+    EXPECT_EQ(stored_state(&ahead, outcome, 4990).level_units, 777);
+    EXPECT_EQ(stored_state(nullptr, outcome, 4990).stamp_ms, 4990);
+}
+
+// Two deciders sharing one bucket, one of them 10 ms behind (two nginx workers, each with
+// its own cached clock), alternating once a millisecond: over the whole run at most
+// burst + rate x elapsed pass, and under this saturation hardly fewer.
+TEST(StoredState, LaggingDeciderCreditsNothingTwice)
+{
+    const BucketParams params{1, 10, 5};  // 1 token per 10 ms, burst 5
+    BucketState state{params.capacity_units(), 0};
+    int64_t passed = 0;
+    int64_t real_now = 0;
+    for (int step = 0; step < 1000; step++) {
+        real_now += 1;
+        int64_t now = step % 2 ? real_now - 10 : real_now;
+        LimitInput input{params, 1, &state};
+        LimitOutcome outcome;
+        if (decide_all(&input, &outcome, 1, now)) {
+            passed++;
+            state = stored_state(&state, outcome, now);
+        }
+    }
+    EXPECT_LE(passed, 5 + real_now / 10);
+    EXPECT_GE(passed, 5 + real_now / 10 - 2);
+}
+
 TEST(Seconds, Rounding)
 {
     EXPECT_EQ(ceil_seconds(0), 0);

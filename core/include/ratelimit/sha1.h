@@ -1,4 +1,5 @@
-// SHA-1 (RFC 3174): the script's EVALSHA name and the digest of over-long keys.
+// SHA-1 (RFC 3174, from OpenSSL's libcrypto): the script's EVALSHA name and the digest of
+// over-long keys.
 #pragma once
 
 #include <array>

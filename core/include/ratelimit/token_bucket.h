@@ -52,6 +52,13 @@ bool decide_all(const LimitInput* inputs, LimitOutcome* outcomes, size_t n, int6
 LimitOutcome outcome_after(const BucketParams& params, int64_t cost, int64_t level_after,
                            bool allowed);
 
+// The state to store for a limit after an allowed decision at `now_ms` (`before`: the state
+// it was decided with, nullptr for a new bucket). The stamp never goes backwards: a decider
+// whose clock lags the stored stamp refilled nothing, so the level is as of that stamp, and
+// stamping it earlier would credit the lag a second time at the next refill.
+BucketState stored_state(const BucketState* before, const LimitOutcome& outcome,
+                         int64_t now_ms);
+
 // Whole tokens left, >= 0.
 int64_t remaining_tokens(const BucketParams& params, const LimitOutcome& outcome);
 
