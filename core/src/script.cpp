@@ -14,109 +14,146 @@ namespace {
 
 // Mirrors token_bucket.cpp; every value stays below 2^53, where Lua's doubles are exact.
 // Integer division goes through math.fmod (exact), never a rounded quotient.
-// KEYS: the K distinct keys. ARGV: R, then per key `count period_ms burst`, then per request
-// `n` and n pairs `key_index cost`. Reply: {now_ms, per request: allowed, its n levels}.
-const char kScript[] = R"lua(-- ratelimit v2: a batch of requests, token buckets, in order
-if redis.replicate_commands then redis.replicate_commands() end
-local nk, argv = #KEYS, ARGV
-local nr = tonumber(argv[1])
-if nk == 0 or not nr or nr < 1 or #argv < 1 + 3 * nk + nr then
+// KEYS: the K distinct keys. ARGV: R, P, then per parameter set `count period_ms burst` (3P),
+// then per key its parameter set (K), then per request either `k` (one limit: key k, cost 1)
+// or `-n` followed by n pairs `key cost`. Reply: one string, "<now_ms>" then per request
+// " <allowed> <level>..." (a string costs Redis and hiredis far less than an array).
+// Per decision Redis runs what it must: one read (MGET for the batch) and one PSETEX.
+const char kScript[] = R"lua(-- ratelimit 0.3: a batch of requests over token buckets, in order
+local keys, argv = KEYS, ARGV
+local nk, nargs = #keys, #argv
+local tonumber, fmod, smatch, sformat = tonumber, math.fmod, string.match, string.format
+local nr, np = tonumber(argv[1]), tonumber(argv[2])
+if nk == 0 or not nr or not np or np < 1 or nargs < 2 + 3 * np + nk + nr then
   return redis.error_reply('ratelimit: bad arguments')
 end
-local fmod, floor, tonumber = math.fmod, math.floor, tonumber
 local function ceil_div(a, b)
   local r = fmod(a, b)
   if r == 0 then return (a - r) / b end
   return (a - r) / b + 1
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
-local counts, periods, caps, levels = {}, {}, {}, {}
-for i = 1, nk do
-  local count, period, burst = tonumber(argv[3 * i - 1]), tonumber(argv[3 * i]),
-                               tonumber(argv[3 * i + 1])
-  if not (count and period and burst) or count <= 0 or period <= 0 or burst <= 0 then
+local counts, periods, bursts, caps = {}, {}, {}, {}
+local big = false
+for p = 1, np do
+  local c, per, b = tonumber(argv[3 * p]), tonumber(argv[3 * p + 1]), tonumber(argv[3 * p + 2])
+  if not (c and per and b) or c <= 0 or per <= 0 or b <= 0 then
     return redis.error_reply('ratelimit: bad arguments')
   end
-  local cap = burst * period
-  local level = cap
-  local stored = redis.pcall('GET', KEYS[i])
-  if type(stored) == 'string' then
-    local l, p, s, v, rest
-    v, l, p, s, rest = string.match(stored, '^v(%d+) (%d+) (%d+) (%d+)(.*)$')
-    if v then
-      if tonumber(v) < 2 or (rest ~= '' and string.sub(rest, 1, 1) ~= ' ') then l = nil end
+  counts[p], periods[p], bursts[p], caps[p] = c, per, b, b * per
+  if b * per >= 1e14 then big = true end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stored = redis.call('MGET', unpack(keys))
+local kp, levels = {}, {}
+local a = 2 + 3 * np
+for i = 1, nk do
+  local p = tonumber(argv[a + i])
+  local cap = caps[p]
+  if not cap then
+    return redis.error_reply('ratelimit: bad arguments')
+  end
+  local period, level = periods[p], cap
+  local v = stored[i]
+  if v then
+    local ver, l, per, s = smatch(v, '^v(%d+) (%d+) (%d+) (%d+)')
+    if ver then
+      if tonumber(ver) < 2 then l = nil end
     else
-      l, s = string.match(stored, '^(%d+) (%d+)$')
-      p = period
+      l, s = smatch(v, '^(%d+) (%d+)$')
+      per = period
     end
     if l then
-      l, p, s = tonumber(l), tonumber(p), tonumber(s)
-      if l < 9007199254740992 and p > 0 and p <= 86400000 then
-        if p ~= period then
-          local frac = fmod(l, p)
-          local tokens = (l - frac) / p
-          if tokens >= burst then
+      l, per, s = tonumber(l), tonumber(per), tonumber(s)
+      if l < 9007199254740992 and per > 0 and per <= 86400000 then
+        if per ~= period then
+          local frac = fmod(l, per)
+          local tokens = (l - frac) / per
+          if tokens >= bursts[p] then
             l = cap
           else
             local x = frac * period
-            l = tokens * period + (x - fmod(x, p)) / p
+            l = tokens * period + (x - fmod(x, per)) / per
           end
         end
         if l < cap then
           local elapsed = now - s
           if elapsed < 0 then elapsed = 0 end
-          if elapsed < ceil_div(cap - l, count) then
-            level = l + elapsed * count
+          if elapsed < ceil_div(cap - l, counts[p]) then
+            level = l + elapsed * counts[p]
           end
         end
       end
     end
   end
-  counts[i], periods[i], caps[i], levels[i] = count, period, cap, level
+  kp[i], levels[i] = p, level
 end
-local reply, dirty, order = {now}, {}, {}
+a = a + nk + 1
+local out, o = {now}, 1
+local dirty, order = {}, {}
 local ks, needs = {}, {}
-local a = 3 * nk + 2
 for r = 1, nr do
-  local n = tonumber(argv[a])
-  if not n or n < 0 or n ~= floor(n) then
+  local x = tonumber(argv[a])
+  if not x or x == 0 or x ~= math.floor(x) then
     return redis.error_reply('ratelimit: bad arguments')
   end
-  local allowed = 1
-  for j = 1, n do
-    local k, cost = tonumber(argv[a + 2 * j - 1]), tonumber(argv[a + 2 * j])
-    if not (k and cost) or not levels[k] or cost < 0 or cost ~= floor(cost) then
+  if x > 0 then
+    local p = kp[x]
+    if not p then
       return redis.error_reply('ratelimit: bad arguments')
     end
-    local need = cost * periods[k]
-    if levels[k] < need then allowed = 0 end
-    ks[j], needs[j] = k, need
-  end
-  reply[#reply + 1] = allowed
-  for j = 1, n do
-    local k = ks[j]
-    if allowed == 1 and needs[j] > 0 then
-      levels[k] = levels[k] - needs[j]
-      if not dirty[k] then dirty[k] = true; order[#order + 1] = k end
+    local level, need = levels[x], periods[p]
+    if level >= need then
+      level = level - need
+      levels[x] = level
+      if not dirty[x] then dirty[x] = true; order[#order + 1] = x end
+      out[o + 1] = 1
+    else
+      out[o + 1] = 0
     end
-    reply[#reply + 1] = levels[k]
+    out[o + 2] = level
+    o = o + 2
+    a = a + 1
+  else
+    local n = -x
+    local allowed = 1
+    for j = 1, n do
+      local k, cost = tonumber(argv[a + 2 * j - 1]), tonumber(argv[a + 2 * j])
+      if not (k and cost) or not kp[k] or cost < 0 or cost ~= math.floor(cost) then
+        return redis.error_reply('ratelimit: bad arguments')
+      end
+      local need = cost * periods[kp[k]]
+      if levels[k] < need then allowed = 0 end
+      ks[j], needs[j] = k, need
+    end
+    o = o + 1
+    out[o] = allowed
+    for j = 1, n do
+      local k = ks[j]
+      if allowed == 1 and needs[j] > 0 then
+        levels[k] = levels[k] - needs[j]
+        if not dirty[k] then dirty[k] = true; order[#order + 1] = k end
+      end
+      o = o + 1
+      out[o] = levels[k]
+    end
+    a = a + 1 + 2 * n
   end
-  a = a + 1 + 2 * n
 end
-if a - 1 ~= #argv then
+if a - 1 ~= nargs then
   return redis.error_reply('ratelimit: bad arguments')
 end
 for _, k in ipairs(order) do
-  local level = levels[k]
-  if level >= caps[k] then
-    redis.call('DEL', KEYS[k])
-  else
-    redis.call('SET', KEYS[k], string.format('v2 %d %d %d', level, periods[k], now),
-               'PX', string.format('%d', ceil_div(caps[k] - level, counts[k])))
+  local level, p = levels[k], kp[k]
+  if level < caps[p] then
+    redis.call('PSETEX', keys[k], ceil_div(caps[p] - level, counts[p]),
+               sformat('v2 %d %d %d', level, periods[p], now))
   end
 end
-return reply
+if big then
+  for i = 2, o do out[i] = sformat('%d', out[i]) end
+end
+return table.concat(out, ' ')
 )lua";
 
 // Reads a decimal number followed by CRLF at `pos`; advances `pos`.
@@ -154,15 +191,6 @@ std::optional<std::string_view> read_bulk(std::string_view text, size_t& pos)
     std::string_view arg = text.substr(pos, *len);
     pos += *len + 2;
     return arg;
-}
-
-bool read_integer(const redisReply* reply, int64_t& out)
-{
-    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
-        return false;
-    }
-    out = reply->integer;
-    return true;
 }
 
 // Appends "<prefix><digits>\r\n".
@@ -280,15 +308,50 @@ size_t ScriptBatch::limits_of(size_t request) const noexcept
     return end - requests_[request];
 }
 
-// <verb> <script> K keys... R (count period burst)... (n (key_index cost)...)...
+// <verb> <script> K keys... R P (count period burst)... (set of each key)... then per request
+// `k` (one limit, cost 1) or `-n (key cost)...`; every index 1-based.
 void ScriptBatch::append_command(std::string& out, std::string_view verb,
                                  std::string_view script) const
 {
+    // Distinct parameter sets, usually one per policy: found by a scan, there are few.
+    BucketParams sets[64];
+    size_t nsets = 0;
+    auto set_index = [&](const BucketParams& p) -> size_t {
+        for (size_t i = 0; i < nsets; i++) {
+            if (sets[i].count == p.count && sets[i].period_ms == p.period_ms
+                && sets[i].burst == p.burst) {
+                return i;
+            }
+        }
+        return nsets;
+    };
+    key_sets_.resize(nkeys_);
+    for (size_t k = 0; k < nkeys_; k++) {
+        size_t i = set_index(keys_[k].params);
+        if (i == nsets && nsets < 64) {
+            sets[nsets++] = keys_[k].params;
+        }
+        key_sets_[k] = uint32_t(i < 64 ? i : 63);
+    }
+    // More than 64 distinct sets in one batch cannot come from nginx (policies are few, and
+    // the failure mode's share never reaches Redis); fall back to one set per key.
+    bool per_key = false;
+    for (size_t k = 0; k < nkeys_ && !per_key; k++) {
+        const BucketParams& p = keys_[k].params;
+        const BucketParams& q = sets[key_sets_[k]];
+        per_key = p.count != q.count || p.period_ms != q.period_ms || p.burst != q.burst;
+    }
+
     size_t key_bytes = 0;
     for (size_t k = 0; k < nkeys_; k++) {
         key_bytes += keys_[k].name.size();
     }
-    size_t args = 3 + nkeys_ + 1 + 3 * nkeys_ + requests_.size() + 2 * limits_.size();
+    size_t entries = 0;
+    for (size_t r = 0; r < requests_.size(); r++) {
+        entries += simple(r) ? 1 : 1 + 2 * limits_of(r);
+    }
+    size_t np = per_key ? nkeys_ : nsets;
+    size_t args = 3 + nkeys_ + 2 + 3 * np + nkeys_ + entries;
     out.reserve(out.size() + script.size() + key_bytes + 16 * args + 64);
 
     append_line(out, '*', args);
@@ -299,20 +362,34 @@ void ScriptBatch::append_command(std::string& out, std::string_view verb,
         append_bulk(out, keys_[k].name);
     }
     append_int(out, int64_t(requests_.size()));
-    for (size_t k = 0; k < nkeys_; k++) {
-        const BucketParams& p = keys_[k].params;
+    append_int(out, int64_t(np));
+    for (size_t i = 0; i < np; i++) {
+        const BucketParams& p = per_key ? keys_[i].params : sets[i];
         append_int(out, p.count);
         append_int(out, p.period_ms);
         append_int(out, p.burst);
     }
+    for (size_t k = 0; k < nkeys_; k++) {
+        append_int(out, int64_t(per_key ? k : key_sets_[k]) + 1);
+    }
     for (size_t r = 0; r < requests_.size(); r++) {
+        if (simple(r)) {
+            append_int(out, int64_t(limits_[requests_[r]].key) + 1);
+            continue;
+        }
         size_t n = limits_of(r);
-        append_int(out, int64_t(n));
+        append_int(out, -int64_t(n));
         for (size_t j = requests_[r]; j < requests_[r] + n; j++) {
             append_int(out, int64_t(limits_[j].key) + 1);
             append_int(out, limits_[j].cost);
         }
     }
+}
+
+// One limit of cost 1: the common request, sent as its key alone.
+bool ScriptBatch::simple(size_t request) const noexcept
+{
+    return limits_of(request) == 1 && limits_[requests_[request]].cost == 1;
 }
 
 void ScriptBatch::append_evalsha(std::string& out) const
@@ -370,31 +447,46 @@ bool parse_batch_reply(const redisReply* reply, const ScriptBatch& batch, BatchR
         }
         return false;
     }
-    size_t nreq = batch.requests_.size();
-    size_t nlimits = batch.limits_.size();
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1 + nreq + nlimits) {
+    if (reply->type != REDIS_REPLY_STRING) {
         error = "unexpected reply to the ratelimit script";
         return false;
     }
+    size_t nreq = batch.requests_.size();
+    size_t nlimits = batch.limits_.size();
     out.allowed.resize(nreq);
     out.first.resize(nreq);
     out.levels.resize(nlimits);
-    bool ok = read_integer(reply->element[0], out.now_ms);
-    size_t e = 1;
+    const char* p = reply->str;
+    const char* end = reply->str + reply->len;
+    // The next space-separated decimal integer, >= 0.
+    auto next = [&](int64_t& value) {
+        if (p != reply->str) {
+            if (p == end || *p != ' ') {
+                return false;
+            }
+            p++;
+        }
+        auto [stop, ec] = std::from_chars(p, end, value);
+        if (ec != std::errc() || stop == p || value < 0) {
+            return false;
+        }
+        p = stop;
+        return true;
+    };
+    bool ok = next(out.now_ms);
     for (size_t r = 0; ok && r < nreq; r++) {
         int64_t allowed = 0;
-        ok = read_integer(reply->element[e++], allowed) && (allowed == 0 || allowed == 1);
+        ok = next(allowed) && (allowed == 0 || allowed == 1);
         out.allowed[r] = uint8_t(allowed);
         out.first[r] = batch.requests_[r];
-        size_t end = batch.requests_[r] + batch.limits_of(r);
-        for (size_t j = batch.requests_[r]; ok && j < end; j++) {
+        size_t stop = batch.requests_[r] + batch.limits_of(r);
+        for (size_t j = batch.requests_[r]; ok && j < stop; j++) {
             // A level is a bucket's: between empty and full.
-            const BucketParams& p = batch.keys_[batch.limits_[j].key].params;
-            ok = read_integer(reply->element[e++], out.levels[j]) && out.levels[j] >= 0
-                 && out.levels[j] <= p.capacity_units();
+            const BucketParams& params = batch.keys_[batch.limits_[j].key].params;
+            ok = next(out.levels[j]) && out.levels[j] <= params.capacity_units();
         }
     }
-    if (!ok) {
+    if (!ok || p != end) {
         error = "unexpected reply to the ratelimit script";
         return false;
     }

@@ -40,21 +40,17 @@ void record(void* owner, const Verdict& v) noexcept
     req->seen->push_back(s);
 }
 
-// RESP of the script's reply: now, then per request its flag and levels.
+// RESP of the script's reply: one string, now, then per request its flag and levels.
 std::string reply(int64_t now, const std::vector<std::pair<bool, std::vector<int64_t>>>& reqs)
 {
-    size_t n = 1;
+    std::string text = std::to_string(now);
     for (const auto& r : reqs) {
-        n += 1 + r.second.size();
-    }
-    std::string out = "*" + std::to_string(n) + "\r\n:" + std::to_string(now) + "\r\n";
-    for (const auto& r : reqs) {
-        out += r.first ? ":1\r\n" : ":0\r\n";
+        text += r.first ? " 1" : " 0";
         for (int64_t level : r.second) {
-            out += ":" + std::to_string(level) + "\r\n";
+            text += " " + std::to_string(level);
         }
     }
-    return out;
+    return "$" + std::to_string(text.size()) + "\r\n" + text + "\r\n";
 }
 
 class BatcherTest : public ::testing::Test {

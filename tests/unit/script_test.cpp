@@ -62,10 +62,11 @@ void add_two_requests(ScriptBatch& batch)
 std::vector<std::string> two_requests_argv()
 {
     return {"3", "rl:a:k", kBinaryKey, "rl:c:k",
-            "2",                                          // requests
+            "2", "3",                                     // requests, parameter sets
             "10", "1000", "5", "60", "60000", "100", "1", "1000", "2",
-            "2", "1", "1", "2", "3",                      // request 0: key 1 cost 1, key 2 cost 3
-            "2", "2", "0", "3", "2"};                     // request 1: key 2 cost 0, key 3 cost 2
+            "1", "2", "3",                                // each key's parameter set
+            "-2", "1", "1", "2", "3",                     // request 0: key 1 cost 1, key 2 cost 3
+            "-2", "2", "0", "3", "2"};                    // request 1: key 2 cost 0, key 3 cost 2
 }
 
 TEST(Script, Sha1IsOfTheSource)
@@ -154,10 +155,18 @@ TEST(ScriptBatch, ManyRequestsOverManyKeysDedupe)
             EXPECT_EQ(args[3 + k], first_seen[k]);  // each once, first-seen order
         }
         EXPECT_EQ(args[3 + 150], "400");
-        // Each request's key indices name its own keys.
-        size_t a = 3 + 150 + 1 + 3 * 150;
+        EXPECT_EQ(args[3 + 151], "2");  // two parameter sets: kA and kB
+        // Each request's key indices name its own keys; a lone cost-1 limit is its key alone.
+        size_t a = 3 + 150 + 2 + 3 * 2 + 150;
         for (int r = 0; r < 400; r++) {
-            size_t n = std::stoul(args[a]);
+            long entry = std::stol(args[a]);
+            if (entry > 0) {
+                ASSERT_EQ(batch.limits_of(size_t(r)), 1u);
+                EXPECT_EQ(args[3 + size_t(entry) - 1], names[size_t(r) % 150]);
+                a += 1;
+                continue;
+            }
+            size_t n = size_t(-entry);
             ASSERT_EQ(n, batch.limits_of(size_t(r)));
             EXPECT_EQ(args[3 + std::stoul(args[a + 1]) - 1], names[size_t(r) % 150]);
             EXPECT_EQ(args[a + 2], "1");
@@ -208,7 +217,7 @@ TEST(ScriptReply, Parses)
     ScriptBatch batch;
     add_two_requests(batch);
     // now; request 0 allowed, levels 4000 and 0; request 1 rejected, levels 0 and 1500.
-    auto reply = read_resp("*7\r\n:1700000000123\r\n:1\r\n:4000\r\n:0\r\n:0\r\n:0\r\n:1500\r\n");
+    auto reply = read_resp("$31\r\n1700000000123 1 4000 0 0 0 1500\r\n");
     BatchReply result;
     std::string error;
     ASSERT_TRUE(parse_batch_reply(reply.get(), batch, result, error)) << error;
@@ -221,7 +230,7 @@ TEST(ScriptReply, Parses)
     ScriptBatch one;
     ScriptLimit limit[1] = {{"rl:a:k", kA, 1}};
     one.add_request(limit, 1);
-    auto small = read_resp("*3\r\n:5\r\n:1\r\n:5000\r\n");
+    auto small = read_resp("$8\r\n5 1 5000\r\n");
     ASSERT_TRUE(parse_batch_reply(small.get(), one, result, error)) << error;
     EXPECT_EQ(result.now_ms, 5);
     EXPECT_EQ(result.allowed, (std::vector<uint8_t>{1}));
@@ -252,19 +261,26 @@ TEST(ScriptReply, WrongShapes)
     ScriptLimit limit[1] = {{"rl:a:k", kA, 1}};  // capacity 5000
     batch.add_request(limit, 1);
     batch.add_request(limit, 1);
-    for (const char* resp : {
-             "+OK\r\n",
-             ":1\r\n",
-             "$-1\r\n",
-             "*-1\r\n",
-             "*4\r\n:5\r\n:1\r\n:10\r\n:1\r\n",                   // one short
-             "*6\r\n:5\r\n:1\r\n:10\r\n:1\r\n:20\r\n:30\r\n",     // one too many
-             "*5\r\n:5\r\n:2\r\n:10\r\n:1\r\n:20\r\n",            // allowed not 0/1
-             "*5\r\n$1\r\n5\r\n:1\r\n:10\r\n:1\r\n:20\r\n",       // string now
-             "*5\r\n:5\r\n:1\r\n*0\r\n:1\r\n:20\r\n",             // nested array
-             "*5\r\n:5\r\n:1\r\n:10\r\n:1\r\n$-1\r\n",            // nil level
-             "*5\r\n:5\r\n:1\r\n:-1\r\n:1\r\n:20\r\n",            // level below empty
-             "*5\r\n:5\r\n:1\r\n:10\r\n:1\r\n:5001\r\n",          // level above full
+    auto bulk = [](const std::string& text) {
+        return "$" + std::to_string(text.size()) + "\r\n" + text + "\r\n";
+    };
+    for (const std::string& resp : {
+             std::string("+OK\r\n"),
+             std::string(":1\r\n"),
+             std::string("$-1\r\n"),
+             std::string("*-1\r\n"),
+             std::string("*5\r\n:5\r\n:1\r\n:10\r\n:1\r\n:20\r\n"),  // an array
+             bulk("5 1 10 1"),            // one short
+             bulk("5 1 10 1 20 30"),      // one too many
+             bulk("5 2 10 1 20"),         // allowed not 0/1
+             bulk("x 1 10 1 20"),         // not a number
+             bulk("5 1 10  1 20"),        // two spaces
+             bulk(" 5 1 10 1 20"),        // leading space
+             bulk("5 1 10 1 20 "),        // trailing space
+             bulk("5 1 -1 1 20"),         // level below empty
+             bulk("5 1 10 1 5001"),       // level above full
+             bulk("5 1 10 1 2e3"),        // exponent
+             bulk(""),
          }) {
         auto reply = read_resp(resp);
         BatchReply result;
@@ -275,7 +291,7 @@ TEST(ScriptReply, WrongShapes)
     BatchReply result;
     std::string error;
     EXPECT_FALSE(parse_batch_reply(nullptr, batch, result, error));
-    auto good = read_resp("*5\r\n:5\r\n:1\r\n:10\r\n:0\r\n:5000\r\n");
+    auto good = read_resp("$12\r\n5 1 10 0 5000\r\n");
     EXPECT_TRUE(parse_batch_reply(good.get(), batch, result, error)) << error;
 }
 

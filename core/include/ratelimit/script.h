@@ -79,6 +79,8 @@ private:
     uint32_t key_index(std::string_view name, const BucketParams& params);
     void grow_slots();
     void append_command(std::string& out, std::string_view verb, std::string_view script) const;
+    bool simple(size_t request) const noexcept;
+    mutable std::vector<uint32_t> key_sets_;  // per key: its parameter set, while encoding
     friend bool parse_batch_reply(const redisReply*, const ScriptBatch&, BatchReply&,
                                   std::string&);
 };
