@@ -208,7 +208,8 @@ deb:
 
 # Installs the package, runs a request through it with Debian's nginx, purges it (as root),
 # and replays the Dockerfile's steps and checks the Compose file (tests/pkg/).
-test-pkg: deb
+test-pkg: deb module
+	@$(MAKE) --no-print-directory deps PACKAGES="python3-pytest python3-yaml"
 	/usr/bin/python3 -m pytest -q tests/pkg
 
 clean:
