@@ -70,6 +70,8 @@ def render(template, environment, tmp):
         text = text.replace("${%s}" % var, value)
     assert "${" not in text, "a variable the entry point does not set is left"
     text = text.replace(f"include {ENABLED};", f"load_module {MODULE};")
+    # nginx -t creates the pid file: keep it out of the host's /run.
+    text = re.sub(r"^pid\s+\S+;", f"pid {tmp}/nginx.pid;", text, flags=re.M)
     conf = tmp / template.name.replace(".template", "")
     conf.write_text(text)
     return conf

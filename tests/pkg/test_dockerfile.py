@@ -7,6 +7,7 @@ from the environment by its entry point, passes `nginx -t`. The package is purge
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -66,9 +67,15 @@ def render(final, env, conf_name="nginx.conf"):
                           cwd=final.path("."), env=env, capture_output=True, text=True), conf
 
 
+# The image's pid file. `nginx -t` creates it (empty) when it is missing: on this host that
+# must not be left behind for the system's nginx service to find.
+HOST_PID_FILE = Path("/run/nginx.pid")
+
+
 @pytest.fixture
 def replayed(tmp_path):
     purge()
+    pid_file_existed = HOST_PID_FILE.exists()
     tmp_path.chmod(0o755)
     # Unlike in a container, other apt runs may hold the host's locks: wait for them.
     (tmp_path / "apt.conf").write_text('DPkg::Lock::Timeout "600";\n')
@@ -78,6 +85,9 @@ def replayed(tmp_path):
             yield dockerfile.replay(parsed(tmp_path / "root"), REPO, log, env)
         finally:
             purge()
+            if not pid_file_existed and HOST_PID_FILE.exists() \
+                    and HOST_PID_FILE.stat().st_size == 0:
+                HOST_PID_FILE.unlink()
 
 
 @needs_root
