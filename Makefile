@@ -17,7 +17,7 @@ PACKAGES := nginx nginx-dev libhiredis-dev libev-dev googletest libgtest-dev cma
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
 
 .PHONY: all deps core module test run bench soak clean \
-        asan-core test-asan test-valgrind fuzz fuzz-build deb test-pkg
+        asan-core test-asan test-valgrind fuzz fuzz-build
 
 all: core module
 
@@ -185,6 +185,7 @@ soak: deps module
 # (dh-sequence-nginx from nginx-dev: nginx's configure flags, dh_nginx's load_module snippet,
 # modules-enabled symlink and nginx-abi-* dependency) from a copy of the sources in build/deb/,
 # so the repository stays clean. Needs only DEB_PACKAGES: the Dockerfile runs this target too.
+.PHONY: deb test-pkg
 DEB_PACKAGES := nginx nginx-dev libhiredis-dev debhelper dpkg-dev build-essential
 DEB_VERSION  := $(shell sed -n 's/^\#define RATELIMIT_VERSION "\(.*\)"/\1/p' core/include/ratelimit/version.h)
 DEB_NAME     := libnginx-mod-http-ratelimit
@@ -200,7 +201,7 @@ deb:
 	rm -rf $(BUILD)/deb && mkdir -p $(DEB_SRC)
 	cp -r --parents $(DEB_SOURCES) $(DEB_SRC)/
 	@echo "building $(DEB_NAME) $(DEB_VERSION) (log: $(BUILD)/deb/build.log)"
-	@cd $(DEB_SRC) && dpkg-buildpackage -b -us -uc >$(BUILD)/deb/build.log 2>&1 \
+	@cd $(DEB_SRC) && DEB_BUILD_OPTIONS="parallel=$(JOBS) $$DEB_BUILD_OPTIONS" dpkg-buildpackage -b -us -uc >$(BUILD)/deb/build.log 2>&1 \
 	    || { tail -40 $(BUILD)/deb/build.log; exit 1; }
 	rm -f $(BUILD)/$(DEB_NAME)_*.deb
 	mv $(BUILD)/deb/$(DEB_NAME)_$(DEB_VERSION)_*.deb $(BUILD)/
