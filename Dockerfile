@@ -1,44 +1,57 @@
-# Debian's nginx with ngx_http_ratelimit_module.
+# syntax=docker/dockerfile:1
+# Debian's nginx with the libnginx-mod-http-ratelimit package, built by the same `make deb`
+# that CI runs.
 #
 #   docker build -t nginx-ratelimit .
-#   docker run --rm --network host nginx-ratelimit
+#   docker run --rm -p 8080:8080 -e RATELIMIT_REDIS=redis.example.net:6379 nginx-ratelimit
 #
-# The image runs conf-examples/quickstart.conf: nginx on 127.0.0.1:8080 in front of a demo
-# backend, limits kept in a Redis expected on 127.0.0.1:6379 (with --network host, a Redis on the
-# host). Without Redis requests are decided by the local shared-memory buckets
-# (ratelimit_failure_mode local). For your own setup, mount a configuration over
-# /etc/nginx/nginx.conf that starts with
-#   load_module /usr/lib/nginx/modules/ngx_http_ratelimit_module.so;
+# The configuration is conf-examples/docker/nginx.conf.template, rendered at every start by
+# docker-entrypoint.sh from the environment: RATELIMIT_REDIS (host:port of Redis) and
+# RATELIMIT_BACKEND (host:port of the application; default: a demo backend inside the
+# container). Without a reachable Redis, requests are decided by each container's shared-memory
+# buckets (ratelimit_failure_mode local). Mount your own template over
+# /etc/nginx/ratelimit/nginx.conf.template to change it. Logs go to stdout/stderr; `docker stop`
+# sends SIGQUIT, so nginx finishes the requests in flight. Two instances sharing one Redis:
+# conf-examples/docker-compose.yml.
+#
+# No Docker engine runs where this is developed: tests/pkg/test_dockerfile.py executes the RUN
+# steps in order on a Debian host, in a temporary directory holding what the COPY lines copy.
+# So RUN steps reach copied files by paths relative to WORKDIR, and apt's lists live in a cache
+# mount instead of being deleted.
 
-# --- build: the module against the nginx-dev sources of the same Debian nginx ---------------
-FROM debian:bookworm AS build
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        nginx nginx-dev libhiredis-dev g++ make \
- && rm -rf /var/lib/apt/lists/*
+# --- build: the Debian package, against the nginx-dev of the same Debian nginx -------------
+FROM debian:bookworm-slim AS build
+RUN --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
+    apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends make
 WORKDIR /src
-# Only the sources: a host build/ directory holds paths that mean nothing here.
-COPY Makefile config config.make CMakeLists.txt ./
-COPY core/ core/
+COPY Makefile config config.make README.md CHANGELOG.md ./
+COPY core/include/ core/include/
+COPY core/src/ core/src/
 COPY ngx_module/ ngx_module/
-RUN make module
+COPY debian/ debian/
+COPY conf-examples/ conf-examples/
+RUN --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
+    make deb
 
-# --- runtime: Debian's nginx plus the module ------------------------------------------------
-FROM debian:bookworm
-RUN apt-get update \
+# --- runtime: Debian's nginx plus the package -------------------------------------------------
+FROM debian:bookworm-slim
+WORKDIR /etc/nginx/ratelimit
+COPY --from=build /src/build/libnginx-mod-http-ratelimit_*.deb ./
+RUN --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
+    apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        nginx libhiredis0.14 libstdc++6 \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/build/ngx_http_ratelimit_module.so /usr/lib/nginx/modules/ngx_http_ratelimit_module.so
-COPY conf-examples/ /usr/share/doc/ngx-http-ratelimit-module/examples/
-RUN mkdir -p /var/lib/nginx-ratelimit/logs /var/lib/nginx-ratelimit/tmp \
- && sed -e 's|@MODULE@|/usr/lib/nginx/modules/ngx_http_ratelimit_module.so|g' \
-        -e 's|@PREFIX@|/var/lib/nginx-ratelimit|g' \
-        -e 's|@REDIS_PORT@|6379|g' \
-        /usr/share/doc/ngx-http-ratelimit-module/examples/quickstart.conf > /etc/nginx/nginx.conf \
- && ln -sf /dev/stderr /var/lib/nginx-ratelimit/logs/error.log \
- && ln -sf /dev/stdout /var/lib/nginx-ratelimit/logs/access.log \
- && nginx -t
+        ./libnginx-mod-http-ratelimit_*.deb gettext-base curl \
+ && rm ./libnginx-mod-http-ratelimit_*.deb
+COPY conf-examples/docker/nginx.conf.template conf-examples/docker/docker-entrypoint.sh ./
+ENV RATELIMIT_REDIS=127.0.0.1:6379 \
+    RATELIMIT_BACKEND=127.0.0.1:8081
+# The image is only built if its configuration passes nginx -t (nothing connects to Redis).
+RUN ./docker-entrypoint.sh nginx -t -c "$PWD/nginx.conf"
+
 EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD curl -fsS -o /dev/null http://127.0.0.1:8080/healthz || exit 1
 STOPSIGNAL SIGQUIT
-CMD ["nginx", "-g", "daemon off;"]
+ENTRYPOINT ["/etc/nginx/ratelimit/docker-entrypoint.sh"]
+CMD ["nginx", "-c", "/etc/nginx/ratelimit/nginx.conf", "-g", "daemon off;"]

@@ -70,6 +70,7 @@ test: deps all
 	$(CORE_BUILD)/unit_tests --gtest_brief=1
 	$(CORE_BUILD)/integration_tests --gtest_brief=1
 	/usr/bin/python3 -m pytest -q tests/e2e
+	$(MAKE) --no-print-directory test-pkg
 	$(MAKE) --no-print-directory test-asan
 	$(MAKE) --no-print-directory test-valgrind
 	$(MAKE) --no-print-directory fuzz
@@ -179,6 +180,38 @@ bench: deps module
 # 10 minutes of mixed traffic with Redis restarts and reloads (not part of make test).
 soak: deps module
 	/usr/bin/python3 tests/soak/soak.py
+
+# The Debian package libnginx-mod-http-ratelimit, built by Debian's tooling for nginx modules
+# (dh-sequence-nginx from nginx-dev: nginx's configure flags, dh_nginx's load_module snippet,
+# modules-enabled symlink and nginx-abi-* dependency) from a copy of the sources in build/deb/,
+# so the repository stays clean. Needs only DEB_PACKAGES: the Dockerfile runs this target too.
+.PHONY: deb test-pkg
+DEB_PACKAGES := nginx nginx-dev libhiredis-dev debhelper dpkg-dev build-essential
+DEB_VERSION  := $(shell sed -n 's/^\#define RATELIMIT_VERSION "\(.*\)"/\1/p' core/include/ratelimit/version.h)
+DEB_NAME     := libnginx-mod-http-ratelimit
+DEB_SRC      := $(BUILD)/deb/$(DEB_NAME)-$(DEB_VERSION)
+DEB_SOURCES  := config config.make core/include core/src ngx_module debian conf-examples \
+                README.md CHANGELOG.md
+
+deb:
+	@$(MAKE) --no-print-directory deps PACKAGES="$(DEB_PACKAGES)"
+	@changelog=$$(dpkg-parsechangelog -l debian/changelog -S Version); \
+	[ "$$changelog" = "$(DEB_VERSION)" ] || { echo "debian/changelog is at $$changelog," \
+	    "core/include/ratelimit/version.h at $(DEB_VERSION): add a changelog entry"; exit 1; }
+	rm -rf $(BUILD)/deb && mkdir -p $(DEB_SRC)
+	cp -r --parents $(DEB_SOURCES) $(DEB_SRC)/
+	@echo "building $(DEB_NAME) $(DEB_VERSION) (log: $(BUILD)/deb/build.log)"
+	@cd $(DEB_SRC) && DEB_BUILD_OPTIONS="parallel=$(JOBS) $$DEB_BUILD_OPTIONS" dpkg-buildpackage -b -us -uc >$(BUILD)/deb/build.log 2>&1 \
+	    || { tail -40 $(BUILD)/deb/build.log; exit 1; }
+	rm -f $(BUILD)/$(DEB_NAME)_*.deb
+	mv $(BUILD)/deb/$(DEB_NAME)_$(DEB_VERSION)_*.deb $(BUILD)/
+	@ls $(BUILD)/$(DEB_NAME)_$(DEB_VERSION)_*.deb
+
+# Installs the package, runs a request through it with Debian's nginx, purges it (as root),
+# and replays the Dockerfile's steps and checks the Compose file (tests/pkg/).
+test-pkg: deb module
+	@$(MAKE) --no-print-directory deps PACKAGES="python3-pytest python3-yaml"
+	/usr/bin/python3 -m pytest -q tests/pkg
 
 clean:
 	rm -rf $(BUILD)

@@ -10,6 +10,7 @@
 #include "ngx_ratelimit.h"
 #include "ngx_ratelimit_loop.h"
 #include "ngx_ratelimit_zone.h"
+#include "ratelimit/version.h"
 
 using namespace ngx_ratelimit;
 
@@ -638,6 +639,20 @@ ngx_http_module_t module_ctx = {
 };
 
 
+// Runs in the master at start and on each reload: the error log says which version is loaded.
+ngx_int_t init_module(ngx_cycle_t* cycle) noexcept
+{
+    if (ngx_test_config) {
+        return NGX_OK;
+    }
+    auto* mcf = static_cast<MainConf*>(
+        ngx_http_cycle_get_module_main_conf(cycle, ngx_http_ratelimit_module));
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0, "ngx_http_ratelimit_module %s (%s mode)",
+                  RATELIMIT_VERSION, mcf != nullptr && mcf->redis != nullptr ? "redis" : "local");
+    return NGX_OK;
+}
+
+
 // Redis connections are made in workers only, after fork, and closed before exit.
 ngx_int_t init_process(ngx_cycle_t* cycle) noexcept
 {
@@ -681,7 +696,7 @@ ngx_module_t ngx_http_ratelimit_module = {
     commands,
     NGX_HTTP_MODULE,
     nullptr,       // init master
-    nullptr,       // init module
+    init_module,
     init_process,
     nullptr,       // init thread
     nullptr,       // exit thread
