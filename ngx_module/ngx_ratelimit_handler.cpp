@@ -273,6 +273,9 @@ void apply_failure(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
 // buckets (refilled since) is rejected here, without a Redis call.
 bool rejected_on_node(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf)
 {
+    if (zone_memory_empty(mcf->zone)) {
+        return false;
+    }
     LocalLimit limits[kMaxLimitsPerRequest];
     ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
     zone_limits(ctx, lcf, false, limits);
@@ -301,15 +304,21 @@ void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
         apply_failure(r, ctx, lcf);
         return;
     }
-    LocalLimit limits[kMaxLimitsPerRequest];
     ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
-    zone_limits(ctx, lcf, false, limits);
+    bool short_of = false;
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        outcomes[i] = ratelimit::outcome_after(limits[i].params, limits[i].cost,
+        const RequestLimit& limit = ctx->limits[i];
+        outcomes[i] = ratelimit::outcome_after(limit.policy->params, limit.cost,
                                                verdict.levels[i], verdict.allowed);
+        short_of = short_of || verdict.levels[i] < limit.cost * limit.policy->params.period_ms;
     }
-    zone_remember(main_conf(r)->zone, limits, ctx->nlimits, verdict.levels, verdict.allowed,
-                  verdict.sent_ms);
+    ngx_shm_zone_t* zone = main_conf(r)->zone;
+    if (short_of || !zone_memory_empty(zone)) {
+        LocalLimit limits[kMaxLimitsPerRequest];
+        zone_limits(ctx, lcf, false, limits);
+        zone_remember(zone, limits, ctx->nlimits, verdict.levels, verdict.allowed,
+                      verdict.sent_ms);
+    }
     apply_outcomes(r, ctx, lcf, outcomes, verdict.allowed, false);
 }
 

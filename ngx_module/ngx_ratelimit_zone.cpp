@@ -328,6 +328,12 @@ LocalResult zone_decide(ngx_shm_zone_t* shm_zone, BucketSpace space, const Local
 }
 
 
+bool zone_memory_empty(ngx_shm_zone_t* shm_zone) noexcept
+{
+    return static_cast<Zone*>(shm_zone->data)->sh->memories == 0;
+}
+
+
 bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, int64_t now_ms,
                  ratelimit::LimitOutcome* outcomes)
 {

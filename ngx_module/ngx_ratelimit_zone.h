@@ -35,6 +35,9 @@ LocalResult zone_decide(ngx_shm_zone_t* zone, BucketSpace space, const LocalLimi
 // zone_recall fills `outcomes` from those bounds (a bucket it knows nothing of counts as full)
 // and returns true when some limit's bound is below its cost: the request can be rejected on
 // the node. `now_ms` is ratelimit::monotonic_ms(), read fresh.
+// True when the rejection memory holds nothing: requests skip it (the common case).
+bool zone_memory_empty(ngx_shm_zone_t* zone) noexcept;
+
 bool zone_recall(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n, int64_t now_ms,
                  ratelimit::LimitOutcome* outcomes);
 
