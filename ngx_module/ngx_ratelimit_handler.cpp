@@ -16,18 +16,6 @@
 namespace ngx_ratelimit {
 namespace {
 
-enum class Status : ngx_uint_t {
-    none,
-    passed,
-    rejected,
-    rejected_dry_run,
-    skipped,
-    failed_open,
-    failed_closed,
-    local_passed,
-    local_rejected,
-};
-
 ngx_str_t status_names[] = {
     ngx_null_string,
     ngx_string("PASSED"),
@@ -47,6 +35,7 @@ struct RequestLimit {
     Policy* policy;
     ngx_str_t key;
     int64_t cost;
+    bool lacked_tokens;  // the request was rejected for want of this bucket's tokens
 };
 
 // Lives in the request pool, inside the pool cleanup entry that finds it again after an
@@ -199,6 +188,7 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
         limit.key = key;
         limit.policy = request_policy(r, limits[i], lcf, mcf);
         limit.cost = request_cost(r, limits[i]);
+        limit.lacked_tokens = false;
     }
     return NGX_OK;
 }
@@ -222,6 +212,21 @@ ratelimit::BucketParams bucket_of(const RequestLimit& limit, LocConf* lcf, bool 
 }
 
 
+// Counts the request once its decision is final (ngx_ratelimit_counters.cpp).
+void count(RequestCtx* ctx) noexcept
+{
+    try {
+        std::vector<CountedLimit> counted(ctx->nlimits);
+        for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+            const RequestLimit& limit = ctx->limits[i];
+            counted[i] = CountedLimit{limit.policy, limit.key, limit.lacked_tokens};
+        }
+        count_request(counted.data(), counted.size(), ctx->status, false);
+    } catch (...) {
+    }
+}
+
+
 // Records a bucket decision: the most restrictive limit, the status, the handler's result.
 void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
                     const ratelimit::LimitOutcome* outcomes, bool allowed, bool local_fallback)
@@ -229,7 +234,8 @@ void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
     std::vector<ratelimit::LimitReport> reports;
     reports.reserve(ctx->nlimits);
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        const RequestLimit& limit = ctx->limits[i];
+        RequestLimit& limit = ctx->limits[i];
+        limit.lacked_tokens = !allowed && outcomes[i].retry_after_ms > 0;
         reports.push_back(ratelimit::make_report(as_view(limit.policy->name),
                                                  bucket_of(limit, lcf, local_fallback),
                                                  outcomes[i]));
@@ -361,6 +367,7 @@ void on_script_reply(RequestCtx* ctx, const ratelimit::CallResult& result) noexc
         ctx->status = Status::failed_open;
         ctx->rc = NGX_DECLINED;
     }
+    count(ctx);
     ctx->phase = Phase::resumed;
     ngx_post_event(&ctx->resume_ev, &ngx_posted_events);
 }
@@ -394,6 +401,7 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainCo
         return ctx->rc;
     }
 
+    count_script_call(1);
     ctx->call = submitted.id;
     ctx->call_pending = true;
     ctx->phase = Phase::waiting;
@@ -429,16 +437,19 @@ ngx_int_t decide(ngx_http_request_t* r, LocConf* lcf)
         return NGX_DECLINED;
     }
 
+    ratelimit::RedisClient* client = redis_client();
+    ngx_int_t rc;
     if (mcf->redis == nullptr) {
         decide_locally(r, ctx, lcf, false);
-        return ctx->rc;
-    }
-    ratelimit::RedisClient* client = redis_client();
-    if (client == nullptr) {
+        rc = ctx->rc;
+    } else if (client == nullptr) {
         apply_failure(r, ctx, lcf);
-        return ctx->rc;
+        rc = ctx->rc;
+    } else if ((rc = ask_redis(r, ctx, lcf, mcf, client)) == NGX_AGAIN) {
+        return NGX_AGAIN;
     }
-    return ask_redis(r, ctx, lcf, mcf, client);
+    count(ctx);
+    return rc;
 }
 
 }  // namespace

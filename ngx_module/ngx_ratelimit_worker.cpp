@@ -64,13 +64,18 @@ ratelimit::ClientObserver client_observer(ngx_log_t* log, const ngx_str_t* name)
         ngx_log_error(NGX_LOG_ERR, log, 0, "ratelimit: Redis %V: %*s", name,
                       message.size(), message.data());
     };
-    observer.on_state = [log, name](ratelimit::ClientState state) {
+    // Logged once per transition: down, up, and reconnecting after a connection was up.
+    observer.on_state = [log, name, was_up = false](ratelimit::ClientState state) mutable {
         if (state == ratelimit::ClientState::down || state == ratelimit::ClientState::up) {
             ngx_uint_t level = state == ratelimit::ClientState::down ? NGX_LOG_ERR
                                                                      : NGX_LOG_NOTICE;
             ngx_log_error(level, log, 0, "ratelimit: Redis %V is %s", name, state_name(state));
+        } else if (state == ratelimit::ClientState::connecting && was_up) {
+            ngx_log_error(NGX_LOG_NOTICE, log, 0, "ratelimit: Redis %V: reconnecting", name);
         }
+        was_up = was_up || state == ratelimit::ClientState::up;
     };
+    observe_redis(observer);
     return observer;
 }
 
@@ -101,6 +106,7 @@ void exit_worker_redis()
     if (worker == nullptr) {
         return;
     }
+    forget_worker_redis_state(worker->client.state());
     worker->client.shutdown();
     delete worker;
     worker = nullptr;

@@ -50,6 +50,18 @@ struct ReplyDeleter {
 };
 using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
+// Calls an optional statistics hook; they never throw into the client.
+template <typename Hook, typename... Args>
+void notify(const Hook& hook, Args... args) noexcept
+{
+    if (hook) {
+        try {
+            hook(args...);
+        } catch (...) {
+        }
+    }
+}
+
 }  // namespace
 
 const char* to_string(CallStatus status)
@@ -99,6 +111,15 @@ size_t RedisClient::pending() const noexcept
 }
 
 RedisClient::Submitted RedisClient::submit(std::string command, Callback callback)
+{
+    Submitted submitted = submit_call(std::move(command), std::move(callback));
+    if (submitted.status == CallStatus::ok) {
+        notify(observer_.on_sent);
+    }
+    return submitted;
+}
+
+RedisClient::Submitted RedisClient::submit_call(std::string command, Callback callback)
 {
     if (shut_down_) {
         return {CallStatus::shutdown, 0};
@@ -205,6 +226,11 @@ void RedisClient::shutdown() noexcept
     state_ = ClientState::idle;
     std::deque<Call> dropped;
     dropped.swap(calls_);
+    for (const Call& call : dropped) {
+        if (call.kind == Call::Kind::user) {
+            notify(observer_.on_done, CallStatus::shutdown, int64_t(0));
+        }
+    }
     unsent_.clear();
     // `dropped` (and every callback in it) is destroyed here without being called.
 }
@@ -231,6 +257,7 @@ bool RedisClient::start_connect()
         return false;
     }
     phase_ = Phase::connecting;
+    notify(observer_.on_connect);
     connect_timer_->start(options_.connect_timeout_ms);
     if (state_ != ClientState::down) {
         set_state(ClientState::connecting);
@@ -435,7 +462,11 @@ void RedisClient::handle_reply(redisReply* raw)
     Call call = std::move(front);
     calls_.pop_front();
     last_latency_ms_ = now - call.submitted_ms;
+    notify(observer_.on_done, CallStatus::ok, last_latency_ms_);
     bool error = is_error(reply.get()) && !noscript;
+    if (error) {
+        notify(observer_.on_error_reply);
+    }
     if (!call.timed_out && !error && !noscript) {
         failures_ = 0;
     }
@@ -495,6 +526,7 @@ void RedisClient::on_call_timer() noexcept
         call.timed_out = true;
         failures_++;
         expired++;
+        notify(observer_.on_timeout);
         Callback callback = std::move(call.callback);
         call.callback = nullptr;
         if (callback) {
@@ -600,6 +632,9 @@ void RedisClient::fail_all(CallStatus status) noexcept
     while (!failed.empty() && !shut_down_) {
         Callback callback = std::move(failed.front().callback);
         bool timed_out = failed.front().timed_out;
+        if (failed.front().kind == Call::Kind::user) {
+            notify(observer_.on_done, status, int64_t(0));
+        }
         failed.pop_front();
         if (callback && !timed_out) {
             CallResult result;
