@@ -64,7 +64,7 @@ ratelimit::ClientObserver client_observer(ngx_log_t* log, const ngx_str_t* name)
         ngx_log_error(NGX_LOG_ERR, log, 0, "ratelimit: Redis %V: %*s", name,
                       message.size(), message.data());
     };
-    // Logged once per transition: down, up, and reconnecting after a connection was up.
+    // Logged once per transition: down, up, and reconnecting after a connection was lost.
     observer.on_state = [log, name, was_up = false](ratelimit::ClientState state) mutable {
         if (state == ratelimit::ClientState::down || state == ratelimit::ClientState::up) {
             ngx_uint_t level = state == ratelimit::ClientState::down ? NGX_LOG_ERR
@@ -72,6 +72,7 @@ ratelimit::ClientObserver client_observer(ngx_log_t* log, const ngx_str_t* name)
             ngx_log_error(level, log, 0, "ratelimit: Redis %V is %s", name, state_name(state));
         } else if (state == ratelimit::ClientState::connecting && was_up) {
             ngx_log_error(NGX_LOG_NOTICE, log, 0, "ratelimit: Redis %V: reconnecting", name);
+            was_up = false;  // once until it is up again, however many attempts it takes
         }
         was_up = was_up || state == ratelimit::ClientState::up;
     };
