@@ -35,13 +35,15 @@ section h2 { font-size: 16px; margin: 0 0 4px; }
 table { border-collapse: collapse; width: 100%; }
 td, th { text-align: left; padding: 2px 6px 2px 0; vertical-align: top; }
 th { color: var(--muted); font-weight: normal; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap;
+             padding-right: 12px; }
+td.b, th.b { width: 1%; }
 .counters { display: grid; grid-template-columns: repeat(4, 1fr); gap: 4px 12px;
             margin: 6px 0 8px; }
 .counters div { display: flex; flex-direction: column; }
 .counters span { color: var(--muted); font-size: 12px; }
 .counters b { font-size: 16px; font-variant-numeric: tabular-nums; }
-svg.chart { width: 100%; height: 140px; display: block; background: #fbfcfd;
+svg.chart { width: 100%; height: 150px; display: block; background: #fbfcfd;
             border: 1px solid var(--line); border-radius: 4px; }
 .legend { font-size: 12px; color: var(--muted); margin: 2px 0 8px; }
 .legend .p { color: var(--pass); font-weight: 600; } .legend .r { color: var(--rej); font-weight: 600; }
@@ -65,10 +67,10 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
   <h1>nginx ratelimit</h1>
   <span class="kv">version <b id="version">-</b></span>
   <span class="kv">mode <b id="mode">-</b></span>
-  <span class="kv">Redis <b id="redis-state">-</b></span>
+  <span class="kv">Redis <b id="redis-state">-</b> <span id="redis-address"></span></span>
   <span class="kv">latency <b id="redis-latency">-</b></span>
   <span class="kv">calls <b id="redis-calls">-</b></span>
-  <span class="kv">errors <b id="redis-errors">-</b></span>
+  <span class="kv">errors / timeouts <b id="redis-errors">-</b></span>
   <span class="kv">updated <b id="updated">never</b></span>
   <span class="kv error" id="poll-error"></span>
 </header>
@@ -90,7 +92,7 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
 "use strict";
 (function () {
   var base = location.pathname.replace(/\/?$/, "/");
-  var HISTORY = 300;             // seconds of chart
+  var HISTORY = 300;             // seconds kept; the chart spans what it has, 30 s at least
   var series = {};               // policy -> [{t, passed, rejected}]
   var last = null;               // previous status
   var cards = {};
@@ -138,7 +140,7 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
       d.appendChild(el("span", null, f[1]));
       c.values[f[0]] = d.appendChild(el("b", "counter-" + f[0], "0"));
     });
-    c.chart = c.root.appendChild(svg("svg", {"class": "chart", viewBox: "0 0 600 140",
+    c.chart = c.root.appendChild(svg("svg", {"class": "chart", viewBox: "0 0 600 142",
                                              preserveAspectRatio: "none"}));
     c.legend = c.root.appendChild(el("div", "legend"));
     c.root.appendChild(el("h2", null, "Top rejected keys, last 5 minutes"));
@@ -156,8 +158,9 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
     var max = 1;
     points.forEach(function (q) { max = Math.max(max, q.passed, q.rejected); });
     var now = points.length ? points[points.length - 1].t : 0;
+    var span = points.length ? Math.min(HISTORY, Math.max(30, now - points[0].t)) : 30;
     function xy(q, v) {
-      var x = 600 - (now - q.t) / HISTORY * 600;
+      var x = 600 - (now - q.t) / span * 600;
       var y = 132 - v / max * 124;
       return x.toFixed(1) + "," + y.toFixed(1);
     }
@@ -168,6 +171,12 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
     var label = svg("text", {x: 4, y: 14, "font-size": 11, fill: "#5d6778"});
     label.textContent = fmtRate(max) + "/s";
     c.chart.appendChild(label);
+    var from = svg("text", {x: 4, y: 138, "font-size": 10, fill: "#5d6778"});
+    from.textContent = "-" + Math.round(span) + " s";
+    c.chart.appendChild(from);
+    var to = svg("text", {x: 596, y: 138, "font-size": 10, fill: "#5d6778", "text-anchor": "end"});
+    to.textContent = "now";
+    c.chart.appendChild(to);
     [["passed", "#2f7d4f"], ["rejected", "#c2412d"]].forEach(function (s) {
       var line = svg("polyline", {fill: "none", stroke: s[1], "stroke-width": 2,
                                   "class": "series-" + s[0],
@@ -179,7 +188,8 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
     c.legend.appendChild(el("span", "p", "passed " + fmtRate(tail.passed) + "/s"));
     c.legend.appendChild(document.createTextNode("  "));
     c.legend.appendChild(el("span", "r", "rejected " + fmtRate(tail.rejected) + "/s"));
-    c.legend.appendChild(document.createTextNode("  over the last " + HISTORY / 60 + " minutes"));
+    c.legend.appendChild(document.createTextNode("  now, per second; the chart keeps "
+                                                 + HISTORY / 60 + " minutes"));
     c.chart.setAttribute("data-points", String(points.length));
   }
 
@@ -191,13 +201,13 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
     }
     var head = c.top.appendChild(el("tr"));
     head.appendChild(el("th", null, "key"));
-    head.appendChild(el("th", null, "rejections"));
-    head.appendChild(el("th"));
+    head.appendChild(el("th", "n", "rejections"));
+    head.appendChild(el("th", "b"));
     p.top.forEach(function (t) {
       var tr = c.top.appendChild(el("tr"));
       tr.appendChild(el("td", "key", t.key));
       tr.appendChild(el("td", "n", t.count));
-      var b = tr.appendChild(el("td")).appendChild(el("button", null, "inspect"));
+      var b = tr.appendChild(el("td", "b")).appendChild(el("button", null, "inspect"));
       b.type = "button";
       b.addEventListener("click", function () {
         $("inspect-policy").value = p.name;
@@ -219,7 +229,8 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
         ? r.latency_ms + " ms (avg " + Number(r.latency_avg_ms).toFixed(2) + " ms)" : "-";
     $("redis-calls").textContent = r && r.calls !== undefined ? r.calls : "-";
     $("redis-errors").textContent = r && r.errors !== undefined
-        ? r.errors + " errors, " + r.timeouts + " timeouts" : "-";
+        ? r.errors + " / " + r.timeouts : "-";
+    $("redis-address").textContent = r ? "at " + r.address : "";
     $("updated").textContent = new Date(s.time * 1000).toLocaleTimeString();
     s.policies.forEach(function (p) {
       var c = card(p);
