@@ -4,24 +4,28 @@ a real Redis and several nginx workers; counters checked to the request."""
 import json
 import re
 import socket
+import subprocess
 import threading
+import time
 import urllib.parse
 
 import pytest
 
-from conftest import wait_for
+from conftest import free_port, wait_for
+from test_failures import HungRedis
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
 
 
-def api_conf(redis=None, policies="", locations="", http_extra="", api="ratelimit_api write;"):
-    redis_line = f"ratelimit_redis 127.0.0.1:{redis.port} timeout=1s;" if redis else ""
+def api_conf(redis=None, policies="", locations="", http_extra="", api="ratelimit_api write;",
+             listen="reuseport", redis_args="timeout=1s"):
+    redis_line = f"ratelimit_redis 127.0.0.1:{redis.port} {redis_args};" if redis else ""
     return f"""
     {redis_line}
     {policies}
     {http_extra}
     server {{
-        listen 127.0.0.1:@PORT@ reuseport;
+        listen 127.0.0.1:@PORT@ {listen};
         {locations}
         location /rl/ {{ {api} }}
         location /ro/ {{ ratelimit_api; }}
@@ -408,3 +412,56 @@ def test_counters_and_top_keys_survive_reload(redis, nginx_factory):
     assert policy(s, "c")["counters"]["passed"] == 0
     assert n.get("/one?k=r").status == 429
     assert policy(status(n), "a")["counters"]["rejected"] == 5
+
+
+# Keeps Redis busy (a script spinning on TIME) for about 1.5 seconds.
+BUSY = """local s = redis.call('TIME')
+local t0 = s[1] * 1000000 + s[2]
+while true do
+  local t = redis.call('TIME')
+  if t[1] * 1000000 + t[2] - t0 > 1500000 then return 1 end
+end"""
+
+
+def test_clients_gone_while_bucket_calls_wait(redis, nginx_factory):
+    h2 = free_port()
+    n = nginx_factory(api_conf(redis, "ratelimit_policy a rate=1r/h burst=3;", "",
+                               listen=";\n listen 127.0.0.1:%d http2" % h2,
+                               redis_args="timeout=3s"))
+    blocker = threading.Thread(target=lambda: redis.cmd("EVAL", BUSY, 0))
+    blocker.start()
+    time.sleep(0.1)
+    # HTTP/1.1 clients that leave before Redis answers, a GET and a DELETE ...
+    for method in (b"GET", b"DELETE"):
+        s = socket.create_connection(("127.0.0.1", n.port))
+        s.sendall(method + b" /rl/buckets/a/gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.05)
+        s.close()
+    # ... and an HTTP/2 stream reset by its client.
+    aborted = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "--max-time", "0.2",
+                              "http://127.0.0.1:%d/rl/buckets/a/gone" % h2],
+                             capture_output=True)
+    assert aborted.returncode == 28  # curl's timeout
+    blocker.join()
+    # Redis answered calls whose requests are gone: nothing touched them, the worker serves on.
+    time.sleep(0.2)
+    ok = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w",
+                         "%{http_code}", "http://127.0.0.1:%d/rl/buckets/a/gone" % h2],
+                        capture_output=True, text=True)
+    assert ok.stdout == "200"
+    assert status(n)["redis"]["in_flight"] == 0
+
+
+def test_hung_redis_answers_503_within_the_timeout(nginx_factory):
+    hung = HungRedis()
+    try:
+        n = nginx_factory(api_conf(hung, "ratelimit_policy a rate=1r/h burst=3;", "",
+                                   redis_args="timeout=300ms connect_timeout=200ms"))
+        for method in ("GET", "DELETE"):
+            start = time.monotonic()
+            r = n.get("/rl/buckets/a/k", method=method)
+            assert r.status == 503 and time.monotonic() - start < 1.5
+        s = status(n)
+        assert s["redis"]["timeouts"] == 2 and s["redis"]["in_flight"] == 2
+    finally:
+        hung.close()
