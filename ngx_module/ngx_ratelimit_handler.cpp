@@ -216,12 +216,14 @@ ratelimit::BucketParams bucket_of(const RequestLimit& limit, LocConf* lcf, bool 
 void count(RequestCtx* ctx) noexcept
 {
     try {
-        std::vector<CountedLimit> counted(ctx->nlimits);
+        CountedLimit few[8];
+        std::vector<CountedLimit> many(ctx->nlimits > 8 ? ctx->nlimits : 0);
+        CountedLimit* counted = many.empty() ? few : many.data();
         for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
             const RequestLimit& limit = ctx->limits[i];
             counted[i] = CountedLimit{limit.policy, limit.key, limit.lacked_tokens};
         }
-        count_request(counted.data(), counted.size(), ctx->status, false);
+        count_request(counted, ctx->nlimits, ctx->status, false);
     } catch (...) {
     }
 }

@@ -8,7 +8,8 @@
 namespace ratelimit {
 namespace {
 
-// Mirrors view_stored() below; values stay below 2^53 as in the decision script, except
+// Mirrors view_stored() below (a key of another type reads as missing, as in the decision
+// script); values stay below 2^53 as in the decision script, except
 // tokens * period on a conversion, which is compared with the capacity first.
 const char kViewScript[] = R"lua(-- ratelimit: read one bucket, take nothing
 local count, period, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -19,7 +20,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = burst * period
-local stored = redis.call('GET', KEYS[1])
+local stored = redis.pcall('GET', KEYS[1])
 if type(stored) ~= 'string' then
   return {0, cap, now}
 end

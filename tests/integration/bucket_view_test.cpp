@@ -125,3 +125,17 @@ TEST_F(BucketViewScript, BadArgumentsAreAnErrorReply)
 
 }  // namespace
 }  // namespace ratelimit
+
+namespace ratelimit {
+namespace {
+
+TEST_F(BucketViewScript, KeyOfAnotherTypeReadsAsMissing)
+{
+    ReplyPtr(static_cast<redisReply*>(redisCommand(ctx_, "HSET rl:h f v")));
+    BucketView v = view("rl:h", BucketParams{1, 1000, 5});
+    EXPECT_FALSE(v.exists);
+    EXPECT_EQ(v.level_units, 5000);
+}
+
+}  // namespace
+}  // namespace ratelimit
