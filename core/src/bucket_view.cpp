@@ -93,7 +93,6 @@ bool read_integer(const redisReply* reply, int64_t& out)
 
 std::optional<StoredBucket> parse_stored_bucket(std::string_view text)
 {
-    StoredBucket bucket;
     if (!text.empty() && text[0] == 'v') {
         bool more = text.find(' ') != std::string_view::npos;
         auto version = number(take_field(text).substr(1));
