@@ -613,7 +613,11 @@ std::optional<std::string_view> path_after_prefix(ngx_http_request_t* r)
         return std::nullopt;
     }
     raw.remove_prefix(prefix.size());
-    if (!prefix.empty() && prefix.back() != '/' && !raw.empty() && raw[0] == '/') {
+    if (!prefix.empty() && prefix.back() != '/' && !raw.empty()) {
+        // "location /rl": "/rl/status" is the status, "/rlstatus" nothing.
+        if (raw[0] != '/') {
+            return std::string_view("/");  // routes to "not found"
+        }
         raw.remove_prefix(1);
     }
     return raw;

@@ -275,8 +275,11 @@ def test_buckets_in_local_mode(nginx_factory):
 
 
 def test_status_codes(redis, nginx_factory):
-    n = nginx_factory(api_conf(redis, "ratelimit_policy a rate=1r/h burst=3;", ""))
+    n = nginx_factory(api_conf(redis, "ratelimit_policy a rate=1r/h burst=3;",
+                               "location /plain { ratelimit_api; }"))
     cases = [
+        ("GET", "/plain", 200), ("GET", "/plain/status", 200), ("GET", "/plainstatus", 404),
+        ("GET", "/plain/buckets/a/k", 200), ("GET", "/plain/", 200),
         ("GET", "/rl/", 200), ("GET", "/rl/status", 200), ("GET", "/rl/metrics", 200),
         ("HEAD", "/rl/status", 200), ("GET", "/rl/status?x=1", 200),
         ("GET", "/rl/buckets/a/k", 200),
