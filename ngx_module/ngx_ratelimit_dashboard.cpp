@@ -25,7 +25,7 @@ header { display: flex; flex-wrap: wrap; gap: 6px 24px; align-items: baseline;
 header h1 { font-size: 18px; margin: 0 12px 0 0; }
 .kv { color: var(--muted); }
 .kv b { color: var(--fg); font-weight: 600; }
-.state-up { color: var(--pass); } .state-down { color: var(--rej); }
+.kv b.state-up { color: var(--pass); } .kv b.state-down { color: var(--rej); }
 main { padding: 16px 20px; display: grid; gap: 16px;
        grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); }
 section { background: var(--card); border: 1px solid var(--line); border-radius: 6px;
