@@ -12,7 +12,8 @@ JOBS      ?= $(shell nproc)
 # Debian packages the build, the tests and `make run` need.
 PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgtest-dev cmake g++ make \
             redis-server redis-tools python3 python3-pytest curl ca-certificates procps \
-            valgrind clang libclang-rt-14-dev strace
+            valgrind clang libclang-rt-14-dev strace chromium \
+            fonts-dejavu-core python3-prometheus-client
 
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
 

@@ -116,6 +116,13 @@ Try:
   # use up the anonymous burst: 200s, then 429s; then the headers of the last (rejected) one
   for i in \$(seq 75); do curl -s -o /dev/null -D $RUN_DIR/last.txt -w '%{http_code} ' http://127.0.0.1:8080/; done; echo; cat $RUN_DIR/last.txt
 
+  # the dashboard (open it in a browser), the counters as JSON, Prometheus metrics, one bucket
+  http://127.0.0.1:8080/ratelimit/
+  curl -s http://127.0.0.1:8080/ratelimit/status
+  curl -s http://127.0.0.1:8080/ratelimit/metrics
+  curl -s http://127.0.0.1:8080/ratelimit/buckets/user/alice
+  curl -s -X DELETE http://127.0.0.1:8080/ratelimit/buckets/user/alice   # refill it
+
 Press Ctrl-C to stop nginx and the Redis server started here.
 EOF
 

@@ -146,7 +146,8 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept
         ngx_http_conf_get_module_main_conf(cf, ngx_http_ratelimit_module));
 
     // As limit_req: a level inherits the limits above only when it has none of its own.
-    if (conf->limits == nullptr) {
+    // An API location is limited only by its own lines.
+    if (conf->limits == nullptr && conf->api == api_off) {
         conf->limits = prev->limits;
     }
     if (conf->default_policy_name.data == nullptr) {
@@ -547,6 +548,45 @@ char* set_status(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 }
 
 
+/*
+ * ratelimit_api [write];  (location) the status, metrics, buckets and dashboard endpoints
+ * under the location's prefix; `write` allows DELETE of a bucket (a refill).
+ */
+char* set_api(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
+{
+    auto* lcf = static_cast<LocConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (lcf->api != api_off) {
+        return const_cast<char*>("is duplicate");
+    }
+    auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+#if (NGX_PCRE)
+    bool regex = clcf->regex != nullptr;
+#else
+    bool regex = false;
+#endif
+    if (regex || clcf->named || clcf->name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" needs a prefix location, not \"%V\"", &cmd->name,
+                           &clcf->name);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    lcf->api = api_read;
+    if (cf->args->nelts == 2) {
+        if (ngx_strcmp(value[1].data, "write") != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%V\": invalid parameter \"%V\" (expected \"write\")",
+                               &cmd->name, &value[1]);
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+        lcf->api = api_write;
+    }
+    clcf->handler = api_handler;
+    return NGX_CONF_OK;
+}
+
+
 ngx_conf_enum_t headers_styles[] = {
     {ngx_string("off"), headers_off},
     {ngx_string("x-ratelimit"), headers_x},
@@ -603,6 +643,9 @@ ngx_command_t commands[] = {
      set_enum, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, log_level),
      log_levels},
 
+    {ngx_string("ratelimit_api"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
+     set_api, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+
     ngx_null_command,
 };
 
@@ -639,17 +682,20 @@ ngx_http_module_t module_ctx = {
 };
 
 
-// Runs in the master at start and on each reload: the error log says which version is loaded.
+// Runs in the master at start and on each reload, once the zone exists: policies find their
+// counters again by name, and the error log says which version is loaded.
 ngx_int_t init_module(ngx_cycle_t* cycle) noexcept
 {
-    if (ngx_test_config) {
-        return NGX_OK;
-    }
     auto* mcf = static_cast<MainConf*>(
         ngx_http_cycle_get_module_main_conf(cycle, ngx_http_ratelimit_module));
-    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0, "ngx_http_ratelimit_module %s (%s mode)",
-                  RATELIMIT_VERSION, mcf != nullptr && mcf->redis != nullptr ? "redis" : "local");
-    return NGX_OK;
+    if (mcf == nullptr) {
+        return NGX_OK;
+    }
+    if (!ngx_test_config) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0, "ngx_http_ratelimit_module %s (%s mode)",
+                      RATELIMIT_VERSION, mcf->redis != nullptr ? "redis" : "local");
+    }
+    return bind_counters(cycle, mcf);
 }
 
 

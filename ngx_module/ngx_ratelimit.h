@@ -18,11 +18,27 @@ namespace ngx_ratelimit {
 // are decided together, in fixed-size arrays. More makes `nginx -t` fail.
 constexpr size_t kMaxLimitsPerRequest = 64;
 
+struct PolicyStats;  // ngx_ratelimit_counters.cpp
+
 // ratelimit_policy name rate=... burst=...
 struct Policy {
     ngx_str_t name;
     ratelimit::Rate rate;
     ratelimit::BucketParams params;
+    PolicyStats* stats;  // its counters in the zone, bound by name; nullptr: not counted
+};
+
+// $ratelimit_status of a request.
+enum class Status : ngx_uint_t {
+    none,
+    passed,
+    rejected,
+    rejected_dry_run,
+    skipped,
+    failed_open,
+    failed_closed,
+    local_passed,
+    local_rejected,
 };
 
 // One `ratelimit` line.
@@ -35,19 +51,6 @@ struct Limit {
     int64_t cost;
     ngx_str_t file;                          // where it was written (a copy), for late errors
     ngx_uint_t line;
-};
-
-// A request's decision, as $ratelimit_status names it.
-enum class Status : ngx_uint_t {
-    none,
-    passed,
-    rejected,
-    rejected_dry_run,
-    skipped,
-    failed_open,
-    failed_closed,
-    local_passed,
-    local_rejected,
 };
 
 enum HeaderStyle : ngx_uint_t {
@@ -83,6 +86,13 @@ struct LocConf {
     ngx_uint_t log_level;
     ngx_uint_t failure_mode;
     ngx_int_t failure_nodes;
+    ngx_uint_t api;                    // ratelimit_api: api_off, api_read or api_write
+};
+
+enum ApiAccess : ngx_uint_t {
+    api_off = 0,
+    api_read,
+    api_write,
 };
 
 Policy* find_policy(MainConf* mcf, const ngx_str_t& name);
@@ -100,5 +110,28 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept;
 // ngx_ratelimit_filter.cpp
 ngx_int_t install_header_filter() noexcept;
 ngx_int_t add_variables(ngx_conf_t* cf) noexcept;
+
+// ngx_ratelimit_counters.cpp: node-wide counters and top rejected keys, in the zone.
+// One limit of a decided request, as the counters see it.
+struct CountedLimit {
+    const Policy* policy;
+    ngx_str_t key;
+    bool lacked_tokens;  // its bucket could not pay: its key is one of the rejected keys
+};
+// Counts a decided request once per distinct policy under `status`; `decided_on_node`:
+// rejected without asking Redis (a subset of the rejected). Takes no lock.
+void count_request(const CountedLimit* limits, size_t n, Status status,
+                   bool decided_on_node) noexcept;
+// One script call to Redis that carried `decisions` requests' decisions.
+void count_script_call(size_t decisions) noexcept;
+// Binds every configured policy to its counters in the zone (by name, so that they survive
+// reload); runs in the master once the zone is ready.
+ngx_int_t bind_counters(ngx_cycle_t* cycle, MainConf* mcf) noexcept;
+// The Redis client's statistics hooks for this worker (added to its log hooks), and the
+// worker's breaker state taken out of the node's count when it exits.
+void observe_redis(ratelimit::ClientObserver& observer);
+void forget_worker_redis_state(ratelimit::ClientState state) noexcept;
+// ngx_ratelimit_api.cpp: the content handler of a ratelimit_api location.
+ngx_int_t api_handler(ngx_http_request_t* r) noexcept;
 
 }  // namespace ngx_ratelimit

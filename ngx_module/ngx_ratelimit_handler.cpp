@@ -148,7 +148,7 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
             twin->cost = std::min<int64_t>(twin->cost + cost, 1000000000LL * 64);
             continue;
         }
-        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost};
+        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost, false};
     }
     return NGX_OK;
 }
@@ -189,7 +189,8 @@ void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
 {
     ratelimit::LimitReport reports[kMaxLimitsPerRequest];
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        const RequestLimit& limit = ctx->limits[i];
+        RequestLimit& limit = ctx->limits[i];
+        limit.lacked_tokens = !allowed && outcomes[i].retry_after_ms > 0;
         reports[i] = ratelimit::make_report(as_view(limit.policy->name),
                                             bucket_of(limit, lcf, local_fallback), outcomes[i]);
     }
@@ -323,6 +324,20 @@ void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
 }
 
 
+// Counts the request once its decision is final (ngx_ratelimit_counters.cpp).
+void count(RequestCtx* ctx) noexcept
+{
+    CountedLimit counted[kMaxLimitsPerRequest];
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        counted[i] = CountedLimit{limit.policy, limit.key, limit.lacked_tokens};
+    }
+    // Rejections decided on the node are a subset of the rejected ones (dry run aside).
+    count_request(counted, ctx->nlimits, ctx->status,
+                  ctx->on_node && ctx->status == Status::rejected);
+}
+
+
 // Runs the phases again once the decision is in: the same steps nginx takes when an
 // upstream event resumes a request.
 void resume_request(ngx_event_t* ev) noexcept
@@ -352,6 +367,7 @@ void on_verdict(void* owner, const ratelimit::Verdict& verdict) noexcept
                       "ratelimit: failed to apply the Redis reply");
         apply_failure(r, ctx, lcf);
     }
+    count(ctx);
     ctx->phase = Phase::resumed;
     ngx_post_event(&ctx->resume_ev, &ngx_posted_events);
 }
@@ -412,7 +428,8 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainCo
 }
 
 
-ngx_int_t decide(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
+// Decides the request, or queues it for Redis (NGX_AGAIN): what the handler returns.
+ngx_int_t start_deciding(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
 {
     MainConf* mcf = main_conf(r);
     if (evaluate_limits(r, ctx, lcf, mcf) != NGX_OK) {
@@ -435,6 +452,16 @@ ngx_int_t decide(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
         return ctx->rc;
     }
     return ask_redis(r, ctx, lcf, mcf, batcher);
+}
+
+
+ngx_int_t decide(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
+{
+    ngx_int_t rc = start_deciding(r, ctx, lcf);
+    if (rc != NGX_AGAIN && ctx->status != Status::none && ctx->status != Status::skipped) {
+        count(ctx);
+    }
+    return rc;
 }
 
 

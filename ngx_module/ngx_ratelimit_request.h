@@ -16,6 +16,7 @@ struct RequestLimit {
     Policy* policy;
     ngx_str_t key;
     int64_t cost;
+    bool lacked_tokens;  // the request was rejected for want of this bucket's tokens
 };
 
 // Lives in the request pool, inside the pool cleanup entry that finds it again after an

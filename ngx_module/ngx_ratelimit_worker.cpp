@@ -17,7 +17,7 @@ struct Worker {
     Worker(const ngx_addr_t& peer, ngx_log_t* log, ratelimit::ClientOptions options,
            ratelimit::ClientObserver observer)
         : loop(peer, log), client(loop, std::move(options), std::move(observer)),
-          batcher(loop, client)
+          batcher(loop, client, ratelimit::BatcherOptions{}, count_script_call)
     {
     }
 
@@ -85,13 +85,19 @@ ratelimit::ClientObserver client_observer(ngx_log_t* log, const ngx_str_t* name)
         log_throttled(NGX_LOG_ERR, log, LogReason::redis_error, "ratelimit: Redis %V: %*s",
                       name, message.size(), message.data());
     };
-    observer.on_state = [log, name](ratelimit::ClientState state) {
+    // Logged once per transition: down, up, and reconnecting after a connection was lost.
+    observer.on_state = [log, name, was_up = false](ratelimit::ClientState state) mutable {
         if (state == ratelimit::ClientState::down || state == ratelimit::ClientState::up) {
             ngx_uint_t level = state == ratelimit::ClientState::down ? NGX_LOG_ERR
                                                                      : NGX_LOG_NOTICE;
             ngx_log_error(level, log, 0, "ratelimit: Redis %V is %s", name, state_name(state));
+        } else if (state == ratelimit::ClientState::connecting && was_up) {
+            ngx_log_error(NGX_LOG_NOTICE, log, 0, "ratelimit: Redis %V: reconnecting", name);
+            was_up = false;  // once until it is up again, however many attempts it takes
         }
+        was_up = was_up || state == ratelimit::ClientState::up;
     };
+    observe_redis(observer);
     return observer;
 }
 
@@ -128,6 +134,7 @@ void exit_worker_redis()
     if (worker == nullptr) {
         return;
     }
+    forget_worker_redis_state(worker->client.state());
     worker->batcher.shutdown();
     worker->client.shutdown();
     delete worker;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "ngx_ratelimit_counters.h"
 #include "ratelimit/key.h"
 
 namespace ngx_ratelimit {
@@ -25,6 +26,7 @@ struct ZoneShared {
     ngx_rbtree_node_t sentinel;
     ngx_queue_t queue;      // most recently used first
     ngx_atomic_t memories;  // rejection-memory nodes: none, and requests skip the lookup
+    ApiShared* api;         // counters and top keys (ngx_ratelimit_counters.cpp)
 };
 
 // The bucket ids of one request: "<space><policy>:<key or digest>", built in a buffer the
@@ -224,6 +226,10 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel, rbtree_insert);
     ngx_queue_init(&zone->sh->queue);
     zone->sh->memories = 0;
+    zone->sh->api = create_api_shared(zone->shpool);
+    if (zone->sh->api == nullptr) {
+        return NGX_ERROR;
+    }
 
     static const char ctx[] = " in ratelimit_zone";
     zone->shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(zone->shpool, sizeof(ctx)));
@@ -442,5 +448,71 @@ ratelimit::BucketParams node_share(const ratelimit::BucketParams& params, int64_
     return ratelimit::BucketParams{params.count, params.period_ms * nodes,
                                    (params.burst + nodes - 1) / nodes};
 }
+
+}  // namespace ngx_ratelimit
+
+
+// The API's view of the zone: one bucket read or dropped, by policy name and key.
+namespace ngx_ratelimit {
+namespace {
+
+std::string bucket_id(BucketSpace space, const ngx_str_t& policy, const ngx_str_t& key,
+                      ngx_uint_t* hash)
+{
+    std::string id;
+    ratelimit::append_bucket_key(
+        id, std::string_view(reinterpret_cast<const char*>(&space), 1),
+        std::string_view(reinterpret_cast<const char*>(policy.data), policy.len),
+        std::string_view(reinterpret_cast<const char*>(key.data), key.len));
+    *hash = ngx_crc32_short(reinterpret_cast<u_char*>(id.data()), id.size());
+    return id;
+}
+
+}  // namespace
+
+
+ApiShared* zone_api(ngx_shm_zone_t* shm_zone)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    return zone->sh ? zone->sh->api : nullptr;
+}
+
+
+ratelimit::BucketView zone_peek(ngx_shm_zone_t* shm_zone, BucketSpace space,
+                                const ngx_str_t& policy, const ratelimit::BucketParams& params,
+                                const ngx_str_t& key)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    ngx_uint_t hash;
+    std::string id = bucket_id(space, policy, key, &hash);
+    ratelimit::BucketView view;
+    view.now_ms = zone_now_ms();
+    view.level_units = params.capacity_units();
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    if (ngx_rbtree_node_t* node = lookup(zone->sh, hash, id)) {
+        BucketNode* b = node_of(node);
+        view.exists = true;
+        view.level_units = ratelimit::refill(params, {b->level_units, b->stamp_ms}, view.now_ms);
+    }
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+    return view;
+}
+
+
+bool zone_forget(ngx_shm_zone_t* shm_zone, BucketSpace space, const ngx_str_t& policy,
+                 const ngx_str_t& key)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    ngx_uint_t hash;
+    std::string id = bucket_id(space, policy, key, &hash);
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    ngx_rbtree_node_t* node = lookup(zone->sh, hash, id);
+    if (node) {
+        free_node(zone, &node_of(node)->queue);
+    }
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+    return node != nullptr;
+}
+
 
 }  // namespace ngx_ratelimit

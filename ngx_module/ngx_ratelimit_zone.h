@@ -4,6 +4,7 @@
 #pragma once
 
 #include "ngx_ratelimit.h"
+#include "ratelimit/bucket_view.h"
 #include "ratelimit/token_bucket.h"
 
 namespace ngx_ratelimit {
@@ -51,5 +52,17 @@ void zone_forget_rejections(ngx_shm_zone_t* zone, const ngx_str_t& policy, const
 
 // burst/N (rounded up) and rate/N: this node's share of the fleet's limit.
 ratelimit::BucketParams node_share(const ratelimit::BucketParams& params, int64_t nodes);
+
+// The zone's counters block (ngx_ratelimit_counters.h), allocated with the zone.
+struct ApiShared;
+ApiShared* zone_api(ngx_shm_zone_t* zone);
+
+// One bucket as it is now, without taking anything (the API's GET); a missing bucket is full.
+ratelimit::BucketView zone_peek(ngx_shm_zone_t* zone, BucketSpace space, const ngx_str_t& policy,
+                                const ratelimit::BucketParams& params, const ngx_str_t& key);
+
+// Drops one bucket, which refills it (the API's DELETE); false if there was none.
+bool zone_forget(ngx_shm_zone_t* zone, BucketSpace space, const ngx_str_t& policy,
+                 const ngx_str_t& key);
 
 }  // namespace ngx_ratelimit

@@ -58,6 +58,18 @@ struct ReplyDeleter {
 };
 using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
 
+// Calls an optional statistics hook; they never throw into the client.
+template <typename Hook, typename... Args>
+void notify(const Hook& hook, Args... args) noexcept
+{
+    if (hook) {
+        try {
+            hook(args...);
+        } catch (...) {
+        }
+    }
+}
+
 }  // namespace
 
 const char* to_string(CallStatus status)
@@ -108,6 +120,16 @@ size_t RedisClient::pending() const noexcept
 
 RedisClient::Submitted RedisClient::submit(std::string command, Callback callback,
                                            const Since* since)
+{
+    Submitted submitted = submit_call(std::move(command), std::move(callback), since);
+    if (submitted.status == CallStatus::ok) {
+        notify(observer_.on_sent);
+    }
+    return submitted;
+}
+
+RedisClient::Submitted RedisClient::submit_call(std::string command, Callback callback,
+                                                const Since* since)
 {
     if (shut_down_) {
         return {CallStatus::shutdown, 0};
@@ -216,6 +238,11 @@ void RedisClient::shutdown() noexcept
     state_ = ClientState::idle;
     std::deque<Call> dropped;
     dropped.swap(calls_);
+    for (const Call& call : dropped) {
+        if (call.kind == Call::Kind::user) {
+            notify(observer_.on_done, CallStatus::shutdown, int64_t(0));
+        }
+    }
     unsent_.clear();
     // `dropped` (and every callback in it) is destroyed here without being called.
 }
@@ -242,6 +269,7 @@ bool RedisClient::start_connect()
         return false;
     }
     phase_ = Phase::connecting;
+    notify(observer_.on_connect);
     connect_timer_->start(options_.connect_timeout_ms);
     if (state_ != ClientState::down) {
         set_state(ClientState::connecting);
@@ -447,7 +475,11 @@ void RedisClient::handle_reply(redisReply* raw)
     Call call = std::move(front);
     calls_.pop_front();
     last_latency_ms_ = now - call.submitted_ms;
+    notify(observer_.on_done, CallStatus::ok, last_latency_ms_);
     bool error = is_error(reply.get()) && !noscript;
+    if (error) {
+        notify(observer_.on_error_reply);
+    }
     if (!call.timed_out && !error && !noscript) {
         failures_ = 0;
     }
@@ -512,6 +544,7 @@ void RedisClient::on_call_timer() noexcept
         call.timed_out = true;
         count_failure(call.epoch);
         expired++;
+        notify(observer_.on_timeout);
         Callback callback = std::move(call.callback);
         call.callback = nullptr;
         if (callback) {
@@ -630,6 +663,9 @@ void RedisClient::fail_all(CallStatus status) noexcept
     while (!failed.empty() && !shut_down_) {
         Callback callback = std::move(failed.front().callback);
         bool timed_out = failed.front().timed_out;
+        if (failed.front().kind == Call::Kind::user) {
+            notify(observer_.on_done, status, int64_t(0));
+        }
         failed.pop_front();
         if (callback && !timed_out) {
             CallResult result;

@@ -377,6 +377,10 @@ BAD_CONFIGS = [
     ("ratelimit_redis 127.0.0.1:6379 db=x;", ["ratelimit_redis", "db=x"]),
     ("ratelimit_redis 127.0.0.1:6379; ratelimit_redis 127.0.0.1:6380;", ["ratelimit_redis", "duplicate"]),
     ("ratelimit_redis 127.0.0.1:6379 mode=sentinel;", ["ratelimit_redis", "master"]),
+    ("server { location /rl/ { ratelimit_api read; } }", ["ratelimit_api", '"read"']),
+    ("server { location /rl/ { ratelimit_api; ratelimit_api; } }", ["ratelimit_api", "duplicate"]),
+    ("server { location ~ ^/rl/ { ratelimit_api; } }", ["ratelimit_api", "prefix location"]),
+    ("server { ratelimit_api; }", ["ratelimit_api", "not allowed"]),
 ]
 
 

@@ -38,6 +38,7 @@ def conf(redis_port, timeout):
             add_header X-Status $ratelimit_status always;
             proxy_pass http://127.0.0.1:@BACKEND@;
         }}
+        location /rl/ {{ ratelimit_api write; }}
     }}
 """
 
@@ -220,3 +221,33 @@ def test_redis_timeouts_and_aborts_after_them(redis, valgrind_nginx):
     assert wait_for(lambda: status_of(n) == (200, "PASSED"), 10, step=0.2)
     assert h2.wait([h2.request()]) == ["200"]
     h2.close()
+
+
+def test_api_bucket_calls_of_requests_that_went_away(redis, valgrind_nginx):
+    # The API's bucket requests wait for Redis in the content phase: clients that leave
+    # first, streams reset, a connection closed with streams waiting; then Redis answers.
+    n = valgrind_nginx(conf(redis.port, "5s"))
+    assert n.get("/rl/buckets/p/k").status == 200
+    h2 = H2(n.h2port)
+    pauser = Resp(redis.port)
+    pauser.call("CLIENT", "PAUSE", "1500", "ALL")
+    clients = []
+    for method in (b"GET", b"DELETE"):
+        s = socket.create_connection(("127.0.0.1", n.port))
+        s.sendall(method + b" /rl/buckets/p/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        clients.append(s)
+    kept = h2.request(path="/rl/buckets/p/k")
+    cancelled = h2.request(path="/rl/buckets/p/k")
+    dropped = H2(n.h2port)
+    dropped.request(path="/rl/buckets/p/k")
+    time.sleep(0.3)
+    h2.reset(cancelled)
+    dropped.close()
+    for s in clients:
+        s.close()
+    pauser.close()
+    assert h2.wait([kept]) == ["200"]
+    time.sleep(0.5)
+    assert h2.wait([h2.request(path="/rl/status")]) == ["200"]
+    h2.close()
+    assert n.get("/rl/buckets/p/k").status == 200

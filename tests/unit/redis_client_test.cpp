@@ -885,3 +885,81 @@ TEST_F(RedisClientTest, LatencyIsMeasured)
 
 }  // namespace
 }  // namespace ratelimit
+
+namespace ratelimit {
+namespace {
+
+// The statistics hooks: every accepted call ends exactly once, with its latency when answered.
+class ClientStatsTest : public RedisClientTest {
+protected:
+    void make_counted(ClientOptions options = {})
+    {
+        ClientObserver observer;
+        observer.on_sent = [this] { sent++; };
+        observer.on_done = [this](CallStatus s, int64_t latency) { done.push_back({s, latency}); };
+        observer.on_timeout = [this] { timeouts++; };
+        observer.on_error_reply = [this] { error_replies++; };
+        observer.on_connect = [this] { connects++; };
+        client = std::make_unique<RedisClient>(loop, std::move(options), observer);
+    }
+    int sent = 0;
+    int timeouts = 0;
+    int error_replies = 0;
+    int connects = 0;
+    std::vector<std::pair<CallStatus, int64_t>> done;
+};
+
+TEST_F(ClientStatsTest, EveryCallEndsOnce)
+{
+    ClientOptions o;
+    o.timeout_ms = 100;
+    o.failures_to_down = 10;
+    make_counted(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    EXPECT_EQ(connects, 1);
+    loop.transport().accept();
+    loop.advance(7);
+    loop.transport().feed("$1\r\nx\r\n");
+    ASSERT_EQ(done.size(), 1u);
+    EXPECT_EQ(done[0], std::make_pair(CallStatus::ok, int64_t(7)));
+
+    get("b", seen);  // times out, answered late
+    loop.advance(100);
+    EXPECT_EQ(timeouts, 1);
+    EXPECT_EQ(done.size(), 1u);  // still on the wire
+    loop.transport().feed("-ERR boom\r\n");
+    EXPECT_EQ(error_replies, 1);
+    ASSERT_EQ(done.size(), 2u);
+    EXPECT_EQ(done[1], std::make_pair(CallStatus::ok, int64_t(100)));
+
+    get("c", seen);
+    get("d", seen);
+    loop.transport().peer_close();
+    ASSERT_EQ(done.size(), 4u);
+    EXPECT_EQ(done[2].first, CallStatus::disconnected);
+    EXPECT_EQ(done[3].first, CallStatus::disconnected);
+
+    get("e", seen);  // reconnects; dropped at shutdown
+    EXPECT_EQ(connects, 2);
+    client->shutdown();
+    ASSERT_EQ(done.size(), 5u);
+    EXPECT_EQ(done[4].first, CallStatus::shutdown);
+    EXPECT_EQ(sent, 5);
+}
+
+TEST_F(ClientStatsTest, RefusedSubmitsAreNotCounted)
+{
+    ClientOptions o;
+    o.max_pending = 1;
+    make_counted(o);
+    std::vector<Seen> seen;
+    get("a", seen);
+    EXPECT_EQ(client->submit(cmd("GET b"), record(seen)).status, CallStatus::overloaded);
+    EXPECT_EQ(sent, 1);
+    client->shutdown();
+    EXPECT_EQ(done.size(), 1u);
+}
+
+}  // namespace
+}  // namespace ratelimit

@@ -57,10 +57,17 @@ struct CallResult {
 using CallId = uint64_t;
 using Callback = std::function<void(const CallResult&)>;
 
-// Hooks for the host's log; all optional.
+// Hooks for the host's log and statistics; all optional.
 struct ClientObserver {
     std::function<void(std::string_view message)> on_error;    // connection problems
     std::function<void(ClientState)> on_state;                  // state changes
+    std::function<void()> on_sent;  // submit accepted a call
+    // A call left the client: ok (its reply arrived, after latency_ms), disconnected (its
+    // connection failed) or shutdown (dropped). Once per call accepted by submit.
+    std::function<void(CallStatus, int64_t latency_ms)> on_done;
+    std::function<void()> on_timeout;      // a call's timeout expired (a reply may follow)
+    std::function<void()> on_error_reply;  // an error reply, NOSCRIPT excepted
+    std::function<void()> on_connect;      // a connection attempt starts (probes included)
 };
 
 class RedisClient final : private TransportSink {
@@ -105,6 +112,7 @@ private:
     // open (state_ == down) a phase other than none means a probe is under way.
     enum class Phase { none, connecting, handshake, ready };
 
+    Submitted submit_call(std::string command, Callback callback, const Since* since);
     void on_connected() noexcept override;
     void on_data(const char* data, size_t len) noexcept override;
     void on_closed(std::string_view reason) noexcept override;

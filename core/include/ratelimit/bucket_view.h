@@ -1,0 +1,52 @@
+// Reading one bucket without consuming it (the API's GET buckets/<policy>/<key>): a read-only
+// Lua script with time from Redis (`TIME`), and the same reading in C++ for tests and tools.
+// Both read every stored format: v2 "v2 <level_units> <period_ms> <stamp_ms>" (any v<N>,
+// N >= 2, fields after the 4th ignored) and legacy v1 "<level_units> <stamp_ms>" (in the
+// reader's own period). A missing or unreadable value is a full bucket that does not exist.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "ratelimit/policy.h"
+
+struct redisReply;
+
+namespace ratelimit {
+
+struct StoredBucket {
+    int64_t level_units = 0;
+    int64_t period_ms = 0;  // 0: legacy v1, the reader's own period
+    int64_t stamp_ms = 0;
+};
+
+std::optional<StoredBucket> parse_stored_bucket(std::string_view text);
+
+// A level stored under period `from_ms`, under params.period_ms: whole tokens kept, the
+// fraction scaled down, capped at the capacity.
+int64_t convert_level_units(int64_t level_units, int64_t from_ms, const BucketParams& params);
+
+struct BucketView {
+    bool exists = false;
+    int64_t level_units = 0;  // refilled to now_ms, in params' units
+    int64_t now_ms = 0;
+};
+
+// What the script replies for `stored` (nullopt: no key) at `now_ms`.
+BucketView view_stored(std::optional<std::string_view> stored, const BucketParams& params,
+                       int64_t now_ms);
+
+const std::string& bucket_view_script();
+
+// RESP "EVAL <script> 1 <key> <count> <period_ms> <burst>".
+// Reply: {exists (0|1), level_units, now_ms}.
+std::string format_bucket_view(std::string_view key, const BucketParams& params);
+
+bool parse_bucket_view_reply(const redisReply* reply, BucketView& view, std::string& error);
+
+// Seconds until the bucket is full again, rounded up.
+int64_t view_reset_seconds(const BucketParams& params, const BucketView& view);
+
+}  // namespace ratelimit

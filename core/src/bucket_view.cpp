@@ -1,0 +1,201 @@
+#include "ratelimit/bucket_view.h"
+
+#include <hiredis/hiredis.h>
+
+#include "ratelimit/resp.h"
+#include "ratelimit/token_bucket.h"
+
+namespace ratelimit {
+namespace {
+
+// Mirrors view_stored() below (a key of another type reads as missing, as in the decision
+// script); values stay below 2^53 as in the decision script, except
+// tokens * period on a conversion, which is compared with the capacity first.
+const char kViewScript[] = R"lua(-- ratelimit: read one bucket, take nothing
+local count, period, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if #KEYS ~= 1 or not (count and period and burst)
+    or count <= 0 or period <= 0 or burst <= 0 then
+  return redis.error_reply('ratelimit: bad arguments')
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cap = burst * period
+local stored = redis.pcall('GET', KEYS[1])
+if type(stored) ~= 'string' then
+  return {0, cap, now}
+end
+local l, from, s
+local v, rest = string.match(stored, '^v(%d+) (.*)$')
+if v then
+  if tonumber(v) >= 2 then
+    local tail
+    l, from, s, tail = string.match(rest, '^(%d+) (%d+) (%d+)(.*)$')
+    if l and tail ~= '' and string.sub(tail, 1, 1) ~= ' ' then
+      l = nil
+    end
+  end
+else
+  l, s = string.match(stored, '^(%d+) (%d+)$')
+  from = period
+end
+if not l or tonumber(from) == 0 then
+  return {0, cap, now}
+end
+l, from, s = tonumber(l), tonumber(from), tonumber(s)
+if from ~= period and from > 0 then
+  local tokens = math.floor(l / from)
+  if tokens >= burst then
+    l = cap
+  else
+    l = tokens * period + math.floor((l % from) * period / from)
+  end
+end
+if l >= cap then
+  l = cap
+else
+  local elapsed = math.max(0, now - s)
+  if elapsed >= math.ceil((cap - l) / count) then
+    l = cap
+  else
+    l = l + elapsed * count
+  end
+end
+return {1, l, now}
+)lua";
+
+std::optional<int64_t> number(std::string_view text)
+{
+    if (text.empty()) {
+        return std::nullopt;
+    }
+    return text == "0" ? std::optional<int64_t>(0) : parse_positive_int(text);
+}
+
+// Splits `text` at its first space.
+std::string_view take_field(std::string_view& text)
+{
+    size_t space = text.find(' ');
+    std::string_view field = text.substr(0, space);
+    text = space == std::string_view::npos ? std::string_view() : text.substr(space + 1);
+    return field;
+}
+
+bool read_integer(const redisReply* reply, int64_t& out)
+{
+    if (!reply || reply->type != REDIS_REPLY_INTEGER) {
+        return false;
+    }
+    out = reply->integer;
+    return true;
+}
+
+}  // namespace
+
+std::optional<StoredBucket> parse_stored_bucket(std::string_view text)
+{
+    if (!text.empty() && text[0] == 'v') {
+        bool more = text.find(' ') != std::string_view::npos;
+        auto version = number(take_field(text).substr(1));
+        if (!more || !version || *version < 2) {
+            return std::nullopt;
+        }
+        auto level = number(take_field(text));
+        auto period = number(take_field(text));
+        bool has_tail = text.find(' ') != std::string_view::npos;
+        auto stamp = number(has_tail ? take_field(text) : text);
+        if (!level || !period || !stamp || *period == 0) {
+            return std::nullopt;
+        }
+        return StoredBucket{*level, *period, *stamp};
+    }
+    size_t space = text.find(' ');
+    if (space == std::string_view::npos) {
+        return std::nullopt;
+    }
+    auto level = number(text.substr(0, space));
+    auto stamp = number(text.substr(space + 1));
+    if (!level || !stamp) {
+        return std::nullopt;
+    }
+    return StoredBucket{*level, 0, *stamp};
+}
+
+int64_t convert_level_units(int64_t level_units, int64_t from_ms, const BucketParams& params)
+{
+    if (from_ms <= 0 || from_ms == params.period_ms) {
+        return level_units;
+    }
+    int64_t tokens = level_units / from_ms;
+    if (tokens >= params.burst) {
+        return params.capacity_units();
+    }
+    // (level % from) < from <= 86400000, times a period <= 86400000: below 2^63.
+    return tokens * params.period_ms + (level_units % from_ms) * params.period_ms / from_ms;
+}
+
+BucketView view_stored(std::optional<std::string_view> stored, const BucketParams& params,
+                       int64_t now_ms)
+{
+    BucketView view;
+    view.now_ms = now_ms;
+    view.level_units = params.capacity_units();
+    std::optional<StoredBucket> bucket;
+    if (stored) {
+        bucket = parse_stored_bucket(*stored);
+    }
+    if (!bucket) {
+        return view;
+    }
+    view.exists = true;
+    BucketState state{convert_level_units(bucket->level_units, bucket->period_ms, params),
+                      bucket->stamp_ms};
+    view.level_units = refill(params, state, now_ms);
+    return view;
+}
+
+const std::string& bucket_view_script()
+{
+    static const std::string source = kViewScript;
+    return source;
+}
+
+std::string format_bucket_view(std::string_view key, const BucketParams& params)
+{
+    return format_command({"EVAL", bucket_view_script(), "1", key,
+                           std::to_string(params.count), std::to_string(params.period_ms),
+                           std::to_string(params.burst)});
+}
+
+bool parse_bucket_view_reply(const redisReply* reply, BucketView& view, std::string& error)
+{
+    if (!reply) {
+        error = "no reply";
+        return false;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        error.assign(reply->str, reply->len);
+        return false;
+    }
+    int64_t exists = 0;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
+        || !read_integer(reply->element[0], exists) || (exists != 0 && exists != 1)
+        || !read_integer(reply->element[1], view.level_units)
+        || !read_integer(reply->element[2], view.now_ms))
+    {
+        error = "unexpected reply to the bucket view script";
+        return false;
+    }
+    view.exists = exists == 1;
+    return true;
+}
+
+int64_t view_reset_seconds(const BucketParams& params, const BucketView& view)
+{
+    int64_t missing = params.capacity_units() - view.level_units;
+    if (missing <= 0) {
+        return 0;
+    }
+    return ceil_seconds(missing / params.count + (missing % params.count != 0 ? 1 : 0));
+}
+
+}  // namespace ratelimit

@@ -1,0 +1,145 @@
+// The read-only bucket script against a real Redis: it reads every stored format as the C++
+// reader does, takes nothing, and reads what the decision script wrote.
+#include <hiredis/hiredis.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ratelimit/bucket_view.h"
+#include "ratelimit/script.h"
+#include "redis_server.h"
+
+namespace ratelimit {
+namespace {
+
+struct ReplyDeleter {
+    void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
+
+class BucketViewScript : public ::testing::Test {
+protected:
+    void SetUp() override
+    {
+        ctx_ = redisConnect("127.0.0.1", server_.port());
+        ASSERT_TRUE(ctx_ && !ctx_->err);
+    }
+    void TearDown() override { redisFree(ctx_); }
+
+    ReplyPtr send_raw(const std::string& resp)
+    {
+        void* reply = nullptr;
+        if (redisAppendFormattedCommand(ctx_, resp.data(), resp.size()) != REDIS_OK
+            || redisGetReply(ctx_, &reply) != REDIS_OK) {
+            ADD_FAILURE() << "redis I/O failed: " << ctx_->errstr;
+        }
+        return ReplyPtr(static_cast<redisReply*>(reply));
+    }
+
+    BucketView view(const std::string& key, const BucketParams& params)
+    {
+        auto reply = send_raw(format_bucket_view(key, params));
+        BucketView v;
+        std::string error;
+        EXPECT_TRUE(parse_bucket_view_reply(reply.get(), v, error)) << error;
+        return v;
+    }
+
+    void set(const std::string& key, const std::string& value)
+    {
+        ReplyPtr(static_cast<redisReply*>(redisCommand(ctx_, "SET %b %b", key.data(), key.size(),
+                                                       value.data(), value.size())));
+    }
+
+    std::string get(const std::string& key)
+    {
+        ReplyPtr r(static_cast<redisReply*>(redisCommand(ctx_, "GET %b", key.data(),
+                                                         key.size())));
+        return r && r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : "(nil)";
+    }
+
+    testing::RedisServer server_;
+    redisContext* ctx_ = nullptr;
+};
+
+TEST_F(BucketViewScript, MatchesTheCppReaderForEveryFormat)
+{
+    const BucketParams params{60, 60000, 100};
+    std::vector<std::string> stored = {
+        "60000 0", "v2 60000 60000 0", "v2 150000 1000 0", "v3 7 3600000 5 more fields",
+        "v2 999999999 1000 0", "v1 1 2 3", "garbage", "v2 1 0 3",
+    };
+    for (const std::string& value : stored) {
+        // A stamp in the near past of Redis's clock, so the refill is partial.
+        BucketView probe = view("rl:missing", params);
+        std::string text = value;
+        size_t zero = text.rfind(" 0");
+        if (zero != std::string::npos && zero + 2 == text.size()) {
+            text = text.substr(0, zero) + " " + std::to_string(probe.now_ms - 500);
+        }
+        set("rl:k", text);
+        BucketView got = view("rl:k", params);
+        std::optional<std::string_view> as_stored(text);
+        BucketView expected = view_stored(as_stored, params, got.now_ms);
+        EXPECT_EQ(got.exists, expected.exists) << text;
+        EXPECT_EQ(got.level_units, expected.level_units) << text;
+        EXPECT_EQ(get("rl:k"), text) << "the view changed the bucket";
+    }
+}
+
+TEST_F(BucketViewScript, MissingKeyIsAFullBucket)
+{
+    BucketView v = view("rl:none", BucketParams{1, 1000, 5});
+    EXPECT_FALSE(v.exists);
+    EXPECT_EQ(v.level_units, 5000);
+    EXPECT_GT(v.now_ms, 0);
+    EXPECT_EQ(server_.command("EXISTS rl:none"), "0");
+}
+
+TEST_F(BucketViewScript, ReadsWhatTheDecisionScriptWrote)
+{
+    const BucketParams params{3, 3600000, 3};  // one token every 1200 s
+    ScriptLimit limit{"rl:p:user", params, 2};
+    ScriptBatch batch;
+    batch.add_request(&limit, 1);
+    std::string command;
+    batch.append_eval(command);
+    auto reply = send_raw(command);
+    BatchReply result;
+    std::string error;
+    ASSERT_TRUE(parse_batch_reply(reply.get(), batch, result, error)) << error;
+    ASSERT_TRUE(result.allowed[0]);
+    BucketView v = view("rl:p:user", params);
+    EXPECT_TRUE(v.exists);
+    // One token left, plus what refilled since (3 units per ms).
+    EXPECT_EQ(v.level_units, result.levels[0] + (v.now_ms - result.now_ms) * 3);
+    EXPECT_EQ(view_reset_seconds(params, v), 2400 - (v.now_ms - result.now_ms) / 1000);
+}
+
+TEST_F(BucketViewScript, BadArgumentsAreAnErrorReply)
+{
+    auto reply = send_raw(format_bucket_view("rl:k", BucketParams{0, 1000, 1}));
+    BucketView v;
+    std::string error;
+    EXPECT_FALSE(parse_bucket_view_reply(reply.get(), v, error));
+    EXPECT_NE(error.find("bad arguments"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace ratelimit
+
+namespace ratelimit {
+namespace {
+
+TEST_F(BucketViewScript, KeyOfAnotherTypeReadsAsMissing)
+{
+    ReplyPtr(static_cast<redisReply*>(redisCommand(ctx_, "HSET rl:h f v")));
+    BucketView v = view("rl:h", BucketParams{1, 1000, 5});
+    EXPECT_FALSE(v.exists);
+    EXPECT_EQ(v.level_units, 5000);
+}
+
+}  // namespace
+}  // namespace ratelimit

@@ -1,0 +1,69 @@
+#include "ratelimit/bucket_view.h"
+
+#include <gtest/gtest.h>
+
+namespace ratelimit {
+namespace {
+
+const BucketParams kPerMinute{60, 60000, 100};  // 60r/m burst 100: 1 unit per ms per token
+
+TEST(StoredBucket, Formats)
+{
+    auto v2 = parse_stored_bucket("v2 120000 60000 5000");
+    ASSERT_TRUE(v2);
+    EXPECT_EQ(v2->level_units, 120000);
+    EXPECT_EQ(v2->period_ms, 60000);
+    EXPECT_EQ(v2->stamp_ms, 5000);
+    auto v3 = parse_stored_bucket("v3 7 1000 9 extra fields");
+    ASSERT_TRUE(v3);
+    EXPECT_EQ(v3->level_units, 7);
+    EXPECT_EQ(v3->stamp_ms, 9);
+    auto v1 = parse_stored_bucket("42 17");
+    ASSERT_TRUE(v1);
+    EXPECT_EQ(v1->level_units, 42);
+    EXPECT_EQ(v1->period_ms, 0);
+    EXPECT_EQ(v1->stamp_ms, 17);
+}
+
+TEST(StoredBucket, Junk)
+{
+    for (const char* text : {"", "v1 1 2 3", "v2 1 2", "v2 1 0 3", "v2 1 2 3x", "1", "1 2 3",
+                             "a b", "-1 2", "v 1 2 3", "v2  1 2 3"}) {
+        EXPECT_FALSE(parse_stored_bucket(text)) << text;
+    }
+}
+
+TEST(ConvertLevel, TokensKeptFractionScaled)
+{
+    BucketParams per_hour{60, 3600000, 100};
+    // 2.5 tokens under a minute period: 2 tokens and half a token under an hour period.
+    EXPECT_EQ(convert_level_units(150000, 60000, per_hour), 2 * 3600000 + 1800000);
+    // Capped at the new burst.
+    BucketParams small{1, 1000, 3};
+    EXPECT_EQ(convert_level_units(10 * 60000, 60000, small), 3000);
+    EXPECT_EQ(convert_level_units(12345, 60000, kPerMinute), 12345);  // same period
+    EXPECT_EQ(convert_level_units(12345, 0, kPerMinute), 12345);      // legacy: own period
+}
+
+TEST(ViewStored, MissingAndJunkAreFullAndAbsent)
+{
+    BucketView missing = view_stored(std::nullopt, kPerMinute, 1000);
+    EXPECT_FALSE(missing.exists);
+    EXPECT_EQ(missing.level_units, kPerMinute.capacity_units());
+    EXPECT_FALSE(view_stored(std::string_view("junk"), kPerMinute, 1000).exists);
+}
+
+TEST(ViewStored, RefillsToNow)
+{
+    // 1 token left at t=0; 60r/m refills 60 units per ms: 1000 ms later 1 more token.
+    BucketView v = view_stored(std::string_view("60000 0"), kPerMinute, 1000);
+    EXPECT_TRUE(v.exists);
+    EXPECT_EQ(v.level_units, 120000);
+    EXPECT_EQ(view_reset_seconds(kPerMinute, v), 98);
+    BucketView later = view_stored(std::string_view("v2 60000 60000 0"), kPerMinute, 10000000);
+    EXPECT_EQ(later.level_units, kPerMinute.capacity_units());
+    EXPECT_EQ(view_reset_seconds(kPerMinute, later), 0);
+}
+
+}  // namespace
+}  // namespace ratelimit
