@@ -1,6 +1,7 @@
 """The module end to end: nginx -> C++ core -> Redis, with exact header values."""
 
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -210,11 +211,12 @@ def strace_redis_socket(n, redis, sockaddr_match):
     calls made on the new Redis connection's descriptor (connect, setsockopt)."""
     out = n.dir / "strace.txt"
     worker = n.worker_pids()[0]
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=connect,setsockopt,close",
+    tracer = subprocess.Popen(["strace", "-e", "trace=connect,setsockopt,close",
                                "-o", str(out), "-p", str(worker)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        time.sleep(0.5)  # attached
+        ready, _, _ = select.select([tracer.stderr], [], [], 10)
+        assert ready and b"attached" in tracer.stderr.readline(), "strace did not attach"
         redis.cmd("CLIENT", "KILL", "TYPE", "normal")  # the worker's connection, not ours
         assert wait_for(lambda: n.get("/").header("X-Status") == "PASSED", 5, 0.1)
     finally:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import Nginx, wait_for
+from conftest import Nginx, free_port, wait_for
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
 
@@ -327,24 +327,43 @@ def test_internal_redirects_never_charge_twice(redis, nginx_factory, workdir):
     root = workdir / "www"
     root.mkdir()
     (root / "index.html").write_text("hello\n")
+    (root / "sorry.html").write_text("slow down\n")
+    not_found = free_port()  # an upstream that answers 404 to everything
     n = nginx_factory(server(f"""
         root {root};
         ratelimit $remote_addr policy=p;
         location / {{ index index.html; }}
         location /try {{ try_files /nope /index.html; }}
-        location /err {{ error_page 404 = /index.html; {BACKEND.replace('proxy_pass', 'proxy_intercept_errors on; proxy_pass')} }}
+        location /err {{
+            error_page 404 = /index.html;
+            proxy_intercept_errors on;
+            proxy_pass http://127.0.0.1:{not_found};
+        }}
+        location /named {{ try_files /nope @fallback; }}
+        location /err-named {{
+            error_page 404 = @fallback;
+            proxy_intercept_errors on;
+            proxy_pass http://127.0.0.1:{not_found};
+        }}
+        location @fallback {{ {BACKEND} }}
         location /gone {{ error_page 429 /sorry.html; }}
         location = /sorry.html {{ internal; }}
+    }}
+    server {{
+        listen 127.0.0.1:{not_found};
+        location / {{ return 404; }}
     """, "ratelimit_policy p rate=1r/h burst=6;", redis))
-    (root / "sorry.html").write_text("slow down\n")
-    assert n.get("/").header("X-RateLimit-Remaining") == "5"
-    assert n.get("/try").header("X-RateLimit-Remaining") == "4"
-    assert n.get("/").header("X-RateLimit-Remaining") == "3"
-    assert n.get("/").header("X-RateLimit-Remaining") == "2"
-    assert n.get("/").header("X-RateLimit-Remaining") == "1"
-    assert n.get("/").header("X-RateLimit-Remaining") == "0"
+    seen = []
+    for path in ("/", "/try", "/err", "/named", "/err-named", "/"):
+        r = n.get(path)
+        seen.append((path, r.status, r.header("X-RateLimit-Remaining")))
+    # One token each, whichever way the request went inside nginx.
+    assert seen == [("/", 200, "5"), ("/try", 200, "4"), ("/err", 200, "3"),
+                    ("/named", 200, "2"), ("/err-named", 200, "1"), ("/", 200, "0")]
     sorry = n.get("/gone")
     assert (sorry.status, sorry.body, sorry.header("Retry-After")) == (429, b"slow down\n", "3600")
+    level = int(redis.cmd("GET", "rl:p:127.0.0.1").split()[0])
+    assert level < 3600000  # less than one whole token: six taken, no more, no fewer
 
 
 # --- configuration errors ------------------------------------------------------------------

@@ -83,3 +83,24 @@ def test_local_mode_workers_with_lagging_clocks_stay_exact(workdir):
     assert passed >= 50 * (elapsed - 1.5), (passed, bound, len(statuses))
     expected = "worker process %d exited on signal 9" % killed
     assert [line for line in n.bad_log_lines() if expected not in line] == []
+
+
+def test_two_instances_two_workers_concurrent_clients_share_one_bucket_exactly(redis,
+                                                                                nginx_factory):
+    # The concurrent counterpart of test_basic's one-at-a-time test: 2 nginx x 2 workers,
+    # 12 keep-alive clients on one key. At one token an hour, exactly `burst` pass.
+    conf = f"""
+    ratelimit_redis 127.0.0.1:{redis.port} timeout=2s;
+    ratelimit_policy p rate=1r/h burst=50;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        keepalive_requests 100000;
+        location / {{ ratelimit $http_x_api_key policy=p; proxy_pass http://127.0.0.1:@BACKEND@; }}
+    }}
+"""
+    a = nginx_factory(conf, workers=2)
+    b = nginx_factory(conf, workers=2)
+    statuses, _ = hammer([a.port, b.port], {"X-Api-Key": "shared"}, threads=12, seconds=2.0)
+    assert set(statuses) == {200, 429}
+    assert len(statuses) > 500, "too few requests to prove anything"
+    assert statuses.count(200) == 50
