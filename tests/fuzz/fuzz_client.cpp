@@ -142,11 +142,11 @@ void FakeTimer::start(int64_t delay_ms) noexcept
     due = loop_.now + delay_ms;
 }
 
-// A reply to a one-request batch: {now, allowed, level}.
+// A reply to a one-request batch: the string "<now> <allowed> <level>".
 std::string script_reply(Input& in)
 {
-    return "*3\r\n:123\r\n:" + std::to_string(in.byte() & 1) + "\r\n:" + std::to_string(in.byte())
-           + "\r\n";
+    std::string text = "123 " + std::to_string(in.byte() & 1) + " " + std::to_string(in.byte());
+    return "$" + std::to_string(text.size()) + "\r\n" + text + "\r\n";
 }
 
 const std::string& evalsha_command()

@@ -444,29 +444,48 @@ TEST_F(ScriptVsLocal, MalformedStoredValueCountsAsFull)
 
 TEST_F(ScriptVsLocal, BadArgumentsAreAnErrorReply)
 {
+    // ARGV: R, P, P parameter sets, each key's set, then per request `k` or `-n` and n pairs.
     const std::string& src = script_source();
+    const std::vector<std::string> head = {"EVAL", src, "1", "k"};
+    auto with = [&](std::vector<std::string> argv) {
+        std::vector<std::string> all = head;
+        all.insert(all.end(), argv.begin(), argv.end());
+        return all;
+    };
     for (std::vector<std::string> args : {
              std::vector<std::string>{"EVAL", src, "0"},
-             {"EVAL", src, "0", "1"},
-             {"EVAL", src, "1", "k", "1", "10", "1000", "5"},                  // no request
-             {"EVAL", src, "1", "k", "1", "10", "1000", "5", "1", "1"},        // short pair
-             {"EVAL", src, "1", "k", "1", "0", "1000", "5", "1", "1", "1"},    // count 0
-             {"EVAL", src, "1", "k", "1", "10", "1000", "5", "1", "0", "1"},   // index 0
-             {"EVAL", src, "1", "k", "1", "10", "1000", "5", "1", "2", "1"},   // index > K
-             {"EVAL", src, "1", "k", "1", "10", "1000", "5", "1", "1", "-1"},  // cost < 0
-             {"EVAL", src, "1", "k", "1", "10", "1000", "5", "1", "1", "x"},   // cost junk
-             {"EVAL", src, "1", "k", "1", "10", "1000", "5", "1", "1", "1", "9"},  // extra
-             {"EVAL", src, "1", "k", "2", "10", "1000", "5", "1", "1", "1"},   // R too big
-             {"EVAL", src, "1", "k", "x", "10", "1000", "5", "1", "1", "1"},   // R junk
+             {"EVAL", src, "0", "1", "1", "10", "1000", "5"},
+             with({"1", "1", "10", "1000", "5", "1"}),                  // no request
+             with({"1", "1", "10", "1000", "5", "1", "-1", "1"}),      // short pair
+             with({"1", "1", "0", "1000", "5", "1", "1"}),             // count 0
+             with({"1", "1", "10", "1000", "5", "2", "1"}),            // no such set
+             with({"1", "0", "1", "1"}),                               // no set at all
+             with({"1", "1", "10", "1000", "5", "1", "0"}),            // key 0
+             with({"1", "1", "10", "1000", "5", "1", "2"}),            // key > K
+             with({"1", "1", "10", "1000", "5", "1", "-1", "2", "1"}), // key > K in a pair
+             with({"1", "1", "10", "1000", "5", "1", "-1", "1", "-1"}),  // cost < 0
+             with({"1", "1", "10", "1000", "5", "1", "-1", "1", "x"}),   // cost junk
+             with({"1", "1", "10", "1000", "5", "1", "1", "9"}),       // extra argument
+             with({"2", "1", "10", "1000", "5", "1", "1"}),            // R too big
+             with({"x", "1", "10", "1000", "5", "1", "1"}),            // R junk
          }) {
         auto reply = argv(args);
-        ASSERT_EQ(reply->type, REDIS_REPLY_ERROR) << args.size();
+        ASSERT_EQ(reply->type, REDIS_REPLY_ERROR) << args.size() << " " << args.back();
         EXPECT_NE(std::string(reply->str).find("ratelimit: bad arguments"), std::string::npos);
         EXPECT_EQ(argv({"EXISTS", "k"})->integer, 0);
     }
-    auto good = argv({"EVAL", src, "1", "k", "1", "10", "1000", "5", "1", "1", "1"});
-    ASSERT_EQ(good->type, REDIS_REPLY_ARRAY);
-    EXPECT_EQ(good->elements, 3u);
+    // The same shapes, well formed, are decided.
+    for (std::vector<std::string> args : {
+             with({"1", "1", "10", "1000", "5", "1", "1"}),
+             with({"1", "1", "10", "1000", "5", "1", "-1", "1", "1"}),
+         }) {
+        argv({"DEL", "k"});
+        auto good = argv(args);
+        ASSERT_EQ(good->type, REDIS_REPLY_STRING) << args.back();
+        std::string text(good->str, good->len);
+        EXPECT_NE(text.find(" 1 4000"), std::string::npos) << text;
+        EXPECT_EQ(text.size() - text.find(" 1 4000"), 7u) << text;
+    }
 }
 
 TEST_F(ScriptVsLocal, EvalshaAfterScriptFlushFallsBackToEval)
