@@ -142,13 +142,11 @@ void FakeTimer::start(int64_t delay_ms) noexcept
     due = loop_.now + delay_ms;
 }
 
+// A reply to a one-request batch: the string "<now> <allowed> <level>".
 std::string script_reply(Input& in)
 {
-    std::string out = "*5\r\n:" + std::to_string(in.byte() & 1) + "\r\n:123\r\n";
-    for (int i = 0; i < 3; i++) {
-        out += ":" + std::to_string(in.byte()) + "\r\n";
-    }
-    return out;
+    std::string text = "123 " + std::to_string(in.byte() & 1) + " " + std::to_string(in.byte());
+    return "$" + std::to_string(text.size()) + "\r\n" + text + "\r\n";
 }
 
 const std::string& evalsha_command()
@@ -157,7 +155,11 @@ const std::string& evalsha_command()
         ScriptLimit limit;
         limit.key = "rl:p:k";
         limit.params = BucketParams{60, 60000, 10};
-        return format_evalsha(&limit, 1);
+        ScriptBatch batch;
+        batch.add_request(&limit, 1);
+        std::string out;
+        batch.append_evalsha(out);
+        return out;
     }();
     return command;
 }

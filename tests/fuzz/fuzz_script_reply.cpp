@@ -1,6 +1,7 @@
 // libFuzzer target: Redis replies to the ratelimit script. The input is fed to a hiredis
-// reader; every reply it yields goes through parse_script_reply (n = 1..4), is_noscript and
-// the header values the module builds from a parsed reply. The raw input also goes through
+// reader; every reply it yields goes through parse_batch_reply (batches of 1 to 3 requests of
+// 1 to 2 limits), is_noscript, outcome_after and the header values the module builds from a
+// parsed reply. The raw input also goes through
 // evalsha_to_eval, whose output, when any, must be a well-formed EVAL command.
 #include <hiredis/hiredis.h>
 
@@ -8,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ratelimit/headers.h"
 #include "ratelimit/script.h"
@@ -18,27 +20,60 @@ using namespace ratelimit;
 
 namespace {
 
+const BucketParams kParams[2] = {{1, 1000, 10}, {2, 60000, 10}};
+
+// Batches the replies are parsed against: requests of one or two limits over two keys.
+const std::vector<ScriptBatch>& batches()
+{
+    static const std::vector<ScriptBatch> all = [] {
+        std::vector<ScriptBatch> out;
+        ScriptLimit one[1] = {{"rl:p:a", kParams[0], 1}};
+        ScriptLimit two[2] = {{"rl:p:b", kParams[1], 0}, {"rl:p:a", kParams[0], 3}};
+        for (size_t r = 1; r <= 3; r++) {
+            for (size_t shape = 0; shape < 2; shape++) {
+                ScriptBatch batch;
+                for (size_t i = 0; i < r; i++) {
+                    (i + shape) % 2 ? batch.add_request(two, 2) : batch.add_request(one, 1);
+                }
+                out.push_back(std::move(batch));
+            }
+        }
+        return out;
+    }();
+    return all;
+}
+
 void check_reply(const redisReply* reply)
 {
     is_noscript(reply);
-    for (size_t n = 1; n <= 4; n++) {
-        ScriptResult result;
+    BatchReply result;
+    for (const ScriptBatch& batch : batches()) {
         std::string error;
-        if (!parse_script_reply(reply, n, result, error)) {
+        if (!parse_batch_reply(reply, batch, result, error)) {
             CHECK(!error.empty());
             continue;
         }
-        CHECK(result.outcomes.size() == n);
-        LimitReport reports[4];
-        for (size_t i = 0; i < n; i++) {
-            BucketParams params{int64_t(i) + 1, 1000, 10};
-            reports[i] = make_report("p", params, result.outcomes[i]);
-            CHECK(reports[i].remaining >= 0);
-            CHECK(reports[i].reset_seconds >= 0);
-            CHECK(reports[i].retry_after_seconds >= 0);
-            ietf_limit_value(reports[i]);
+        CHECK(result.allowed.size() == batch.requests());
+        CHECK(result.first.size() == batch.requests());
+        for (size_t r = 0; r < batch.requests(); r++) {
+            size_t n = batch.limits_of(r);
+            CHECK(result.first[r] + n <= result.levels.size());
+            LimitReport reports[2];
+            for (size_t i = 0; i < n; i++) {
+                // Limit i of a two-limit request is key b then key a; a one-limit one is a.
+                const BucketParams& params = n == 2 && i == 0 ? kParams[1] : kParams[0];
+                int64_t cost = n == 2 ? (i == 0 ? 0 : 3) : 1;
+                LimitOutcome o = outcome_after(params, cost, result.levels[result.first[r] + i],
+                                               result.allowed[r] == 1);
+                CHECK(o.reset_ms >= 0 && o.retry_after_ms >= 0);
+                reports[i] = make_report("p", params, o);
+                CHECK(reports[i].remaining >= 0);
+                CHECK(reports[i].reset_seconds >= 0);
+                CHECK(reports[i].retry_after_seconds >= 0);
+                ietf_limit_value(reports[i]);
+            }
+            CHECK(most_restrictive(reports, n) < n);
         }
-        CHECK(most_restrictive(reports, n) < n);
     }
 }
 
@@ -110,7 +145,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
         check_eval(input, eval);
     }
 
-    // A command made by format_evalsha from this input always converts, to format_eval's.
+    // A command made by append_evalsha from this input always converts, to append_eval's.
+    static ScriptBatch batch;  // reused, as the module reuses its batches
+    batch.clear();
     size_t n = size % 4 + 1;
     ScriptLimit limits[4];
     for (size_t i = 0; i < n; i++) {
@@ -118,7 +155,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
         limits[i].params = BucketParams{int64_t(size) + 1, 1000, int64_t(i) + 1};
         limits[i].cost = int64_t(i);
     }
-    std::string evalsha = format_evalsha(limits, n);
-    CHECK(evalsha_to_eval(evalsha) == format_eval(limits, n));
+    batch.add_request(limits, n);  // keys repeat across requests (and within one if short)
+    batch.add_request(limits + n / 2, n - n / 2);
+    CHECK(batch.requests() == 2);
+    CHECK(batch.keys() <= n);
+    std::string evalsha;
+    std::string made_eval;
+    batch.append_evalsha(evalsha);
+    batch.append_eval(made_eval);
+    CHECK(evalsha_to_eval(evalsha) == made_eval);
     return 0;
 }

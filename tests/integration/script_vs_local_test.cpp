@@ -1,5 +1,6 @@
-// The Redis script against the C++ maths: for every reply, decide_all on the state the test
-// tracks, at the reply's now_ms, must give the same decision, levels, resets and retries.
+// The Redis script against the C++ maths: for every reply, deciding the batch's requests one by
+// one with decide_all on the state the test tracks, at the reply's now_ms, must give the same
+// decisions and levels (and, through outcome_after, the same resets and retries).
 #include <hiredis/hiredis.h>
 #include <gtest/gtest.h>
 
@@ -8,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +20,8 @@
 
 namespace ratelimit {
 namespace {
+
+using Requests = std::vector<std::vector<ScriptLimit>>;
 
 struct ReplyDeleter {
     void operator()(redisReply* r) const { freeReplyObject(r); }
@@ -33,7 +37,7 @@ protected:
     }
     void TearDown() override { redisFree(ctx_); }
 
-    // Sends one RESP-encoded command as is, so the test covers format_eval/format_evalsha.
+    // Sends one RESP-encoded command as is, so the test covers ScriptBatch's encoding.
     ReplyPtr send_raw(const std::string& resp)
     {
         void* reply = nullptr;
@@ -68,122 +72,227 @@ protected:
 
     long long pttl(const std::string& key) { return argv({"PTTL", key})->integer; }
 
-    ScriptResult run(const std::vector<ScriptLimit>& limits)
+    int64_t redis_now_ms()
     {
-        auto reply = send_raw(format_eval(limits.data(), limits.size()));
-        ScriptResult result;
+        auto t = argv({"TIME"});
+        return std::stoll(t->element[0]->str) * 1000 + std::stoll(t->element[1]->str) / 1000;
+    }
+
+    BatchReply run(const Requests& requests, bool evalsha = false)
+    {
+        batch_.clear();
+        for (const auto& r : requests) {
+            batch_.add_request(r.data(), r.size());
+        }
+        std::string command;
+        evalsha ? batch_.append_evalsha(command) : batch_.append_eval(command);
+        auto reply = send_raw(command);
+        if (evalsha && is_noscript(reply.get())) {
+            reply = send_raw(evalsha_to_eval(command));
+        }
+        BatchReply result;
         std::string error;
-        EXPECT_TRUE(parse_script_reply(reply.get(), limits.size(), result, error)) << error;
+        if (!parse_batch_reply(reply.get(), batch_, result, error)) {
+            ADD_FAILURE() << error;
+            // Sized as a reply, so that the checks that follow fail instead of crashing.
+            result.allowed.assign(requests.size(), 0);
+            result.first.assign(requests.size(), 0);
+            result.levels.assign(requests.size() * 4 + 4, -1);
+        }
         return result;
     }
 
     testing::RedisServer server_;
     redisContext* ctx_ = nullptr;
+    ScriptBatch batch_;
 };
 
 // Tracks the stored state of each key as the caller of decide_all would.
 class Mirror {
 public:
-    // Checks `result` against the local maths and then records what the script wrote.
-    void check(const std::vector<ScriptLimit>& limits, const ScriptResult& result)
+    void set(const std::string& key, BucketState state) { states_[key] = state; }
+
+    // Decides `requests` one by one with the local maths at the reply's time, checks the
+    // reply against them, and records what the script must have stored.
+    void check(const Requests& requests, const BatchReply& reply)
     {
-        std::vector<LimitInput> inputs;
-        for (const auto& l : limits) {
-            auto it = states_.find(std::string(l.key));
-            inputs.push_back({l.params, l.cost, it == states_.end() ? nullptr : &it->second});
-        }
-        std::vector<LimitOutcome> local(limits.size());
-        bool allowed = decide_all(inputs.data(), local.data(), limits.size(), result.now_ms);
-        ASSERT_EQ(result.outcomes.size(), limits.size());
-        EXPECT_EQ(result.allowed, allowed);
-        for (size_t i = 0; i < limits.size(); i++) {
-            EXPECT_EQ(result.outcomes[i].level_units, local[i].level_units) << "limit " << i;
-            EXPECT_EQ(result.outcomes[i].reset_ms, local[i].reset_ms) << "limit " << i;
-            EXPECT_EQ(result.outcomes[i].retry_after_ms, local[i].retry_after_ms) << "limit " << i;
-        }
-        for (size_t i = 0; allowed && i < limits.size(); i++) {
-            if (limits[i].cost > 0) {
-                states_[std::string(limits[i].key)] = {local[i].level_units, result.now_ms};
+        ASSERT_EQ(reply.allowed.size(), requests.size());
+        for (size_t r = 0; r < requests.size(); r++) {
+            const auto& limits = requests[r];
+            std::vector<LimitInput> inputs;
+            for (const auto& l : limits) {
+                auto it = states_.find(std::string(l.key));
+                inputs.push_back({l.params, l.cost, it == states_.end() ? nullptr : &it->second});
+            }
+            std::vector<LimitOutcome> local(limits.size());
+            bool allowed = decide_all(inputs.data(), local.data(), limits.size(), reply.now_ms);
+            EXPECT_EQ(reply.allowed[r] == 1, allowed) << "request " << r;
+            for (size_t i = 0; i < limits.size(); i++) {
+                int64_t level = reply.levels[reply.first[r] + i];
+                LimitOutcome o = outcome_after(limits[i].params, limits[i].cost, level,
+                                               reply.allowed[r] == 1);
+                EXPECT_EQ(o.level_units, local[i].level_units) << "request " << r << " limit " << i;
+                EXPECT_EQ(o.reset_ms, local[i].reset_ms) << "request " << r << " limit " << i;
+                EXPECT_EQ(o.retry_after_ms, local[i].retry_after_ms)
+                    << "request " << r << " limit " << i;
+            }
+            for (size_t i = 0; allowed && i < limits.size(); i++) {
+                if (limits[i].cost > 0) {
+                    states_[std::string(limits[i].key)] = {local[i].level_units, reply.now_ms,
+                                                           limits[i].params.period_ms};
+                }
             }
         }
+    }
+
+    const BucketState* state(const std::string& key) const
+    {
+        auto it = states_.find(key);
+        return it == states_.end() ? nullptr : &it->second;
     }
 
 private:
     std::map<std::string, BucketState> states_;
 };
 
-std::string stored(int64_t level, int64_t stamp)
+std::string stored(int64_t level, int64_t period, int64_t stamp)
 {
-    return std::to_string(level) + " " + std::to_string(stamp);
+    return "v2 " + std::to_string(level) + " " + std::to_string(period) + " "
+           + std::to_string(stamp);
 }
 
-TEST_F(ScriptVsLocal, RandomSequenceMatchesLocalMaths)
+// Keys the batch wrote: named by an allowed request with cost > 0.
+std::set<std::string> written(const Requests& requests, const BatchReply& reply)
 {
-    const std::string keys[3] = {"rl:a:k", "rl:b:k", "rl:c:k"};
-    const BucketParams params[3] = {{50, 1000, 3}, {600, 60000, 5}, {7, 1000, 2}};
+    std::set<std::string> keys;
+    for (size_t r = 0; r < requests.size(); r++) {
+        for (const auto& l : requests[r]) {
+            if (reply.allowed[r] && l.cost > 0) {
+                keys.emplace(l.key);
+            }
+        }
+    }
+    return keys;
+}
+
+TEST_F(ScriptVsLocal, RandomBatchesMatchLocalMathsOneByOne)
+{
+    const std::string keys[4] = {"rl:a:k", "rl:b:k", "rl:c:k", "rl:d:k"};
+    const BucketParams params[4] = {{50, 1000, 3}, {600, 60000, 5}, {7, 1000, 2}, {1, 60000, 4}};
     std::mt19937 rng(12345);
     Mirror mirror;
     int allowed = 0;
     int rejected = 0;
-    for (int step = 0; step < 300; step++) {
-        std::vector<ScriptLimit> limits;
-        size_t first = rng() % 3;
-        size_t n = 1 + rng() % 3;
-        for (size_t j = 0; j < n; j++) {
-            size_t k = (first + j) % 3;
-            limits.push_back({keys[k], params[k], int64_t(rng() % 4)});
+    int shared = 0;
+    for (int step = 0; step < 250; step++) {
+        Requests requests(1 + rng() % 8);
+        for (auto& limits : requests) {
+            size_t first = rng() % 4;
+            size_t n = 1 + rng() % 3;
+            for (size_t j = 0; j < n; j++) {
+                size_t k = (first + j) % 4;
+                limits.push_back({keys[k], params[k], int64_t(rng() % 4)});
+            }
         }
-        ScriptResult result = run(limits);
-        mirror.check(limits, result);
-        (result.allowed ? allowed : rejected)++;
-        for (size_t i = 0; result.allowed && i < limits.size(); i++) {
-            if (limits[i].cost == 0) {
+        std::map<std::string, std::optional<std::string>> before;
+        for (const auto& k : keys) {
+            before[k] = get(k);
+        }
+        BatchReply reply = run(requests, step % 2 == 0);
+        mirror.check(requests, reply);
+        auto wrote = written(requests, reply);
+        for (const auto& k : keys) {
+            if (!wrote.count(k)) {
+                // Untouched, rejected and cost-0 keys are not written (they may expire).
+                auto now = get(k);
+                EXPECT_TRUE(now == before[k] || !now) << k;
                 continue;
             }
-            std::string key(limits[i].key);
-            EXPECT_EQ(get(key), stored(result.outcomes[i].level_units, result.now_ms));
-            long long ttl = pttl(key);
-            EXPECT_LE(ttl, result.outcomes[i].reset_ms);
-            EXPECT_GE(ttl, result.outcomes[i].reset_ms - 50);
+            const BucketState* s = mirror.state(k);
+            ASSERT_NE(s, nullptr);
+            EXPECT_EQ(get(k), stored(s->level_units, s->period_ms, reply.now_ms)) << k;
+            const BucketParams& p = params[&k - keys];
+            long long ttl = pttl(k);
+            int64_t reset = outcome_after(p, 0, s->level_units, true).reset_ms;
+            EXPECT_LE(ttl, reset);
+            EXPECT_GE(ttl, reset - 50);
         }
+        for (size_t r = 0; r < requests.size(); r++) {
+            (reply.allowed[r] ? allowed : rejected)++;
+        }
+        size_t total = 0;
+        for (const auto& limits : requests) {
+            total += limits.size();
+        }
+        shared += batch_.keys() < total ? 1 : 0;  // some key named by several requests
         std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 12));
         if (HasFailure()) {
             FAIL() << "at step " << step;
         }
     }
-    EXPECT_GT(allowed, 20);
-    EXPECT_GT(rejected, 20);
+    EXPECT_GT(allowed, 100);
+    EXPECT_GT(rejected, 100);
+    EXPECT_GT(shared, 100);
+}
+
+TEST_F(ScriptVsLocal, ManyRequestsOnOneKeyInOneBatch)
+{
+    const std::string key = "rl:one:k";
+    const BucketParams p{1, 60000, 10};  // 1r/m: no refill to speak of during the test
+    Requests requests;
+    for (int i = 0; i < 40; i++) {
+        requests.push_back({{key, p, i % 5 == 4 ? 0 : (i % 7 == 3 ? 2 : 1)}});
+    }
+    BatchReply reply = run(requests);
+    EXPECT_EQ(batch_.keys(), 1u);
+    Mirror mirror;
+    mirror.check(requests, reply);
+    int64_t taken = 0;
+    for (size_t r = 0; r < requests.size(); r++) {
+        taken += reply.allowed[r] ? requests[r][0].cost : 0;
+    }
+    EXPECT_EQ(taken, 10);  // exactly the burst, whatever the order of costs
+    for (size_t r = 0; r < requests.size(); r++) {
+        EXPECT_TRUE(requests[r][0].cost > 0 || reply.allowed[r]) << r;  // cost 0 always passes
+    }
+    EXPECT_EQ(get(key), stored(mirror.state(key)->level_units, 60000, reply.now_ms));
+    EXPECT_EQ(reply.levels.back(), mirror.state(key)->level_units);
+
+    // A request over two keys, rejected by the empty one, leaves the other untouched for the
+    // requests after it in the same batch.
+    const std::string other = "rl:one:other";
+    Requests mixed = {{{other, p, 3}, {key, p, 1}}, {{other, p, 10}}, {{other, p, 1}}};
+    BatchReply second = run(mixed);
+    mirror.check(mixed, second);
+    EXPECT_EQ(second.allowed, (std::vector<uint8_t>{0, 1, 0}));
+    EXPECT_EQ(get(other), stored(0, 60000, second.now_ms));
 }
 
 TEST_F(ScriptVsLocal, RejectedAndCostZeroWriteNothing)
 {
     const std::string key = "rl:p:nowrite";
-    std::vector<ScriptLimit> take = {{key, {1, 60000, 1}, 1}};
+    const BucketParams p{1, 60000, 1};
+    Requests take = {{{key, p, 1}}};
     Mirror mirror;
-    ScriptResult first = run(take);
+    BatchReply first = run(take);
     mirror.check(take, first);
-    ASSERT_TRUE(first.allowed);
+    ASSERT_TRUE(first.allowed[0]);
     auto value = get(key);
     ASSERT_TRUE(value);
 
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    ScriptResult second = run(take);
-    mirror.check(take, second);
-    EXPECT_FALSE(second.allowed);
-    EXPECT_EQ(get(key), value);
-
-    std::vector<ScriptLimit> peek = {{key, {1, 60000, 1}, 0}, {"rl:p:absent", {1, 60000, 1}, 0}};
-    ScriptResult third = run(peek);
-    mirror.check(peek, third);
-    EXPECT_TRUE(third.allowed);
+    Requests again = {{{key, p, 1}}, {{key, p, 0}, {"rl:p:absent", p, 0}}};
+    BatchReply second = run(again);
+    mirror.check(again, second);
+    EXPECT_EQ(second.allowed, (std::vector<uint8_t>{0, 1}));
     EXPECT_EQ(get(key), value);
     EXPECT_EQ(argv({"EXISTS", "rl:p:absent"})->integer, 0);
 
     // All or nothing: the short bucket rejects, the full one keeps its key absent.
-    std::vector<ScriptLimit> both = {{"rl:p:fresh", {1, 60000, 5}, 1}, {key, {1, 60000, 1}, 1}};
-    ScriptResult fourth = run(both);
-    mirror.check(both, fourth);
-    EXPECT_FALSE(fourth.allowed);
+    Requests both = {{{"rl:p:fresh", {1, 60000, 5}, 1}, {key, p, 1}}};
+    BatchReply third = run(both);
+    mirror.check(both, third);
+    EXPECT_FALSE(third.allowed[0]);
     EXPECT_EQ(argv({"EXISTS", "rl:p:fresh"})->integer, 0);
     EXPECT_EQ(get(key), value);
 }
@@ -191,27 +300,97 @@ TEST_F(ScriptVsLocal, RejectedAndCostZeroWriteNothing)
 TEST_F(ScriptVsLocal, KeyExpiresWhenBucketIsFull)
 {
     const std::string key = "rl:fast:k";
-    std::vector<ScriptLimit> limits = {{key, {100, 1000, 2}, 1}};  // 10 ms per token
-    ScriptResult result = run(limits);
-    ASSERT_TRUE(result.allowed);
-    EXPECT_EQ(result.outcomes[0].reset_ms, 10);
+    const BucketParams p{100, 1000, 2};  // 10 ms per token
+    Requests one = {{{key, p, 1}}};
+    BatchReply reply = run(one);
+    ASSERT_TRUE(reply.allowed[0]);
+    EXPECT_EQ(outcome_after(p, 1, reply.levels[0], true).reset_ms, 10);
     EXPECT_EQ(argv({"EXISTS", key})->integer, 1);
+    EXPECT_LE(pttl(key), 10);
     std::this_thread::sleep_for(std::chrono::milliseconds(60));
     EXPECT_EQ(argv({"EXISTS", key})->integer, 0);
     // The next request sees a full bucket again.
-    result = run(limits);
-    EXPECT_EQ(result.outcomes[0].level_units, 1000);
+    reply = run({{{key, p, 0}}});
+    EXPECT_EQ(reply.levels[0], 2000);
+}
+
+TEST_F(ScriptVsLocal, ReadsVersion1Values)
+{
+    // Today's format, "<level> <stamp>" in the reader's period, as 0.2 writes it.
+    const std::string key = "rl:v1:k";
+    const BucketParams p{10, 60000, 10};
+    int64_t stamp = redis_now_ms() - 100;
+    argv({"SET", key, "120000 " + std::to_string(stamp)});  // 2 tokens, 100 ms ago
+    Mirror mirror;
+    mirror.set(key, {120000, stamp, 0});
+    Requests take = {{{key, p, 1}}, {{key, p, 1}}, {{key, p, 1}}};
+    BatchReply reply = run(take);
+    mirror.check(take, reply);
+    EXPECT_EQ(reply.allowed, (std::vector<uint8_t>{1, 1, 0}));
+    int64_t elapsed = reply.now_ms - stamp;
+    EXPECT_EQ(reply.levels[1], 120000 + 10 * elapsed - 120000);
+    // Written back in version 2.
+    EXPECT_EQ(get(key), stored(reply.levels[1], 60000, reply.now_ms));
+}
+
+TEST_F(ScriptVsLocal, RateChangedKeepsTokens)
+{
+    // 4 of 10 tokens left under 10r/m, read under 1r/s: 4 tokens, not 9.
+    const std::string key = "rl:reload:k";
+    int64_t stamp = redis_now_ms();
+    argv({"SET", key, stored(4 * 60000, 60000, stamp)});
+    const BucketParams per_second{1, 1000, 10};
+    Mirror mirror;
+    mirror.set(key, {4 * 60000, stamp, 60000});
+    Requests peek = {{{key, per_second, 0}}};
+    BatchReply reply = run(peek);
+    mirror.check(peek, reply);
+    int64_t elapsed = reply.now_ms - stamp;
+    ASSERT_LT(elapsed, 1000);
+    EXPECT_EQ(reply.levels[0], 4000 + elapsed);
+    EXPECT_EQ(remaining_tokens(per_second, {reply.levels[0], 0, 0}), 4);
+
+    // And the other way round: 4 tokens of 1r/s are 4 tokens of 10r/m, not nearly none.
+    argv({"SET", key, stored(4000, 1000, stamp)});
+    const BucketParams per_minute{10, 60000, 10};
+    mirror.set(key, {4000, stamp, 1000});
+    Requests take = {{{key, per_minute, 1}}};
+    reply = run(take);
+    mirror.check(take, reply);
+    ASSERT_TRUE(reply.allowed[0]);
+    EXPECT_EQ(remaining_tokens(per_minute, {reply.levels[0], 0, 0}), 3);
+    EXPECT_EQ(get(key), stored(reply.levels[0], 60000, reply.now_ms));
+
+    // Burst lowered: 8 tokens of a burst-10 bucket read with burst 3 are 3 (full).
+    argv({"SET", key, stored(8 * 60000, 60000, stamp)});
+    const BucketParams small{1, 60000, 3};
+    mirror.set(key, {8 * 60000, stamp, 60000});
+    Requests capped = {{{key, small, 0}}, {{key, small, 3}}, {{key, small, 1}}};
+    reply = run(capped);
+    mirror.check(capped, reply);
+    EXPECT_EQ(reply.levels[0], 3 * 60000);
+    EXPECT_EQ(reply.allowed, (std::vector<uint8_t>{1, 1, 0}));
+}
+
+TEST_F(ScriptVsLocal, LaterVersionsWithMoreFieldsAreRead)
+{
+    const std::string key = "rl:v3:k";
+    const BucketParams p{1, 60000, 10};
+    int64_t stamp = redis_now_ms();
+    argv({"SET", key, "v3 120000 60000 " + std::to_string(stamp) + " extra 7"});
+    BatchReply reply = run({{{key, p, 0}}});
+    EXPECT_EQ(reply.levels[0], 120000 + (reply.now_ms - stamp));
 }
 
 TEST_F(ScriptVsLocal, BinaryKeys)
 {
     const std::string key("rl:p:\x00\xff\r\n \"*$", 13);
     const std::string other("rl:p:\x00\xfe\r\n \"*$", 13);
-    std::vector<ScriptLimit> limits = {{key, {10, 1000, 3}, 2}, {other, {10, 1000, 3}, 1}};
+    Requests requests = {{{key, {10, 1000, 3}, 2}, {other, {10, 1000, 3}, 1}}};
     Mirror mirror;
     for (int i = 0; i < 3; i++) {
-        ScriptResult result = run(limits);
-        mirror.check(limits, result);
+        BatchReply reply = run(requests);
+        mirror.check(requests, reply);
     }
     auto value = get(key);
     ASSERT_TRUE(value);
@@ -223,64 +402,119 @@ TEST_F(ScriptVsLocal, LargeValuesStayIntegers)
 {
     // Capacity just below 2^53: levels near 9e15 must be stored as digits, not 9e+15.
     const BucketParams big{1, 86400000, 104249991};
-    std::vector<ScriptLimit> limits = {{"rl:big:k", big, 1}};
+    Requests requests = {{{"rl:big:k", big, 1}}};
     Mirror mirror;
-    ScriptResult result = run(limits);
-    mirror.check(limits, result);
-    ASSERT_TRUE(result.allowed);
-    EXPECT_EQ(get("rl:big:k"), stored(big.capacity_units() - big.period_ms, result.now_ms));
+    BatchReply reply = run(requests);
+    mirror.check(requests, reply);
+    ASSERT_TRUE(reply.allowed[0]);
+    EXPECT_EQ(get("rl:big:k"),
+              stored(big.capacity_units() - big.period_ms, big.period_ms, reply.now_ms));
     std::this_thread::sleep_for(std::chrono::milliseconds(3));
-    result = run(limits);
-    mirror.check(limits, result);
+    reply = run(requests);
+    mirror.check(requests, reply);
+    // The same level read under 1r/s keeps its tokens, capped at that burst.
+    Requests small = {{{"rl:big:k", {1, 1000, 104249991}, 0}}};
+    reply = run(small);
+    mirror.check(small, reply);
 }
 
-TEST_F(ScriptVsLocal, MalformedStoredValueCountsAsAbsent)
+TEST_F(ScriptVsLocal, MalformedStoredValueCountsAsFull)
 {
-    std::vector<ScriptLimit> limits = {{"rl:p:bad", {10, 1000, 3}, 1}};
-    for (const char* junk : {"garbage", "-5 100", "1e+15 100", "12", "1 2 3"}) {
+    const BucketParams p{10, 1000, 3};
+    for (const char* junk :
+         {"garbage", "-5 100", "1e+15 100", "12", "1 2 3", "v1 100 1000 5", "v2 100 0 5",
+          "v2 100 86400001 5", "v2 99999999999999999 1000 5", "v2 100 1000 5x", "v2 100 1000",
+          "vx 100 1000 5", "v2 -1 1000 5", " 1 2"}) {
         argv({"SET", "rl:p:bad", junk});
-        ScriptResult result = run(limits);
-        EXPECT_TRUE(result.allowed) << junk;
-        EXPECT_EQ(result.outcomes[0].level_units, 2000) << junk;
+        BatchReply reply = run({{{"rl:p:bad", p, 1}}, {{"rl:p:bad", p, 0}}});
+        EXPECT_TRUE(reply.allowed[0]) << junk;
+        EXPECT_EQ(reply.levels[0], 2000) << junk;
+        EXPECT_EQ(reply.levels[1], 2000) << junk;
+        EXPECT_EQ(get("rl:p:bad"), stored(2000, 1000, reply.now_ms)) << junk;
     }
-    argv({"SET", "rl:p:bad", "0"});
     argv({"HSET", "rl:p:hash", "f", "v"});
-    std::vector<ScriptLimit> wrong_type = {{"rl:p:hash", {10, 1000, 3}, 1}};
-    EXPECT_TRUE(run(wrong_type).allowed);
+    BatchReply reply = run({{{"rl:p:hash", p, 0}}});
+    EXPECT_TRUE(reply.allowed[0]);
+    EXPECT_EQ(reply.levels[0], 3000);
+    EXPECT_EQ(argv({"TYPE", "rl:p:hash"})->str, std::string("hash"));  // cost 0: untouched
+    reply = run({{{"rl:p:hash", p, 1}}});
+    EXPECT_TRUE(reply.allowed[0]);
+    EXPECT_EQ(get("rl:p:hash"), stored(2000, 1000, reply.now_ms));
 }
 
 TEST_F(ScriptVsLocal, BadArgumentsAreAnErrorReply)
 {
-    auto reply = argv({"EVAL", script_source(), "1", "k", "10", "1000", "5"});
-    ASSERT_EQ(reply->type, REDIS_REPLY_ERROR);
-    EXPECT_NE(std::string(reply->str).find("ratelimit: bad arguments"), std::string::npos);
-    reply = argv({"EVAL", script_source(), "1", "k", "0", "1000", "5", "1"});
-    ASSERT_EQ(reply->type, REDIS_REPLY_ERROR);
-    reply = argv({"EVAL", script_source(), "0"});
-    ASSERT_EQ(reply->type, REDIS_REPLY_ERROR);
+    // ARGV: R, P, P parameter sets, each key's set, then per request `k` or `-n` and n pairs.
+    const std::string& src = script_source();
+    const std::vector<std::string> head = {"EVAL", src, "1", "k"};
+    auto with = [&](std::vector<std::string> argv) {
+        std::vector<std::string> all = head;
+        all.insert(all.end(), argv.begin(), argv.end());
+        return all;
+    };
+    for (std::vector<std::string> args : {
+             std::vector<std::string>{"EVAL", src, "0"},
+             {"EVAL", src, "0", "1", "1", "10", "1000", "5"},
+             with({"1", "1", "10", "1000", "5", "1"}),                  // no request
+             with({"1", "1", "10", "1000", "5", "1", "-1", "1"}),      // short pair
+             with({"1", "1", "0", "1000", "5", "1", "1"}),             // count 0
+             with({"1", "1", "10", "1000", "5", "2", "1"}),            // no such set
+             with({"1", "0", "1", "1"}),                               // no set at all
+             with({"1", "1", "10", "1000", "5", "1", "0"}),            // key 0
+             with({"1", "1", "10", "1000", "5", "1", "2"}),            // key > K
+             with({"1", "1", "10", "1000", "5", "1", "-1", "2", "1"}), // key > K in a pair
+             with({"1", "1", "10", "1000", "5", "1", "-1", "1", "-1"}),  // cost < 0
+             with({"1", "1", "10", "1000", "5", "1", "-1", "1", "x"}),   // cost junk
+             with({"1", "1", "10", "1000", "5", "1", "1", "9"}),       // extra argument
+             with({"2", "1", "10", "1000", "5", "1", "1"}),            // R too big
+             with({"x", "1", "10", "1000", "5", "1", "1"}),            // R junk
+         }) {
+        auto reply = argv(args);
+        ASSERT_EQ(reply->type, REDIS_REPLY_ERROR) << args.size() << " " << args.back();
+        EXPECT_NE(std::string(reply->str).find("ratelimit: bad arguments"), std::string::npos);
+        EXPECT_EQ(argv({"EXISTS", "k"})->integer, 0);
+    }
+    // The same shapes, well formed, are decided.
+    for (std::vector<std::string> args : {
+             with({"1", "1", "10", "1000", "5", "1", "1"}),
+             with({"1", "1", "10", "1000", "5", "1", "-1", "1", "1"}),
+         }) {
+        argv({"DEL", "k"});
+        auto good = argv(args);
+        ASSERT_EQ(good->type, REDIS_REPLY_STRING) << args.back();
+        std::string text(good->str, good->len);
+        EXPECT_NE(text.find(" 1 4000"), std::string::npos) << text;
+        EXPECT_EQ(text.size() - text.find(" 1 4000"), 7u) << text;
+    }
 }
 
-TEST_F(ScriptVsLocal, EvalshaAfterScriptLoad)
+TEST_F(ScriptVsLocal, EvalshaAfterScriptFlushFallsBackToEval)
 {
-    std::vector<ScriptLimit> limits = {{"rl:sha:k", {10, 1000, 5}, 1}};
-    std::string evalsha = format_evalsha(limits.data(), limits.size());
+    Requests requests = {{{"rl:sha:k", {10, 1000, 5}, 1}}, {{"rl:sha:k", {10, 1000, 5}, 2}}};
+    batch_.clear();
+    for (const auto& r : requests) {
+        batch_.add_request(r.data(), r.size());
+    }
+    std::string evalsha;
+    batch_.append_evalsha(evalsha);
     argv({"SCRIPT", "FLUSH"});
     auto missing = send_raw(evalsha);
     EXPECT_TRUE(is_noscript(missing.get()));
     auto fallback = send_raw(evalsha_to_eval(evalsha));
-    ScriptResult result;
+    BatchReply result;
     std::string error;
-    ASSERT_TRUE(parse_script_reply(fallback.get(), 1, result, error)) << error;
-    EXPECT_EQ(result.outcomes[0].level_units, 4000);
+    ASSERT_TRUE(parse_batch_reply(fallback.get(), batch_, result, error)) << error;
+    EXPECT_EQ(result.levels, (std::vector<int64_t>{4000, 2000}));
 
     argv({"SCRIPT", "FLUSH"});
     auto loaded = argv({"SCRIPT", "LOAD", script_source()});
     ASSERT_EQ(loaded->type, REDIS_REPLY_STRING);
     EXPECT_EQ(std::string(loaded->str, loaded->len), script_sha1());
+    argv({"DEL", "rl:sha:k"});
     auto reply = send_raw(evalsha);
-    ASSERT_TRUE(parse_script_reply(reply.get(), 1, result, error)) << error;
-    EXPECT_TRUE(result.allowed);
-    EXPECT_LE(result.outcomes[0].level_units, 4000);
+    ASSERT_TRUE(parse_batch_reply(reply.get(), batch_, result, error)) << error;
+    EXPECT_EQ(result.allowed, (std::vector<uint8_t>{1, 1}));
+    EXPECT_EQ(result.levels, (std::vector<int64_t>{4000, 2000}));
 }
 
 }  // namespace
