@@ -362,7 +362,7 @@ def test_internal_redirects_never_charge_twice(redis, nginx_factory, workdir):
                     ("/named", 200, "2"), ("/err-named", 200, "1"), ("/", 200, "0")]
     sorry = n.get("/gone")
     assert (sorry.status, sorry.body, sorry.header("Retry-After")) == (429, b"slow down\n", "3600")
-    level = int(redis.cmd("GET", "rl:p:127.0.0.1").split()[0])
+    level = int(redis.cmd("GET", "rl:p:127.0.0.1").split()[1])  # "v2 <level> <period> <stamp>"
     assert level < 3600000  # less than one whole token: six taken, no more, no fewer
 
 
