@@ -56,9 +56,9 @@ for i = 1, nk do
   local period, level = periods[p], cap
   local v = stored[i]
   if v then
-    local ver, l, per, s = smatch(v, '^v(%d+) (%d+) (%d+) (%d+)')
+    local ver, l, per, s, after = smatch(v, '^v(%d+) (%d+) (%d+) (%d+)(.?)')
     if ver then
-      if tonumber(ver) < 2 then l = nil end
+      if tonumber(ver) < 2 or (after ~= '' and after ~= ' ') then l = nil end
     else
       l, s = smatch(v, '^(%d+) (%d+)$')
       per = period
@@ -79,7 +79,8 @@ for i = 1, nk do
         if l < cap then
           local elapsed = now - s
           if elapsed < 0 then elapsed = 0 end
-          if elapsed < ceil_div(cap - l, counts[p]) then
+          -- Exact even past 2^53: such a product still compares as at least 2^53 > cap.
+          if elapsed * counts[p] < cap - l then
             level = l + elapsed * counts[p]
           end
         end
