@@ -70,14 +70,14 @@ def limiter(variant, redis_port):
     raise ValueError(variant)
 
 
-def write_conf(run, variant, port, redis_port):
+def write_conf(run, variant, port, redis_port, workers=1):
     main, http, loc = limiter(variant, redis_port)
     user = "user root;" if os.geteuid() == 0 else ""
     conf = run / ("%s.conf" % variant)
     conf.write_text(f"""
 {main}
 {user}
-worker_processes 1;
+worker_processes {workers};
 error_log {run}/error-{variant}.log warn;
 pid {run}/nginx-{variant}.pid;
 events {{ worker_connections 4096; }}
@@ -130,16 +130,54 @@ def wrk(port, seconds, latency=False):
     return {k: float(v) for k, v in result.items()}
 
 
-def measure(run, variant, redis):
+def start_nginx(run, variant, redis, workers=1):
+    """Starts nginx for `variant`; returns {proc, port, workers: [pid...], worker: first pid}."""
     port = free_port()
-    conf = write_conf(run, variant, port, redis["port"])
+    conf = write_conf(run, variant, port, redis["port"], workers)
     proc = subprocess.Popen([NGINX, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if not wait_port(port):
+        proc.kill()
+        raise RuntimeError("nginx (%s) did not start: %s" % (variant, proc.stderr.read()))
+    pids = []
+    deadline = time.monotonic() + 5
+    while len(pids) < workers and time.monotonic() < deadline:
+        pids = [int(p) for p in subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="],
+                                               capture_output=True, text=True).stdout.split()]
+        time.sleep(0.05)
+    return {"proc": proc, "port": port, "workers": pids, "worker": pids[0]}
+
+
+def stop_nginx(nginx):
+    proc = nginx["proc"]
+    proc.send_signal(signal.SIGQUIT)
     try:
-        if not wait_port(port):
-            raise RuntimeError("nginx (%s) did not start: %s" % (variant, proc.stderr.read()))
-        worker = int(subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="],
-                                    capture_output=True, text=True).stdout.split()[0])
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_redis(run):
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(run)],
+                            stdout=subprocess.DEVNULL)
+    if not wait_port(port):
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
+    return {"port": port, "pid": proc.pid, "proc": proc}
+
+
+def stop_redis(redis):
+    redis["proc"].terminate()
+    redis["proc"].wait()
+
+
+def measure(run, variant, redis):
+    nginx = start_nginx(run, variant, redis)
+    try:
+        port, worker = nginx["port"], nginx["worker"]
         wrk(port, WARM)
         n0, r0 = cpu_ticks(worker), cpu_ticks(redis["pid"])
         result = wrk(port, DUR, latency=True)
@@ -149,12 +187,7 @@ def measure(run, variant, redis):
         result["redis_us"] = (r1 - r0) / TICK * 1e6 / requests
         return result
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_nginx(nginx)
 
 
 def available_variants():
@@ -175,14 +208,9 @@ def main():
         run = Path(d)
         os.chmod(run, 0o755)
         (run / "tmp").mkdir()
-        rport = free_port()
-        rproc = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                                  "--save", "", "--appendonly", "no", "--dir", str(run)],
-                                 stdout=subprocess.DEVNULL)
-        redis = {"port": rport, "pid": rproc.pid}
+        redis = start_redis(run)
+        rport = redis["port"]
         try:
-            if not wait_port(rport):
-                raise RuntimeError("redis-server did not start")
             results = {v: [] for v in variants}
             for rnd in range(ROUNDS):
                 for v in variants:
@@ -196,8 +224,7 @@ def main():
                     if errs or r["non2xx"]:
                         print("   errors %d, non-2xx %d" % (errs, r["non2xx"]))
         finally:
-            rproc.terminate()
-            rproc.wait()
+            stop_redis(redis)
     print_table(variants, results)
     return 0
 

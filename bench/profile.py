@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Where the time goes: one bench variant under wrk load, with `perf record -g` on the nginx
+worker and on redis-server, then `perf report` summaries (by DSO and by symbol).
+
+Usage: python3 bench/profile.py [variant]      (default: ratelimit; see bench.py)
+Environment: DUR (s of perf recording, default 10), OUT (directory for perf data and reports,
+default build/profile), CALLGRAPH (perf --call-graph mode, default fp).
+Needs linux-perf (Debian) and root (or perf_event_paranoid <= 1).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+DUR = int(os.environ.get("DUR", "10"))
+OUT = Path(os.environ.get("OUT", bench.REPO / "build" / "profile"))
+CALLGRAPH = os.environ.get("CALLGRAPH", "fp")
+
+
+def report(data, name, *args):
+    out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                          "--percent-limit", "0.7", *args],
+                         capture_output=True, text=True).stdout
+    (OUT / name).write_text(out)
+    return out
+
+
+def main():
+    variant = sys.argv[1] if len(sys.argv) > 1 else "ratelimit"
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rl-profile-") as d:
+        run = Path(d)
+        os.chmod(run, 0o755)
+        (run / "tmp").mkdir()
+        redis = bench.start_redis(run)
+        nginx = None
+        try:
+            nginx = bench.start_nginx(run, variant, redis)
+            load = subprocess.Popen(
+                ["wrk", "-t1", "-c%d" % bench.CONNS, "-d%ds" % (DUR + 4), "-s",
+                 str(bench.HERE / "peers" / "wrk-keys.lua"), "http://127.0.0.1:%d/" % nginx["port"]],
+                stdout=subprocess.PIPE, text=True, env=dict(os.environ, NKEYS="10000"))
+            time.sleep(2)
+            t0 = time.monotonic()
+            ticks0 = {who: bench.cpu_ticks(pid) for who, pid in
+                      (("nginx", nginx["worker"]), ("redis", redis["pid"]))}
+            cmds = {}
+            for who, pid in (("nginx", nginx["worker"]), ("redis", redis["pid"])):
+                cmds[who] = subprocess.Popen(
+                    ["perf", "record", "-q", "-F", "999", "--call-graph", CALLGRAPH, "-p", str(pid),
+                     "-o", str(OUT / ("%s-%s.data" % (variant, who))), "--", "sleep", str(DUR)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for p in cmds.values():
+                p.wait()
+            secs = time.monotonic() - t0
+            ticks = {who: bench.cpu_ticks(pid) - ticks0[who] for who, pid in
+                     (("nginx", nginx["worker"]), ("redis", redis["pid"]))}
+            result = load.communicate()[0].strip().splitlines()[-1]
+            print(result)
+            rps = float(result.split("rps=")[1].split()[0])
+            for who, t in ticks.items():
+                print("%s CPU: %.1f us/req (%.0f%% of a core) while recording" % (
+                    who, t / bench.TICK * 1e6 / (rps * secs), 100.0 * t / bench.TICK / secs))
+        finally:
+            if nginx:
+                bench.stop_nginx(nginx)
+            bench.stop_redis(redis)
+    for who in ("nginx", "redis"):
+        data = OUT / ("%s-%s.data" % (variant, who))
+        print("== %s: by DSO" % who)
+        print(report(data, "%s-%s-dso.txt" % (variant, who), "--sort", "dso", "-g", "none"))
+        print("== %s: top symbols" % who)
+        print("\n".join(report(data, "%s-%s-sym.txt" % (variant, who), "--sort", "dso,sym",
+                               "-g", "none").splitlines()[:60]))
+        report(data, "%s-%s-callers.txt" % (variant, who), "--sort", "sym", "-g",
+               "caller,0.5,callee", "--percent-limit", "2")
+    split = str(bench.HERE / "perf_split.py")
+    subprocess.run([sys.executable, split, "nginx", str(OUT / ("%s-nginx.data" % variant)),
+                    "ngx_http_ratelimit_module"])
+    subprocess.run([sys.executable, split, "redis", str(OUT / ("%s-redis.data" % variant))])
+    print("reports in", OUT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
