@@ -4,7 +4,7 @@ worker and on redis-server, then `perf report` summaries (by DSO and by symbol).
 
 Usage: python3 bench/profile.py [variant]      (default: ratelimit; see bench.py)
 Environment: DUR (s of perf recording, default 10), OUT (directory for perf data and reports,
-default build/profile), CALLGRAPH (perf --call-graph mode, default fp).
+default build/profile), CALLGRAPH (perf --call-graph mode, default dwarf,16384).
 Needs linux-perf (Debian) and root (or perf_event_paranoid <= 1).
 """
 
@@ -21,7 +21,7 @@ import bench  # noqa: E402
 
 DUR = int(os.environ.get("DUR", "10"))
 OUT = Path(os.environ.get("OUT", bench.REPO / "build" / "profile"))
-CALLGRAPH = os.environ.get("CALLGRAPH", "fp")
+CALLGRAPH = os.environ.get("CALLGRAPH", "dwarf,16384")
 
 
 def report(data, name, *args):
