@@ -21,6 +21,8 @@ import bench  # noqa: E402
 
 DUR = int(os.environ.get("DUR", "10"))
 OUT = Path(os.environ.get("OUT", bench.REPO / "build" / "profile"))
+SYSCALL_SECS = 4
+SYSCALLS = ["epoll_wait", "recvfrom", "read", "readv", "sendto", "write", "writev"]
 CALLGRAPH = os.environ.get("CALLGRAPH", "dwarf,16384")
 
 
@@ -44,7 +46,7 @@ def main():
         try:
             nginx = bench.start_nginx(run, variant, redis)
             load = subprocess.Popen(
-                ["wrk", "-t1", "-c%d" % bench.CONNS, "-d%ds" % (DUR + 4), "-s",
+                ["wrk", "-t1", "-c%d" % bench.CONNS, "-d%ds" % (DUR + 4 + SYSCALL_SECS), "-s",
                  str(bench.HERE / "peers" / "wrk-keys.lua"), "http://127.0.0.1:%d/" % nginx["port"]],
                 stdout=subprocess.PIPE, text=True, env=dict(os.environ, NKEYS="10000"))
             time.sleep(2)
@@ -60,6 +62,11 @@ def main():
             for p in cmds.values():
                 p.wait()
             secs = time.monotonic() - t0
+            stat = subprocess.run(
+                ["perf", "stat", "-x,", "-e",
+                 ",".join("syscalls:sys_enter_" + c for c in SYSCALLS),
+                 "-p", str(nginx["worker"]), "--", "sleep", str(SYSCALL_SECS)],
+                capture_output=True, text=True).stderr
             ticks = {who: bench.cpu_ticks(pid) - ticks0[who] for who, pid in
                      (("nginx", nginx["worker"]), ("redis", redis["pid"]))}
             result = load.communicate()[0].strip().splitlines()[-1]
@@ -68,6 +75,14 @@ def main():
             for who, t in ticks.items():
                 print("%s CPU: %.1f us/req (%.0f%% of a core) while recording" % (
                     who, t / bench.TICK * 1e6 / (rps * secs), 100.0 * t / bench.TICK / secs))
+            counts = {}
+            for line in stat.splitlines():
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_"):
+                    counts[fields[2][len("syscalls:sys_enter_"):]] = fields[0]
+            print("nginx worker syscalls per request: " + ", ".join(
+                "%s %.2f" % (c, float(n) / (rps * SYSCALL_SECS)) if n.isdigit() else "%s ?" % c
+                for c, n in counts.items()))
         finally:
             if nginx:
                 bench.stop_nginx(nginx)
