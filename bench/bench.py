@@ -670,7 +670,8 @@ def machine():
 
 def write_results(started, load0, micro, text):
     version = re.search(r'"([^"]+)"', (REPO / "core/include/ratelimit/version.h").read_text())
-    commit = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    commit = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+    redis_v = re.search(r"v=(\S+)", first_line(["redis-server", "--version"]))
     knobs = " ".join("%s=%s" % (k, os.environ[k]) for k in
                      ("DUR", "WARM", "ROUNDS", "CONNS", "VARIANTS", "FLOOD", "FLOOD_DUR", "MEM",
                       "MEM_KEYS", "REF_N", "LIVE") if k in os.environ) or "defaults"
@@ -679,10 +680,11 @@ def write_results(started, load0, micro, text):
                                            (datetime.now(timezone.utc) - started).seconds / 60),
             "- machine: %s; load average at start %.1f, at end %.1f (other work shares the "
             "cores: compare within this run)" % (machine(), load0, os.getloadavg()[0]),
-            "- versions: module %s (commit %s), %s, %s, kernel %s, %s" % (
-                version.group(1) if version else "?", commit, first_line([NGINX, "-v"]),
-                first_line(["redis-server", "--version"]).split(" sha=")[0],
-                platform.release(), first_line(["wrk", "-v"]).split(" [")[0]),
+            "- versions: module %s (commit %s), %s, Redis %s, kernel %s, wrk %s" % (
+                version.group(1) if version else "?", commit,
+                first_line([NGINX, "-v"]).replace("nginx version: ", ""),
+                redis_v.group(1) if redis_v else "?", platform.release(),
+                first_line(["wrk", "-v"]).split(" [")[0].replace("wrk ", "")),
             "- settings: %s; wrk -t1 -c%d, %d s per run after %d s of warm-up, %d interleaved "
             "rounds, 10,000 random keys" % (knobs, CONNS, DUR, WARM, ROUNDS), "",
             "Produced by `make bench` (bench/bench.py); CPU figures from /proc (nginx workers) "
