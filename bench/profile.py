@@ -3,7 +3,8 @@
 worker and on redis-server, then `perf report` summaries (by DSO and by symbol).
 
 Usage: python3 bench/profile.py [variant]      (default: ratelimit; see bench.py)
-Environment: DUR (s of perf recording, default 10), OUT (directory for perf data and reports,
+Environment: SCENARIO (open: random keys, limits never hit, default; flood: 40 connections on
+one key over its limit, see bench.py), DUR (s of perf recording, default 10), OUT (directory for perf data and reports,
 default build/profile), CALLGRAPH (perf --call-graph mode, default dwarf,16384).
 Needs linux-perf (Debian) and root (or perf_event_paranoid <= 1).
 """
@@ -23,6 +24,7 @@ DUR = int(os.environ.get("DUR", "10"))
 OUT = Path(os.environ.get("OUT", bench.REPO / "build" / "profile"))
 SYSCALL_SECS = 4
 SYSCALLS = ["epoll_wait", "recvfrom", "read", "readv", "sendto", "write", "writev"]
+SCENARIO = os.environ.get("SCENARIO", "open")
 CALLGRAPH = os.environ.get("CALLGRAPH", "dwarf,16384")
 
 
@@ -44,11 +46,14 @@ def main():
         redis = bench.start_redis(run)
         nginx = None
         try:
-            nginx = bench.start_nginx(run, variant, redis)
+            nginx = bench.start_nginx(run, variant, redis, scenario=SCENARIO)
+            env = dict(os.environ, NKEYS="10000")
+            if SCENARIO == "flood":
+                env["KEY"] = "flood"
             load = subprocess.Popen(
-                ["wrk", "-t1", "-c%d" % bench.CONNS, "-d%ds" % (DUR + 4 + SYSCALL_SECS), "-s",
+                ["wrk", "-t1", "-c%d" % (bench.FLOOD_CONNS if SCENARIO == "flood" else bench.CONNS), "-d%ds" % (DUR + 4 + SYSCALL_SECS), "-s",
                  str(bench.HERE / "peers" / "wrk-keys.lua"), "http://127.0.0.1:%d/" % nginx["port"]],
-                stdout=subprocess.PIPE, text=True, env=dict(os.environ, NKEYS="10000"))
+                stdout=subprocess.PIPE, text=True, env=env)
             time.sleep(2)
             t0 = time.monotonic()
             ticks0 = {who: bench.cpu_ticks(pid) for who, pid in
