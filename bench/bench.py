@@ -205,6 +205,23 @@ def redis_info(port):
     return info
 
 
+def memory_stats(port):
+    """MEMORY STATS, flattened: {"dataset.bytes": ..., "db.0.overhead.hashtable.main": ...}."""
+    out = {}
+
+    def walk(items, prefix):
+        for k, v in zip(items[::2], items[1::2]):
+            if isinstance(v, list):
+                walk(v, prefix + k + ".")
+            else:
+                try:
+                    out[prefix + k] = float(v)
+                except (TypeError, ValueError):
+                    pass
+    walk(redis_call(port, "MEMORY", "STATS"), "")
+    return out
+
+
 def redis_cpu_s(info):
     return info.get("used_cpu_sys", 0) + info.get("used_cpu_user", 0)
 
@@ -405,13 +422,15 @@ def measure_set_reference(redis):
 
 
 def measure_memory(run, variant, redis):
-    """Redis bytes per live bucket: MEM_KEYS distinct keys, each decided once through nginx."""
+    """Redis bytes per live bucket: MEM_KEYS distinct keys, each decided once through nginx.
+    Counted: the data (used_memory less every overhead) and the main and expires hash tables;
+    not counted: client buffers, which depend on the connections, not on the buckets."""
     port = redis["port"]
     redis_call(port, "FLUSHALL")
+    time.sleep(0.2)
+    stats0 = memory_stats(port)
     nginx = start_nginx(run, variant, redis, scenario="mem")
     try:
-        time.sleep(0.2)
-        used0 = redis_info(port)["used_memory"]
         deadline = time.monotonic() + 90
         start = 1  # keys mem<start>.. are not asked yet
         while time.monotonic() < deadline:
@@ -422,16 +441,24 @@ def measure_memory(run, variant, redis):
             r = wrk(nginx["port"], 3, latency=False, SEQ=1, PREFIX="mem", START=start, NKEYS=n)
             # Asked in order: the next pass starts after the last key surely answered.
             start += n if r["requests"] >= n + CONNS else max(0, int(r["requests"]) - CONNS)
-        keys = redis_call(port, "DBSIZE")
-        used1 = redis_info(port)["used_memory"]
-        sample = redis_call(port, "RANDOMKEY")
-        kind = redis_call(port, "TYPE", sample) if sample else "-"
-        value = redis_call(port, "GET", sample) if kind == "string" else kind
-        pttl = redis_call(port, "PTTL", sample) if sample else -2
     finally:
         stop_nginx(nginx)
-    return {"keys": keys, "bytes": (used1 - used0) / keys if keys else 0.0,
-            "sample": "%s = %r (PTTL %s ms)" % (sample, value, pttl)}
+    log_problems(run, variant)
+    time.sleep(1.5)  # the connections closed, the dicts' incremental rehashing done
+    keys = redis_call(port, "DBSIZE")
+    stats1 = memory_stats(port)
+    sample = redis_call(port, "RANDOMKEY")
+    kind = redis_call(port, "TYPE", sample) if sample else "-"
+    value = redis_call(port, "GET", sample) if kind == "string" else kind
+    pttl = redis_call(port, "PTTL", sample) if sample else -2
+    usage = redis_call(port, "MEMORY", "USAGE", sample) if sample else 0
+    per_key = {f: (stats1.get(f, 0) - stats0.get(f, 0)) / keys if keys else 0.0
+               for f in ("dataset.bytes", "db.0.overhead.hashtable.main",
+                         "db.0.overhead.hashtable.expires")}
+    tables = per_key["db.0.overhead.hashtable.main"] + per_key["db.0.overhead.hashtable.expires"]
+    return {"keys": keys, "bytes": per_key["dataset.bytes"] + tables,
+            "dataset": per_key["dataset.bytes"], "overhead": tables,
+            "sample": "%s = %r (PTTL %s ms, MEMORY USAGE %s B)" % (sample, value, pttl, usage)}
 
 
 # ---------------------------------------------------------------- the run
@@ -579,11 +606,13 @@ def table_floods(flooded, fmed):
 def table_memory(memory):
     if not memory:
         return ""
-    rows = ["Redis memory per live bucket (`INFO memory` used_memory delta over the buckets "
-            "made through nginx, one request per key):", "",
-            "| limiter | buckets | bytes/bucket | a stored bucket |", "|---|---|---|---|"]
+    rows = ["Redis memory per live bucket (`MEMORY STATS` deltas over the buckets made through "
+            "nginx, one request per key: the data plus the keyspace and expires hash tables):", "",
+            "| limiter | buckets | bytes/bucket | of which data / hash tables "
+            "| a stored bucket |", "|---|---|---|---|---|"]
     for v, m in memory.items():
-        rows.append("| %s | %d | %.0f | `%s` |" % (v, m["keys"], m["bytes"], m["sample"]))
+        rows.append("| %s | %d | %.0f | %.0f / %.0f | `%s` |" % (
+            v, m["keys"], m["bytes"], m["dataset"], m["overhead"], m["sample"]))
     return "\n".join(rows)
 
 
