@@ -559,7 +559,7 @@ def table_variants(variants, med, results, ref):
     base = med.get("baseline", {}).get("rps")
     lreq = med.get("limit_req", {}).get("rps")
     rows = ["| variant | req/s (median of %d) | × baseline | × limit_req | p50 ms | p99 ms | "
-            "nginx CPU µs/req | Redis CPU µs/decision | × SET PX | µs of it in script | "
+            "nginx CPU µs/req | Redis CPU µs/decision | × SET PX | of which in EVALSHA (wall µs) | "
             "Redis calls/req | decisions/call | errors + log lines |" % ROUNDS,
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:

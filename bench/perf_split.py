@@ -2,8 +2,10 @@
 """Splits a `perf record --call-graph dwarf` profile of an nginx worker or of redis-server into
 who the time is spent for, from each sample's stack (see bench/profile.py).
 
-  perf_split.py nginx <perf.data> [module .so name]
-  perf_split.py redis <perf.data>
+  perf_split.py nginx <perf.data> [module .so name [µs per request]]
+  perf_split.py redis <perf.data> [µs per request]
+With µs per request (the process's CPU per request while recording), shares are also shown
+in µs per request.
 
 nginx: each sample goes to the innermost frame that is nginx's or the module's own code
 (libc, libstdc++, hiredis and the kernel are charged to whoever called them; nginx helpers such
@@ -118,17 +120,22 @@ def main():
     what, data = sys.argv[1], sys.argv[2]
     if what == "nginx":
         count, syms = split_nginx(data, sys.argv[3] if len(sys.argv) > 3 else "ratelimit")
+        us = float(sys.argv[4]) if len(sys.argv) > 4 else None
     else:
         count, syms = split_redis(data)
+        us = float(sys.argv[3]) if len(sys.argv) > 3 else None
     total = sum(count.values()) or 1
-    print("%s: %d samples" % (what, total))
+    print("%s: %d samples%s" % (what, total, ", %.1f µs per request" % us if us else ""))
     groups = Counter()
     for (a, _), n in count.items():
         groups[a] += n
     for a, n in groups.most_common():
         parts = ", ".join("%s %.1f%%" % (b, 100.0 * m / total)
                           for (x, b), m in count.most_common() if x == a)
-        print("  %-48s %5.1f%%   (%s)" % (a, 100.0 * n / total, parts))
+        share = "%5.1f%%" % (100.0 * n / total)
+        if us:
+            share += " = %5.2f µs" % (us * n / total)
+        print("  %-48s %s   (%s)" % (a, share, parts))
     if syms:
         print("  by innermost module function / Lua VM leaf:")
         for s, n in syms.most_common(12):

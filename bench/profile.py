@@ -38,6 +38,7 @@ def report(data, name, *args):
 
 def main():
     variant = sys.argv[1] if len(sys.argv) > 1 else "ratelimit"
+    per_req = {}
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rl-profile-") as d:
         run = Path(d)
@@ -78,8 +79,9 @@ def main():
             print(result)
             rps = float(result.split("rps=")[1].split()[0])
             for who, t in ticks.items():
+                per_req[who] = t / bench.TICK * 1e6 / (rps * secs)
                 print("%s CPU: %.1f us/req (%.0f%% of a core) while recording" % (
-                    who, t / bench.TICK * 1e6 / (rps * secs), 100.0 * t / bench.TICK / secs))
+                    who, per_req[who], 100.0 * t / bench.TICK / secs))
             counts = {}
             for line in stat.splitlines():
                 fields = line.split(",")
@@ -103,8 +105,10 @@ def main():
                "caller,0.5,callee", "--percent-limit", "2")
     split = str(bench.HERE / "perf_split.py")
     subprocess.run([sys.executable, split, "nginx", str(OUT / ("%s-nginx.data" % variant)),
-                    "ngx_http_ratelimit_module"])
-    subprocess.run([sys.executable, split, "redis", str(OUT / ("%s-redis.data" % variant))])
+                    "ngx_http_ratelimit_module", "%.2f" % per_req["nginx"]])
+    if per_req["redis"] > 0.5:
+        subprocess.run([sys.executable, split, "redis", str(OUT / ("%s-redis.data" % variant)),
+                        "%.2f" % per_req["redis"]])
     print("reports in", OUT)
     return 0
 
