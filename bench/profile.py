@@ -6,7 +6,8 @@ Usage: python3 bench/profile.py [variant]      (default: ratelimit; see bench.py
 Environment: SCENARIO (open: random keys, limits never hit, default; flood: 40 connections on
 one key over its limit, see bench.py), DUR (s of perf recording, default 10), OUT (directory for perf data and reports,
 default build/profile), CALLGRAPH (perf --call-graph mode, default dwarf,16384).
-Needs linux-perf (Debian) and root (or perf_event_paranoid <= 1).
+Needs linux-perf (Debian) and root (or perf_event_paranoid <= 1). Also prints the worker's
+syscalls and malloc/calloc calls per request (uprobes on libc, removed afterwards).
 """
 
 import os
@@ -28,6 +29,24 @@ SCENARIO = os.environ.get("SCENARIO", "open")
 CALLGRAPH = os.environ.get("CALLGRAPH", "dwarf,16384")
 
 
+ALLOCS = ["malloc", "calloc"]  # hiredis makes its reply objects with calloc
+
+
+def malloc_probe():
+    """Adds uprobes on libc's malloc and calloc (to count calls per request); returns the
+    cleanup, or None when perf cannot add them."""
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    listed = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
+    if all("probe_libc:" + f in listed for f in ALLOCS):
+        return lambda: None
+    args = [a for f in ALLOCS if "probe_libc:" + f not in listed for a in ("-a", f)]
+    if subprocess.run(["perf", "probe", "-q", "-x", libc] + args,
+                      capture_output=True).returncode != 0:
+        return None
+    return lambda: subprocess.run(["perf", "probe", "-q", "-d"] +
+                                  ["probe_libc:" + a for a in args[1::2]], capture_output=True)
+
+
 def report(data, name, *args):
     out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
                           "--percent-limit", "0.7", *args],
@@ -46,6 +65,7 @@ def main():
         (run / "tmp").mkdir()
         redis = bench.start_redis(run)
         nginx = None
+        cleanup = malloc_probe()
         try:
             nginx = bench.start_nginx(run, variant, redis, scenario=SCENARIO)
             env = dict(os.environ, NKEYS="10000")
@@ -68,9 +88,11 @@ def main():
             for p in cmds.values():
                 p.wait()
             secs = time.monotonic() - t0
+            events = ["syscalls:sys_enter_" + c for c in SYSCALLS]
+            if cleanup:
+                events += ["probe_libc:" + f for f in ALLOCS]
             stat = subprocess.run(
-                ["perf", "stat", "-x,", "-e",
-                 ",".join("syscalls:sys_enter_" + c for c in SYSCALLS),
+                ["perf", "stat", "-x,", "-e", ",".join(events),
                  "-p", str(nginx["worker"]), "--", "sleep", str(SYSCALL_SECS)],
                 capture_output=True, text=True).stderr
             ticks = {who: bench.cpu_ticks(pid) - ticks0[who] for who, pid in
@@ -85,15 +107,21 @@ def main():
             counts = {}
             for line in stat.splitlines():
                 fields = line.split(",")
-                if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_"):
-                    counts[fields[2][len("syscalls:sys_enter_"):]] = fields[0]
-            print("nginx worker syscalls per request: " + ", ".join(
-                "%s %.2f" % (c, float(n) / (rps * SYSCALL_SECS)) if n.isdigit() else "%s ?" % c
+                if len(fields) > 2 and fields[2].startswith(("syscalls:sys_enter_", "probe_")):
+                    counts[fields[2].split(":")[1].replace("sys_enter_", "")] = fields[0]
+            # One writev() per response (empty_gif, keep-alive): a better request count for
+            # these seconds than wrk's average rate.
+            responses = float(counts["writev"]) if counts.get("writev", "").isdigit() else \
+                rps * SYSCALL_SECS
+            print("nginx worker syscalls and mallocs per response (writev): " + ", ".join(
+                "%s %.2f" % (c, float(n) / responses) if n.isdigit() else "%s ?" % c
                 for c, n in counts.items()))
         finally:
             if nginx:
                 bench.stop_nginx(nginx)
             bench.stop_redis(redis)
+            if cleanup:
+                cleanup()
     for who in ("nginx", "redis"):
         data = OUT / ("%s-%s.data" % (variant, who))
         print("== %s: by DSO" % who)
