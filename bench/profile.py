@@ -43,8 +43,9 @@ def malloc_probe():
     if subprocess.run(["perf", "probe", "-q", "-x", libc] + args,
                       capture_output=True).returncode != 0:
         return None
-    return lambda: subprocess.run(["perf", "probe", "-q", "-d"] +
-                                  ["probe_libc:" + a for a in args[1::2]], capture_output=True)
+    return lambda: subprocess.run(["perf", "probe", "-q"] +
+                                  [a for f in args[1::2] for a in ("-d", "probe_libc:" + f)],
+                                  capture_output=True)
 
 
 def report(data, name, *args):
