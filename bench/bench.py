@@ -439,7 +439,7 @@ def measure_memory(run, variant, redis):
                 break
             n = MEM_KEYS - keys
             r = wrk(nginx["port"], 3, latency=False, SEQ=1, PREFIX="mem", START=start, NKEYS=n)
-            # Asked in order: the next pass starts after the last key surely answered.
+            # Asked in order, once: the next pass starts after the last key surely answered.
             start += n if r["requests"] >= n + CONNS else max(0, int(r["requests"]) - CONNS)
     finally:
         stop_nginx(nginx)
