@@ -26,7 +26,8 @@ VARIANTS (default: all of the above with limit_req-w2 and ratelimit-w2), FLOOD (
 flood, default "limit_req openresty ratelimit"; empty: no flood), FLOOD_DUR (s of the flood-only
 phase, default DUR/2), MEM (limiters measured for memory, default "ratelimit openresty"; empty:
 none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_BENCH (path of
-core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS), RESULTS (file to write, default bench/RESULTS.md; empty: none).
+core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
+RESULTS (file to write, default bench/RESULTS.md; empty: none).
 A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
 """
 
@@ -465,7 +466,8 @@ def measure_memory(run, variant, redis):
 
 def available_variants(wanted):
     missing = [m for m in LUA_MODULES if not Path(m).exists()]
-    if "openresty" in wanted and (missing or not Path("/usr/share/lua/5.1/nginx/redis.lua").exists()):
+    peer_lib = Path("/usr/share/lua/5.1/nginx/redis.lua")
+    if "openresty" in wanted and (missing or not peer_lib.exists()):
         print("note: openresty variant skipped (libnginx-mod-http-lua / lua-nginx-redis missing)")
         wanted = [v for v in wanted if base_variant(v)[0] != "openresty"]
     return wanted
@@ -646,8 +648,8 @@ def table_targets(med, fmed, ref, memory):
                 m["p99_us"] <= l["p99_us"] + 1000)
     if rl and ref:
         add("Redis CPU/decision", "≤ 2× SET PX (-P16) = %.1f µs" % (2 * ref["set_us"]),
-            "%.1f µs = %.1f× (%.2f decisions/call)" % (rl["redis_us"], rl["redis_us"] / ref["set_us"],
-                                                      rl["dec_per_call"]), "-",
+            "%.1f µs = %.1f× (%.2f decisions/call)" % (
+                rl["redis_us"], rl["redis_us"] / ref["set_us"], rl["dec_per_call"]), "-",
             "%.1f µs = %.1f× (%.2f/call)" % (orr["redis_us"], orr["redis_us"] / ref["set_us"],
                                               orr["dec_per_call"]) if orr else "-",
             rl["redis_us"] <= 2 * ref["set_us"])
@@ -665,7 +667,8 @@ def table_targets(med, fmed, ref, memory):
     if frl and flr:
         add("flood: nginx CPU/req", "≤ limit_req's flood + 3 µs = %.1f µs" % (flr["nginx_us"] + 3),
             "%.1f µs" % frl["nginx_us"], "%.1f µs" % flr["nginx_us"],
-            fmt(fop["nginx_us"] if fop else None, "%.1f µs"), frl["nginx_us"] <= flr["nginx_us"] + 3)
+            fmt(fop["nginx_us"] if fop else None, "%.1f µs"),
+            frl["nginx_us"] <= flr["nginx_us"] + 3)
         add("flood: legitimate req/s (p99)", "reported", "%.0f (%.2f ms)" % (
             frl["legit_rps"], frl["legit_p99_us"] / 1000), "%.0f (%.2f ms)" % (
             flr["legit_rps"], flr["legit_p99_us"] / 1000),
@@ -673,7 +676,8 @@ def table_targets(med, fmed, ref, memory):
     mrl, mop = memory.get("ratelimit"), memory.get("openresty")
     if mrl:
         add("Redis bytes per live bucket", "≤ OpenResty peer's", "%.0f B" % mrl["bytes"], "-",
-            fmt(mop["bytes"] if mop else None, "%.0f B"), mrl["bytes"] <= mop["bytes"] if mop else None)
+            fmt(mop["bytes"] if mop else None, "%.0f B"),
+            mrl["bytes"] <= mop["bytes"] if mop else None)
     return "\n".join(rows)
 
 

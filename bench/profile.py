@@ -4,8 +4,9 @@ worker and on redis-server, then `perf report` summaries (by DSO and by symbol).
 
 Usage: python3 bench/profile.py [variant]      (default: ratelimit; see bench.py)
 Environment: SCENARIO (open: random keys, limits never hit, default; flood: 40 connections on
-one key over its limit, see bench.py), DUR (s of perf recording, default 10), OUT (directory for perf data and reports,
-default build/profile), CALLGRAPH (perf --call-graph mode, default dwarf,16384).
+one key over its limit, see bench.py), DUR (s of perf recording, default 10), OUT (directory
+for perf data and reports, default build/profile), CALLGRAPH (perf --call-graph mode,
+default dwarf,16384).
 Needs linux-perf (Debian) and root (or perf_event_paranoid <= 1). Also prints the worker's
 syscalls and malloc/calloc calls per request (uprobes on libc, removed afterwards).
 """
@@ -73,8 +74,10 @@ def main():
             if SCENARIO == "flood":
                 env["KEY"] = "flood"
             load = subprocess.Popen(
-                ["wrk", "-t1", "-c%d" % (bench.FLOOD_CONNS if SCENARIO == "flood" else bench.CONNS), "-d%ds" % (DUR + 4 + SYSCALL_SECS), "-s",
-                 str(bench.HERE / "peers" / "wrk-keys.lua"), "http://127.0.0.1:%d/" % nginx["port"]],
+                ["wrk", "-t1", "-c%d" % (bench.FLOOD_CONNS if SCENARIO == "flood" else bench.CONNS),
+                 "-d%ds" % (DUR + 4 + SYSCALL_SECS), "-s",
+                 str(bench.HERE / "peers" / "wrk-keys.lua"),
+                 "http://127.0.0.1:%d/" % nginx["port"]],
                 stdout=subprocess.PIPE, text=True, env=env)
             time.sleep(2)
             t0 = time.monotonic()
