@@ -7,12 +7,14 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import Nginx, Resp, free_port, wait_for
+from test_exactness import hammer
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
 SERVER_NAME = "redis.test"  # the certificate's DNS name; its IP entry is 127.0.0.1
@@ -175,6 +177,29 @@ def test_session_is_resumed_on_reconnect(tls_redis, certs, nginx_factory):
     assert tls_redis.cmd("EXISTS", "rl:p:a", "rl:p:b") == 2
 
 
+def test_concurrent_clients_two_workers_exact_over_tls_and_reload(tls_redis, certs,
+                                                                   nginx_factory):
+    # Pipelined, coalesced calls through SSL_write/SSL_read on both workers, then a reload.
+    n = nginx_factory(f"""
+    ratelimit_redis 127.0.0.1:{tls_redis.port} timeout=2s ssl
+                    ssl_trusted_certificate={certs['ca']};
+    ratelimit_policy p rate=1r/h burst=60;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        keepalive_requests 100000;
+        location / {{ ratelimit $http_x_key policy=p; proxy_pass http://127.0.0.1:@BACKEND@; }}
+    }}
+""", workers=2)
+    statuses, _ = hammer([n.port], {"X-Key": "shared"}, threads=8, seconds=1.5)
+    assert len(statuses) > 200, "too few requests to prove anything"
+    assert statuses.count(200) == 60 and set(statuses) == {200, 429}
+    old_workers = set(n.worker_pids())
+    n.reload()
+    assert wait_for(lambda: not old_workers & set(n.worker_pids()), 10)
+    statuses, _ = hammer([n.port], {"X-Key": "after"}, threads=4, seconds=0.5)
+    assert statuses.count(200) == 60
+
+
 # --- verification failures ------------------------------------------------------------------
 
 def assert_fails_verification(n, port, reason):
@@ -226,6 +251,48 @@ def test_connect_timeout_covers_a_handshake_that_never_ends(redis, nginx_factory
     assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
     assert 0.25 < elapsed < 0.5 + 0.3
     assert "ratelimit: Redis 127.0.0.1:%d: Redis connect timeout" % redis.port in n.log()
+
+
+class PlainTextServer:
+    """Answers whatever comes with a line of plain text, then closes: not TLS."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                c.recv(4096)
+                c.sendall(b"-ERR this is not TLS\r\n")
+            except OSError:
+                pass
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_handshake_failure_takes_the_failure_mode(nginx_factory):
+    server = PlainTextServer()
+    try:
+        n = nginx_factory(conf(server.port, "ssl ssl_verify=off"))
+        r, elapsed = timed_get(n)
+        assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+        assert elapsed < 0.5
+        log = n.log()
+        assert "ratelimit: TLS handshake with Redis 127.0.0.1:%d failed" % server.port in log
+        assert "SSL_do_handshake() failed" in log  # nginx's line, with OpenSSL's reason
+    finally:
+        server.close()
 
 
 # --- configuration --------------------------------------------------------------------------
