@@ -115,6 +115,7 @@ private:
     static void on_handshake(ngx_connection_t* c) noexcept;
     static void on_new_session(ngx_connection_t* c) noexcept;
     void start_tls();
+    bool set_server_name();
     void handshake_done();
     bool tls_verified();
 #endif
@@ -440,33 +441,9 @@ NgxTransport::start_tls()
         return;
     }
     c_->ssl->save_session = &NgxTransport::on_new_session;
-
-    SSL* ssl = c_->ssl->connection;
-    const char* name = reinterpret_cast<const char*>(tls_->server_name.data);
-    // SNI carries host names only (RFC 6066).
-    if (tls_->server_name.len && !tls_->name_is_address
-        && SSL_set_tlsext_host_name(ssl, name) == 0)
+    if (!set_server_name()
+        || (*tls_session_ && ngx_ssl_set_session(c_, *tls_session_) != NGX_OK))
     {
-        ngx_ssl_error(NGX_LOG_ERR, log_, 0,
-                      const_cast<char*>("ratelimit: SSL_set_tlsext_host_name(\"%s\") failed"),
-                      name);
-        fail("TLS failed");
-        return;
-    }
-    // The name is checked while the chain is, so that SSL_get_verify_result tells both.
-    if (tls_->verify) {
-        X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        int ok = tls_->name_is_address ? X509_VERIFY_PARAM_set1_ip_asc(param, name)
-                                       : X509_VERIFY_PARAM_set1_host(param, name, 0);
-        if (ok != 1) {
-            ngx_ssl_error(NGX_LOG_ERR, log_, 0,
-                          const_cast<char*>("ratelimit: cannot check the name \"%s\""), name);
-            fail("TLS failed");
-            return;
-        }
-    }
-    if (*tls_session_ && ngx_ssl_set_session(c_, *tls_session_) != NGX_OK) {
         fail("TLS failed");
         return;
     }
@@ -477,6 +454,38 @@ NgxTransport::start_tls()
         return;
     }
     handshake_done();
+}
+
+
+// SNI, and the name the certificate must carry.
+bool
+NgxTransport::set_server_name()
+{
+    SSL* ssl = c_->ssl->connection;
+    const char* name = reinterpret_cast<const char*>(tls_->server_name.data);
+    // SNI carries host names only (RFC 6066).
+    if (tls_->server_name.len && !tls_->name_is_address
+        && SSL_set_tlsext_host_name(ssl, name) == 0)
+    {
+        ngx_ssl_error(NGX_LOG_ERR, log_, 0,
+                      const_cast<char*>("ratelimit: SSL_set_tlsext_host_name(\"%s\") failed"),
+                      name);
+        return false;
+    }
+    if (!tls_->verify) {
+        return true;
+    }
+    // Checked with the chain, so that SSL_get_verify_result tells either failure.
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    int ok = tls_->name_is_address ? X509_VERIFY_PARAM_set1_ip_asc(param, name)
+                                   : X509_VERIFY_PARAM_set1_host(param, name, 0);
+    if (ok != 1) {
+        ngx_ssl_error(NGX_LOG_ERR, log_, 0,
+                      const_cast<char*>("ratelimit: cannot check the name \"%s\""), name);
+        return false;
+    }
+    return true;
 }
 
 

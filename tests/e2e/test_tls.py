@@ -31,10 +31,8 @@ def make_ca(d, name):
     return d / f"{name}.crt"
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
+def make_certs(d):
     """A CA and a server certificate it signed (redis.test and 127.0.0.1), and another CA."""
-    d = tmp_path_factory.mktemp("tls")
     d.chmod(0o755)
     ca = make_ca(d, "ca")
     other_ca = make_ca(d, "other-ca")
@@ -46,6 +44,11 @@ def certs(tmp_path_factory):
     for f in d.iterdir():
         f.chmod(0o644)  # nginx may read them as another user
     return {"ca": ca, "other_ca": other_ca, "cert": d / "server.crt", "key": d / "server.key"}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 class TlsResp(Resp):
