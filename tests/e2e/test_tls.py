@@ -9,7 +9,6 @@ import ssl
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -77,7 +76,12 @@ class TlsRedis:
         if password:
             args += ["--requirepass", password]
         workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.args = args
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         assert wait_for(self._pings), "redis-server (TLS) did not start"
 
     def _pings(self):
@@ -178,6 +182,11 @@ def test_session_is_resumed_on_reconnect(tls_redis, certs, nginx_factory):
     assert wait_for(lambda: n.get("/", {"X-Key": "b"}).header("X-Status") == "PASSED", 5)
     assert wait_for(lambda: "TLSv1.3, reused session" in n.log(), 5), n.log()
     assert tls_redis.cmd("EXISTS", "rl:p:a", "rl:p:b") == 2
+    # A new Redis process cannot resume the old session: a full handshake, and on it goes.
+    tls_redis.stop()
+    tls_redis.start()
+    assert wait_for(lambda: n.get("/", {"X-Key": "c"}).header("X-Status") == "PASSED", 5)
+    assert n.log().count("TLSv1.3, new session") == 2
 
 
 def test_concurrent_clients_two_workers_exact_over_tls_and_reload(tls_redis, certs,
