@@ -11,7 +11,7 @@ JOBS      ?= $(shell nproc)
 
 # Debian packages the build, the tests and `make run` need.
 PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgtest-dev cmake g++ make \
-            redis-server redis-tools python3 python3-pytest curl ca-certificates procps \
+            redis-server redis-tools python3 python3-pytest curl ca-certificates openssl procps \
             valgrind clang libclang-rt-14-dev strace chromium libbenchmark-dev \
             fonts-dejavu-core python3-prometheus-client
 

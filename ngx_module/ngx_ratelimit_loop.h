@@ -9,10 +9,29 @@
 
 namespace ngx_ratelimit {
 
+#if (NGX_SSL)
+using TlsContext = ngx_ssl_t;
+using TlsSession = ngx_ssl_session_t;
+#else
+struct TlsContext;  // nginx without OpenSSL: `ssl` is refused at configuration
+struct TlsSession;
+#endif
+
+// TLS to Redis (`ssl`): the context made at configuration time and what to check. The
+// transport runs the handshake after the TCP connect; the core never sees TLS.
+struct RedisTls {
+    TlsContext* ssl;         // nullptr: plain TCP
+    ngx_str_t server_name;   // NUL-terminated; SNI (unless an address) and name verification
+    bool name_is_address;    // an IP address: checked against the certificate's IP entries
+    bool verify;
+};
+
 class NgxEventLoop final : public ratelimit::EventLoop {
 public:
-    // `peer` (address and name) must outlive the loop: it lives in the cycle's conf.
-    NgxEventLoop(const ngx_addr_t& peer, ngx_log_t* log) : peer_(peer), log_(log) {}
+    // `peer` (address and name) and `tls` must outlive the loop: they live in the cycle's conf.
+    NgxEventLoop(const ngx_addr_t& peer, ngx_log_t* log, const RedisTls* tls = nullptr)
+        : peer_(peer), log_(log), tls_(tls) {}
+    ~NgxEventLoop() override;
 
     std::unique_ptr<ratelimit::Transport> make_transport() override;
     std::unique_ptr<ratelimit::Timer> make_timer(std::function<void()> on_fire,
@@ -22,6 +41,8 @@ public:
 private:
     const ngx_addr_t& peer_;
     ngx_log_t* log_;
+    const RedisTls* tls_;
+    TlsSession* tls_session_ = nullptr;  // the last TLS session, resumed on reconnect
 };
 
 }  // namespace ngx_ratelimit

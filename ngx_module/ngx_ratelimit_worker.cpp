@@ -14,9 +14,9 @@ namespace ngx_ratelimit {
 namespace {
 
 struct Worker {
-    Worker(const ngx_addr_t& peer, ngx_log_t* log, ratelimit::ClientOptions options,
-           ratelimit::ClientObserver observer)
-        : loop(peer, log), client(loop, std::move(options), std::move(observer)),
+    Worker(const ngx_addr_t& peer, const RedisTls& tls, ngx_log_t* log,
+           ratelimit::ClientOptions options, ratelimit::ClientObserver observer)
+        : loop(peer, log, &tls), client(loop, std::move(options), std::move(observer)),
           batcher(loop, client, ratelimit::BatcherOptions{}, count_script_call)
     {
     }
@@ -119,7 +119,8 @@ ratelimit::Batcher* redis_batcher()
 ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
 {
     try {
-        worker = new Worker(mcf->redis_peer, cycle->log, client_options(*mcf->redis),
+        worker = new Worker(mcf->redis_peer, mcf->redis_tls, cycle->log,
+                            client_options(*mcf->redis),
                             client_observer(cycle->log, &mcf->redis_peer.name));
         return NGX_OK;
     } catch (...) {
