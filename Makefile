@@ -134,7 +134,7 @@ test-valgrind: deps module
 # libFuzzer targets (tests/fuzz/fuzz_*.cpp) over the core, built with clang and ASan+UBSan.
 # Each runs FUZZ_SECONDS from a copy of its seed corpus (tests/fuzz/corpus/<target>), so the
 # repository's corpus stays as it is; crashes land in build/fuzz/artifacts/ and fail the run.
-FUZZ_SECONDS ?= 20
+FUZZ_SECONDS ?= 10
 FUZZ_BUILD   := $(BUILD)/fuzz
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
 FUZZ_CXX     ?= clang++
