@@ -9,34 +9,15 @@
 
 #include "ratelimit/bucket_view.h"
 #include "ratelimit/script.h"
-#include "redis_server.h"
+#include "raw_redis.h"
 
 namespace ratelimit {
 namespace {
 
-struct ReplyDeleter {
-    void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
+using testing::ReplyPtr;
 
-class BucketViewScript : public ::testing::Test {
+class BucketViewScript : public testing::RawRedisTest {
 protected:
-    void SetUp() override
-    {
-        ctx_ = redisConnect("127.0.0.1", server_.port());
-        ASSERT_TRUE(ctx_ && !ctx_->err);
-    }
-    void TearDown() override { redisFree(ctx_); }
-
-    ReplyPtr send_raw(const std::string& resp)
-    {
-        void* reply = nullptr;
-        if (redisAppendFormattedCommand(ctx_, resp.data(), resp.size()) != REDIS_OK
-            || redisGetReply(ctx_, &reply) != REDIS_OK) {
-            ADD_FAILURE() << "redis I/O failed: " << ctx_->errstr;
-        }
-        return ReplyPtr(static_cast<redisReply*>(reply));
-    }
 
     BucketView view(const std::string& key, const BucketParams& params)
     {
@@ -60,8 +41,6 @@ protected:
         return r && r->type == REDIS_REPLY_STRING ? std::string(r->str, r->len) : "(nil)";
     }
 
-    testing::RedisServer server_;
-    redisContext* ctx_ = nullptr;
 };
 
 TEST_F(BucketViewScript, MatchesTheCppReaderForEveryFormat)

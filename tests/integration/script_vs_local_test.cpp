@@ -16,37 +16,17 @@
 
 #include "ratelimit/script.h"
 #include "ratelimit/token_bucket.h"
-#include "redis_server.h"
+#include "raw_redis.h"
 
 namespace ratelimit {
 namespace {
 
 using Requests = std::vector<std::vector<ScriptLimit>>;
 
-struct ReplyDeleter {
-    void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
+using testing::ReplyPtr;
 
-class ScriptVsLocal : public ::testing::Test {
+class ScriptVsLocal : public testing::RawRedisTest {
 protected:
-    void SetUp() override
-    {
-        ctx_ = redisConnect("127.0.0.1", server_.port());
-        ASSERT_TRUE(ctx_ && !ctx_->err);
-    }
-    void TearDown() override { redisFree(ctx_); }
-
-    // Sends one RESP-encoded command as is, so the test covers ScriptBatch's encoding.
-    ReplyPtr send_raw(const std::string& resp)
-    {
-        void* reply = nullptr;
-        if (redisAppendFormattedCommand(ctx_, resp.data(), resp.size()) != REDIS_OK
-            || redisGetReply(ctx_, &reply) != REDIS_OK) {
-            ADD_FAILURE() << "redis I/O failed: " << ctx_->errstr;
-        }
-        return ReplyPtr(static_cast<redisReply*>(reply));
-    }
 
     ReplyPtr argv(const std::vector<std::string>& args)
     {
