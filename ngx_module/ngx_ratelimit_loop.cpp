@@ -78,7 +78,7 @@ private:
 // edge-triggered registration nginx uses for connections loses nothing.
 class NgxTransport final : public ratelimit::Transport {
 public:
-    NgxTransport(const ngx_addr_t& peer, ngx_log_t* log) : peer_(peer), log_(log)
+    NgxTransport(Endpoint& endpoint, ngx_log_t* log) : endpoint_(endpoint), log_(log)
     {
         failure_ev_.handler = &NgxTransport::on_failure_event;
         failure_ev_.data = this;
@@ -106,13 +106,15 @@ private:
     static void on_failure_event(ngx_event_t* ev) noexcept;
     static void on_flush_event(ngx_event_t* ev) noexcept;
 
+    bool connect_peer(const ngx_addr_t& peer);
     void handle_read();
     void handle_write();
     bool flush();
     void fail(const char* reason);
     void fail_later(const char* reason);
 
-    const ngx_addr_t& peer_;
+    Endpoint& endpoint_;
+    Peer peer_;                  // where the current connection goes
     ngx_log_t* log_;
     ratelimit::TransportSink* sink_ = nullptr;
     ngx_connection_t* c_ = nullptr;
@@ -126,16 +128,48 @@ private:
 };
 
 
+// Asks the endpoint where to connect (a DNS answer or the sentinels may take a while), then
+// connects there.
 bool
 NgxTransport::connect(ratelimit::TransportSink& sink) noexcept
 {
     close();
     sink_ = &sink;
 
+    bool finding = true;
+    bool started = true;
+    endpoint_.find([this, &finding, &started](const ngx_addr_t* peer) {
+        bool ok = peer && connect_peer(*peer);
+        if (ok) {
+            return;
+        }
+        if (finding) {
+            started = false;  // found at once: connect() says it could not start
+        } else {
+            fail_later(peer ? "connect() failed" : "no address to connect to");
+        }
+    });
+    finding = false;
+    return started;
+}
+
+
+// False if the attempt could not start; a refused connection is reported later.
+bool
+NgxTransport::connect_peer(const ngx_addr_t& peer)
+{
+    try {
+        peer_.set(peer.sockaddr, peer.socklen,
+                  std::string_view(reinterpret_cast<const char*>(peer.name.data),
+                                   peer.name.len));
+    } catch (...) {
+        return false;
+    }
+    ngx_addr_t addr = peer_.addr();
     ngx_peer_connection_t pc{};
-    pc.sockaddr = peer_.sockaddr;
-    pc.socklen = peer_.socklen;
-    pc.name = const_cast<ngx_str_t*>(&peer_.name);
+    pc.sockaddr = addr.sockaddr;
+    pc.socklen = addr.socklen;
+    pc.name = &addr.name;
     pc.get = ngx_event_get_peer;
     pc.log = log_;
     pc.log_error = NGX_ERROR_ERR;
@@ -163,7 +197,7 @@ NgxTransport::connect(ratelimit::TransportSink& sink) noexcept
     connected_ = false;
     // Small pipelined writes must not wait for the previous one's ACK (Nagle's algorithm):
     // that would add a round trip whenever Redis is on another host. TCP only.
-    if (peer_.sockaddr->sa_family != AF_UNIX) {
+    if (peer.sockaddr->sa_family != AF_UNIX) {
         (void) ngx_tcp_nodelay(c_);  // logs its own failure; the connection still works
     }
 
@@ -201,6 +235,7 @@ NgxTransport::write(std::string_view bytes) noexcept
 void
 NgxTransport::close() noexcept
 {
+    endpoint_.cancel();
     if (c_) {
         ngx_close_connection(c_);
         c_ = nullptr;
@@ -359,7 +394,8 @@ NgxTransport::handle_write()
         err = ngx_socket_errno;
     }
     if (err) {
-        ngx_log_error(NGX_LOG_ERR, log_, err, "ratelimit: connect() to %V failed", &peer_.name);
+        ngx_log_error(NGX_LOG_ERR, log_, err, "ratelimit: connect() to %s failed",
+                      peer_.text.c_str());
         fail("connect() failed");
         return;
     }
@@ -388,7 +424,14 @@ NgxTransport::handle_write()
 std::unique_ptr<ratelimit::Transport>
 NgxEventLoop::make_transport()
 {
-    return std::make_unique<NgxTransport>(peer_, log_);
+    return std::make_unique<NgxTransport>(endpoint_, log_);
+}
+
+
+std::unique_ptr<ratelimit::Timer>
+make_ngx_timer(std::function<void()> on_fire, bool cancelable, ngx_log_t* log)
+{
+    return std::make_unique<NgxTimer>(std::move(on_fire), cancelable, log);
 }
 
 

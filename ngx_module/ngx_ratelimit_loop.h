@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "ngx_ratelimit_endpoint.h"
 #include "ngx_ratelimit_nginx.h"
 #include "ratelimit/transport.h"
 
@@ -11,8 +12,8 @@ namespace ngx_ratelimit {
 
 class NgxEventLoop final : public ratelimit::EventLoop {
 public:
-    // `peer` (address and name) must outlive the loop: it lives in the cycle's conf.
-    NgxEventLoop(const ngx_addr_t& peer, ngx_log_t* log) : peer_(peer), log_(log) {}
+    // `endpoint` (where each connection goes) must outlive the loop.
+    NgxEventLoop(Endpoint& endpoint, ngx_log_t* log) : endpoint_(endpoint), log_(log) {}
 
     std::unique_ptr<ratelimit::Transport> make_transport() override;
     std::unique_ptr<ratelimit::Timer> make_timer(std::function<void()> on_fire,
@@ -20,8 +21,12 @@ public:
     int64_t now_ms() noexcept override { return int64_t(ngx_current_msec); }
 
 private:
-    const ngx_addr_t& peer_;
+    Endpoint& endpoint_;
     ngx_log_t* log_;
 };
+
+// An nginx timer event as the core's Timer; `cancelable`: it never keeps an exiting worker.
+std::unique_ptr<ratelimit::Timer> make_ngx_timer(std::function<void()> on_fire, bool cancelable,
+                                                 ngx_log_t* log);
 
 }  // namespace ngx_ratelimit
