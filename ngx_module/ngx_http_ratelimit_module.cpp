@@ -193,6 +193,7 @@ bool resolve_redis_addresses(ngx_conf_t* cf, ngx_command_t* cmd, MainConf* mcf,
         return false;
     }
     size_t found = 0;
+    ngx_uint_t first = 1;
     for (ngx_uint_t i = 1; i < cf->args->nelts && found < n; i++) {
         std::string_view arg = as_view(value[i]);
         size_t eq = arg.find('=');
@@ -208,9 +209,13 @@ bool resolve_redis_addresses(ngx_conf_t* cf, ngx_command_t* cmd, MainConf* mcf,
                                u.err ? u.err : "host not found", &u.url);
             return false;
         }
+        if (found == 0) {
+            first = i;
+        }
         mcf->redis_addrs[found++] = u.addrs[0];
     }
     mcf->redis_peer = mcf->redis_addrs[0];
+    mcf->redis_peer.name = value[first];  // as written: a host name stays one in the logs
     if (redis.mode == ratelimit::RedisMode::sentinel) {
         // Logs and the API name the master; its address comes from the sentinels.
         std::string name = "master \"" + redis.master + "\"";

@@ -614,7 +614,8 @@ ngx_resolver_t* configured_resolver(ngx_cycle_t* cycle, ngx_msec_t* timeout)
     if (clcf == nullptr || clcf->resolver == nullptr || clcf->resolver->connections.nelts == 0) {
         return nullptr;
     }
-    *timeout = clcf->resolver_timeout;
+    // The http level's own settings are never merged: unset means the default, 30s.
+    *timeout = clcf->resolver_timeout == NGX_CONF_UNSET_MSEC ? 30000 : clcf->resolver_timeout;
     return clcf->resolver;
 }
 
