@@ -458,6 +458,12 @@ void SentinelEndpoint::handle_write() noexcept
 
 void SentinelEndpoint::handle_read() noexcept
 {
+    if (c_->close) {
+        // worker_shutdown_timeout: nginx is closing every connection; ask no other sentinel.
+        close_query();
+        deliver(nullptr);
+        return;
+    }
     if (!connected_) {
         handle_write();
         return;
