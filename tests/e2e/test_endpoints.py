@@ -33,8 +33,11 @@ def location_conf(redis_line, extra_http=""):
 class RedisProcess:
     """A redis-server on any loopback address (127.0.0.2 is loopback too on Linux)."""
 
-    def __init__(self, workdir, host, port, *extra):
+    def __init__(self, workdir, host, port, *extra, password=None):
         self.host, self.port, self.dir = host, port, workdir
+        self.password = password
+        if password:
+            extra += ("--requirepass", password)
         workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", host, "--save", "",
@@ -46,6 +49,8 @@ class RedisProcess:
     def call(self, *args):
         c = Resp(self.port, timeout=1.0, host=self.host)
         try:
+            if self.password:
+                c.call("AUTH", self.password)
             return c.call(*args)
         finally:
             c.close()
@@ -181,10 +186,12 @@ def test_resolver_failure_keeps_the_last_address(workdir, nginx_factory):
 
 
 class Sentinel:
-    def __init__(self, workdir, master_port):
+    def __init__(self, workdir, master_port, password=None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.password = password
         conf = workdir / "sentinel.conf"
+        auth = f"requirepass {password}\nsentinel auth-pass m {password}\n" if password else ""
         conf.write_text(f"""port {self.port}
 bind 127.0.0.1
 dir {workdir}
@@ -192,7 +199,7 @@ logfile {workdir}/sentinel.log
 sentinel monitor m 127.0.0.1 {master_port} 2
 sentinel down-after-milliseconds m 500
 sentinel failover-timeout m 2000
-""")
+{auth}""")
         self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert wait_for(self.ping), "sentinel did not start"
@@ -200,6 +207,8 @@ sentinel failover-timeout m 2000
     def call(self, *args):
         c = Resp(self.port, timeout=1.0)
         try:
+            if self.password:
+                c.call("AUTH", self.password)
             return c.call(*args)
         finally:
             c.close()
@@ -284,4 +293,37 @@ def test_sentinel_failover_resumes_on_the_promoted_replica(workdir, nginx_factor
         for s in sentinels:
             s.stop()
         replica.stop()
+        master.stop()
+
+
+def test_sentinel_with_passwords_and_an_unknown_master(workdir, nginx_factory):
+    """password= goes to the master and to sentinels that require one; a master name the
+    sentinels do not monitor takes the failure mode and says so in the log."""
+    secret = "s3cret"
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port(), password=secret)
+    sentinels = []
+    try:
+        sentinels = [Sentinel(workdir / ("s%d" % i), master.port, secret) for i in range(2)]
+        assert wait_for(lambda: sentinels[0].master() == master.port, 5)
+        addresses = " ".join("127.0.0.1:%d" % s.port for s in sentinels)
+        good = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=m password={secret};"))
+        assert status_of(good, "k")[0] == "PASSED"
+        assert master.call("EXISTS", "rl:p:k") == 1
+
+        unknown = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=nope password={secret};"))
+        status, elapsed = status_of(unknown, "k")
+        assert status == "FAILED_OPEN" and elapsed < 0.2 + 0.1 + 0.3
+        assert wait_for(lambda: 'no sentinel gave the address of master "nope"' in unknown.log(), 2)
+        assert "unknown master" in unknown.log()
+
+        no_password = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=m;"))
+        assert status_of(no_password, "k")[0] == "FAILED_OPEN"
+        assert wait_for(lambda: "NOAUTH" in no_password.log(), 2)
+        assert secret not in good.log() + unknown.log() + no_password.log()
+    finally:
+        for s in sentinels:
+            s.stop()
         master.stop()
