@@ -106,6 +106,7 @@ private:
     static void on_failure_event(ngx_event_t* ev) noexcept;
     static void on_flush_event(ngx_event_t* ev) noexcept;
 
+    void found(const ngx_addr_t* peer);
     bool connect_peer(const ngx_addr_t& peer);
     void handle_read();
     void handle_write();
@@ -115,6 +116,8 @@ private:
 
     Endpoint& endpoint_;
     Peer peer_;                  // where the current connection goes
+    bool finding_ = false;       // inside endpoint_.find() called by connect()
+    bool start_failed_ = false;
     ngx_log_t* log_;
     ratelimit::TransportSink* sink_ = nullptr;
     ngx_connection_t* c_ = nullptr;
@@ -136,21 +139,25 @@ NgxTransport::connect(ratelimit::TransportSink& sink) noexcept
     close();
     sink_ = &sink;
 
-    bool finding = true;
-    bool started = true;
-    endpoint_.find([this, &finding, &started](const ngx_addr_t* peer) {
-        bool ok = peer && connect_peer(*peer);
-        if (ok) {
-            return;
-        }
-        if (finding) {
-            started = false;  // found at once: connect() says it could not start
-        } else {
-            fail_later(peer ? "connect() failed" : "no address to connect to");
-        }
-    });
-    finding = false;
-    return started;
+    finding_ = true;
+    start_failed_ = false;
+    endpoint_.find([this](const ngx_addr_t* peer) { found(peer); });
+    finding_ = false;
+    return !start_failed_;
+}
+
+
+void
+NgxTransport::found(const ngx_addr_t* peer)
+{
+    if (peer && connect_peer(*peer)) {
+        return;
+    }
+    if (finding_) {
+        start_failed_ = true;  // found at once: connect() says it could not start
+    } else {
+        fail_later(peer ? "connect() failed" : "no address to connect to");
+    }
 }
 
 

@@ -8,6 +8,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import Resp, free_port, wait_for
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
@@ -73,6 +75,7 @@ class DnsResponder:
     def __init__(self, answers):
         self.answers = dict(answers)
         self.queries = 0
+        self.silent = False  # never answers: a resolver that does not respond
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.1)
@@ -87,7 +90,7 @@ class DnsResponder:
                 data, peer = self.sock.recvfrom(512)
             except OSError:
                 continue
-            reply = self._answer(data)
+            reply = None if self.silent else self._answer(data)
             if reply:
                 self.sock.sendto(reply, peer)
 
@@ -166,10 +169,13 @@ def test_host_name_followed_through_the_resolver(workdir, nginx_factory):
         second.stop()
 
 
-def test_resolver_failure_keeps_the_last_address(workdir, nginx_factory):
+@pytest.mark.parametrize("answer,why", [("nxdomain", "Host not found"),
+                                         ("silent", "no answer in time")])
+def test_resolver_failure_keeps_the_last_address(workdir, nginx_factory, answer, why):
     port = free_port()
     redis = RedisProcess(workdir / "r1", "127.0.0.1", port)
     dns = DnsResponder({})  # NXDOMAIN for every name
+    dns.silent = answer == "silent"
     try:
         n = nginx_factory(location_conf(
             f"ratelimit_redis localhost:{port} connect_timeout=200ms timeout=200ms;",
@@ -180,6 +186,7 @@ def test_resolver_failure_keeps_the_last_address(workdir, nginx_factory):
         assert wait_for(lambda: status_of(n, "one")[0] == "PASSED", 5)
         assert redis.call("EXISTS", "rl:p:one") == 1
         assert n.log().count("cannot resolve Redis host \"localhost\"") == 1
+        assert why in n.log()
     finally:
         dns.close()
         redis.stop()
