@@ -229,59 +229,280 @@ void HostEndpoint::deliver() noexcept
 }
 
 
+// A conversation with a sentinel on an nginx connection: sends `command` once connected and
+// hands over each reply. Either callback may close or reopen the link.
+class SentinelLink {
+public:
+    using OnReply = std::function<void(const redisReply* reply)>;
+    using OnFailed = std::function<void(std::string_view why)>;
+
+    SentinelLink(OnReply on_reply, OnFailed on_failed, ngx_log_t* log)
+        : on_reply_(std::move(on_reply)), on_failed_(std::move(on_failed)), log_(log)
+    {
+    }
+    ~SentinelLink() { close(); }
+
+    // False: it could not even start (nothing follows).
+    bool open(const Peer& peer, const std::string& command) noexcept;
+    void close() noexcept;
+    bool is_open() const noexcept { return c_ != nullptr; }
+
+private:
+    static void on_read(ngx_event_t* ev) noexcept;
+    static void on_write(ngx_event_t* ev) noexcept;
+    void handle_write() noexcept;
+    void handle_read() noexcept;
+    bool send() noexcept;
+    void failed(std::string_view why) noexcept;
+
+    OnReply on_reply_;
+    OnFailed on_failed_;
+    ngx_log_t* log_;
+    ngx_connection_t* c_ = nullptr;
+    bool connected_ = false;
+    const std::string* command_ = nullptr;  // owned by the endpoint, outlives the link
+    size_t sent_ = 0;
+    redisReader* reader_ = nullptr;
+    uint64_t generation_ = 0;  // bumped by close(): a callback closed or reopened the link
+};
+
+
+bool SentinelLink::open(const Peer& peer, const std::string& command) noexcept
+{
+    close();
+    ngx_addr_t addr = peer.addr();
+    ngx_peer_connection_t pc{};
+    pc.sockaddr = addr.sockaddr;
+    pc.socklen = addr.socklen;
+    pc.name = &addr.name;
+    pc.get = ngx_event_get_peer;
+    pc.log = log_;
+    pc.log_error = NGX_ERROR_ERR;
+
+    ngx_int_t rc = ngx_event_connect_peer(&pc);
+    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
+        if (pc.connection) {
+            ngx_close_connection(pc.connection);
+        }
+        return false;
+    }
+    reader_ = redisReaderCreate();
+    if (reader_ == nullptr) {
+        ngx_close_connection(pc.connection);
+        return false;
+    }
+    c_ = pc.connection;
+    c_->data = this;
+    c_->read->handler = &SentinelLink::on_read;
+    c_->write->handler = &SentinelLink::on_write;
+    c_->log = log_;
+    c_->read->log = log_;
+    c_->write->log = log_;
+    connected_ = false;
+    command_ = &command;
+    sent_ = 0;
+    if (rc == NGX_OK) {
+        ngx_post_event(c_->write, &ngx_posted_events);
+    }
+    return true;
+}
+
+
+void SentinelLink::close() noexcept
+{
+    generation_++;
+    if (c_) {
+        ngx_close_connection(c_);
+        c_ = nullptr;
+    }
+    if (reader_) {
+        redisReaderFree(reader_);
+        reader_ = nullptr;
+    }
+}
+
+
+void SentinelLink::failed(std::string_view why) noexcept
+{
+    close();
+    on_failed_(why);
+}
+
+
+void SentinelLink::on_write(ngx_event_t* ev) noexcept
+{
+    auto* c = static_cast<ngx_connection_t*>(ev->data);
+    static_cast<SentinelLink*>(c->data)->handle_write();
+}
+
+
+void SentinelLink::on_read(ngx_event_t* ev) noexcept
+{
+    auto* c = static_cast<ngx_connection_t*>(ev->data);
+    static_cast<SentinelLink*>(c->data)->handle_read();
+}
+
+
+bool SentinelLink::send() noexcept
+{
+    while (sent_ < command_->size()) {
+        ssize_t n = c_->send(c_, reinterpret_cast<u_char*>(const_cast<char*>(&(*command_)[sent_])),
+                             command_->size() - sent_);
+        if (n == NGX_AGAIN) {
+            break;
+        }
+        if (n == NGX_ERROR) {
+            return false;
+        }
+        sent_ += size_t(n);
+    }
+    return ngx_handle_write_event(c_->write, 0) == NGX_OK;
+}
+
+
+void SentinelLink::handle_write() noexcept
+{
+    if (!connected_) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(c_->fd, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&err), &len) == -1) {
+            err = ngx_socket_errno;
+        }
+        if (err) {
+            failed("connect() failed");
+            return;
+        }
+        connected_ = true;
+        if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
+            failed("read event failed");
+            return;
+        }
+    }
+    if (!send()) {
+        failed("send() failed");
+    }
+}
+
+
+void SentinelLink::handle_read() noexcept
+{
+    if (c_->close) {
+        failed("worker is shutting down");
+        return;
+    }
+    if (!connected_) {
+        handle_write();
+        return;
+    }
+    uint64_t generation = generation_;
+    u_char buf[1024];
+    for (;;) {
+        ssize_t n = c_->recv(c_, buf, sizeof(buf));
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
+                failed("read event failed");
+            }
+            return;
+        }
+        if (n <= 0) {
+            failed(n == 0 ? "connection closed" : "recv() failed");
+            return;
+        }
+        if (redisReaderFeed(reader_, reinterpret_cast<const char*>(buf), size_t(n)) != REDIS_OK) {
+            failed("out of memory");
+            return;
+        }
+        for (;;) {
+            void* reply = nullptr;
+            if (redisReaderGetReply(reader_, &reply) != REDIS_OK) {
+                failed("protocol error");
+                return;
+            }
+            if (reply == nullptr) {
+                break;
+            }
+            on_reply_(static_cast<redisReply*>(reply));
+            freeReplyObject(reply);
+            if (generation != generation_) {
+                return;  // closed (or reopened) by the callback
+            }
+        }
+    }
+}
+
+
 // mode=sentinel: asks the sentinels in turn, starting with the last one that answered,
 // `SENTINEL get-master-addr-by-name <master>` on a short-lived connection; each gets half of
-// connect_timeout. user=/password= are sent to the sentinels too (sentinels with ACLs need
-// them; the AUTH error of a sentinel without a password is ignored).
+// connect_timeout. Meanwhile one sentinel is subscribed to `+switch-master`: when it names
+// another master, the watcher (the transport) drops its connection, so the next one asks
+// again. user=/password= are sent to the sentinels too (sentinels with ACLs need them; the
+// AUTH error of a sentinel without a password is ignored).
 class SentinelEndpoint final : public Endpoint {
 public:
     SentinelEndpoint(const EndpointConfig& config, ngx_log_t* log);
-    ~SentinelEndpoint() override { cancel(); }
+    ~SentinelEndpoint() override
+    {
+        cancel();
+        sub_.close();
+    }
 
     void find(Found found) noexcept override;
     void cancel() noexcept override
     {
         found_ = nullptr;
-        close_query();
+        query_timer_->stop();
+        query_.close();
+    }
+    void watch(std::function<void()> on_moved) noexcept override
+    {
+        try {
+            on_moved_ = std::move(on_moved);
+        } catch (...) {
+        }
     }
 
 private:
     void ask(size_t index) noexcept;
     void next(std::string_view why) noexcept;
-    void close_query() noexcept;
     void deliver(const ngx_addr_t* addr) noexcept;
-    static void on_read(ngx_event_t* ev) noexcept;
-    static void on_write(ngx_event_t* ev) noexcept;
-    void handle_write() noexcept;
-    void handle_read() noexcept;
-    void handle_reply(const redisReply* reply) noexcept;
-    bool send() noexcept;
+    void on_query_reply(const redisReply* reply) noexcept;
+    void on_master(const redisReply* reply) noexcept;
+    void subscribe(size_t index) noexcept;
+    void on_sub_reply(const redisReply* reply) noexcept;
+    void on_sub_failed(std::string_view why) noexcept;
+    void switched(std::string_view payload) noexcept;
 
     std::vector<Peer> sentinels_;
     std::string master_;
-    std::string command_;
-    int replies_ = 1;            // replies the command gets (AUTH adds one)
+    std::string auth_;            // AUTH command, or empty
+    std::string query_command_;
+    std::string sub_command_;
     ngx_msec_t budget_;
     ngx_log_t* log_;
     Found found_;
-    std::unique_ptr<ratelimit::Timer> timer_;
-    size_t first_ = 0;           // the last sentinel that answered
+    std::function<void()> on_moved_;
+    SentinelLink query_;
+    std::unique_ptr<ratelimit::Timer> query_timer_;
+    size_t first_ = 0;            // the last sentinel that answered
     size_t current_ = 0;
     size_t tried_ = 0;
-    ngx_connection_t* c_ = nullptr;
-    bool connected_ = false;
-    size_t sent_ = 0;
-    redisReader* reader_ = nullptr;
-    int seen_ = 0;               // replies read on this connection
+    int seen_ = 0;                // replies read on the query connection
     std::string auth_error_;
-    Peer master_peer_;
+    Peer master_peer_;            // the master last given
+    SentinelLink sub_;
+    std::unique_ptr<ratelimit::Timer> sub_timer_;  // resubscribes after a failure
+    size_t sub_index_ = 0;
 };
 
 
 SentinelEndpoint::SentinelEndpoint(const EndpointConfig& config, ngx_log_t* log)
     : master_(config.redis->master),
       budget_(std::max<ngx_msec_t>(ngx_msec_t(config.redis->connect_timeout_ms / 2), 1)),
-      log_(log)
+      log_(log),
+      query_([this](const redisReply* r) { on_query_reply(r); },
+             [this](std::string_view why) { next(why); }, log),
+      sub_([this](const redisReply* r) { on_sub_reply(r); },
+           [this](std::string_view why) { on_sub_failed(why); }, log)
 {
     for (size_t i = 0; i < config.redis->addresses.size(); i++) {
         sentinels_.emplace_back();
@@ -290,13 +511,16 @@ SentinelEndpoint::SentinelEndpoint(const EndpointConfig& config, ngx_log_t* log)
     }
     const ratelimit::RedisConfig& redis = *config.redis;
     if (!redis.password.empty()) {
-        command_ = redis.user.empty()
-                       ? ratelimit::format_command({"AUTH", redis.password})
-                       : ratelimit::format_command({"AUTH", redis.user, redis.password});
-        replies_ = 2;
+        auth_ = redis.user.empty()
+                    ? ratelimit::format_command({"AUTH", redis.password})
+                    : ratelimit::format_command({"AUTH", redis.user, redis.password});
     }
-    command_ += ratelimit::format_command({"SENTINEL", "get-master-addr-by-name", master_});
-    timer_ = make_ngx_timer([this] { next("timed out"); }, false, log);
+    query_command_ =
+        auth_ + ratelimit::format_command({"SENTINEL", "get-master-addr-by-name", master_});
+    sub_command_ = auth_ + ratelimit::format_command({"SUBSCRIBE", "+switch-master"});
+    query_timer_ = make_ngx_timer([this] { next("timed out"); }, false, log);
+    sub_timer_ = make_ngx_timer([this] { subscribe((sub_index_ + 1) % sentinels_.size()); },
+                                true, log);
 }
 
 
@@ -316,45 +540,13 @@ void SentinelEndpoint::find(Found found) noexcept
 void SentinelEndpoint::ask(size_t index) noexcept
 {
     current_ = index;
-    const Peer& sentinel = sentinels_[index];
-    ngx_addr_t addr = sentinel.addr();
-    ngx_peer_connection_t pc{};
-    pc.sockaddr = addr.sockaddr;
-    pc.socklen = addr.socklen;
-    pc.name = &addr.name;
-    pc.get = ngx_event_get_peer;
-    pc.log = log_;
-    pc.log_error = NGX_ERROR_ERR;
-
-    ngx_int_t rc = ngx_event_connect_peer(&pc);
-    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
-        if (pc.connection) {
-            ngx_close_connection(pc.connection);
-        }
+    seen_ = 0;
+    auth_error_.clear();
+    if (!query_.open(sentinels_[index], query_command_)) {
         next("connect() failed");
         return;
     }
-    reader_ = redisReaderCreate();
-    if (reader_ == nullptr) {
-        ngx_close_connection(pc.connection);
-        next("out of memory");
-        return;
-    }
-    c_ = pc.connection;
-    c_->data = this;
-    c_->read->handler = &SentinelEndpoint::on_read;
-    c_->write->handler = &SentinelEndpoint::on_write;
-    c_->log = log_;
-    c_->read->log = log_;
-    c_->write->log = log_;
-    connected_ = false;
-    sent_ = 0;
-    seen_ = 0;
-    auth_error_.clear();
-    timer_->start(int64_t(budget_));
-    if (rc == NGX_OK) {
-        ngx_post_event(c_->write, &ngx_posted_events);
-    }
+    query_timer_->start(int64_t(budget_));
 }
 
 
@@ -364,7 +556,8 @@ void SentinelEndpoint::next(std::string_view why) noexcept
     const Peer& sentinel = sentinels_[current_];
     ngx_log_error(NGX_LOG_WARN, log_, 0, "ratelimit: sentinel %s, master \"%s\": %*s",
                   sentinel.text.c_str(), master_.c_str(), why.size(), why.data());
-    close_query();
+    query_timer_->stop();
+    query_.close();
     if (++tried_ >= sentinels_.size()) {
         ngx_log_error(NGX_LOG_ERR, log_, 0,
                       "ratelimit: no sentinel gave the address of master \"%s\"",
@@ -373,20 +566,6 @@ void SentinelEndpoint::next(std::string_view why) noexcept
         return;
     }
     ask((current_ + 1) % sentinels_.size());
-}
-
-
-void SentinelEndpoint::close_query() noexcept
-{
-    timer_->stop();
-    if (c_) {
-        ngx_close_connection(c_);
-        c_ = nullptr;
-    }
-    if (reader_) {
-        redisReaderFree(reader_);
-        reader_ = nullptr;
-    }
 }
 
 
@@ -401,117 +580,23 @@ void SentinelEndpoint::deliver(const ngx_addr_t* addr) noexcept
 }
 
 
-void SentinelEndpoint::on_write(ngx_event_t* ev) noexcept
+void SentinelEndpoint::on_query_reply(const redisReply* reply) noexcept
 {
-    auto* c = static_cast<ngx_connection_t*>(ev->data);
-    static_cast<SentinelEndpoint*>(c->data)->handle_write();
-}
-
-
-void SentinelEndpoint::on_read(ngx_event_t* ev) noexcept
-{
-    auto* c = static_cast<ngx_connection_t*>(ev->data);
-    static_cast<SentinelEndpoint*>(c->data)->handle_read();
-}
-
-
-bool SentinelEndpoint::send() noexcept
-{
-    while (sent_ < command_.size()) {
-        ssize_t n = c_->send(c_, reinterpret_cast<u_char*>(&command_[sent_]),
-                             command_.size() - sent_);
-        if (n == NGX_AGAIN) {
-            break;
+    bool last = ++seen_ == (auth_.empty() ? 1 : 2);
+    if (!last) {
+        if (reply->type == REDIS_REPLY_ERROR) {
+            try {
+                auth_error_.assign(reply->str, reply->len);
+            } catch (...) {
+            }
         }
-        if (n == NGX_ERROR) {
-            return false;
-        }
-        sent_ += size_t(n);
-    }
-    return ngx_handle_write_event(c_->write, 0) == NGX_OK;
-}
-
-
-void SentinelEndpoint::handle_write() noexcept
-{
-    if (!connected_) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(c_->fd, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&err), &len) == -1) {
-            err = ngx_socket_errno;
-        }
-        if (err) {
-            next("connect() failed");
-            return;
-        }
-        connected_ = true;
-        if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
-            next("read event failed");
-            return;
-        }
-    }
-    if (!send()) {
-        next("send() failed");
-    }
-}
-
-
-void SentinelEndpoint::handle_read() noexcept
-{
-    if (c_->close) {
-        // worker_shutdown_timeout: nginx is closing every connection; ask no other sentinel.
-        close_query();
-        deliver(nullptr);
         return;
     }
-    if (!connected_) {
-        handle_write();
-        return;
-    }
-    u_char buf[1024];
-    for (;;) {
-        ssize_t n = c_->recv(c_, buf, sizeof(buf));
-        if (n == NGX_AGAIN) {
-            if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
-                next("read event failed");
-            }
-            return;
-        }
-        if (n <= 0) {
-            next(n == 0 ? "connection closed" : "recv() failed");
-            return;
-        }
-        if (redisReaderFeed(reader_, reinterpret_cast<const char*>(buf), size_t(n)) != REDIS_OK) {
-            next("out of memory");
-            return;
-        }
-        for (;;) {
-            void* reply = nullptr;
-            if (redisReaderGetReply(reader_, &reply) != REDIS_OK) {
-                next("protocol error");
-                return;
-            }
-            if (reply == nullptr) {
-                break;
-            }
-            auto* r = static_cast<redisReply*>(reply);
-            bool last = ++seen_ == replies_;
-            if (!last) {
-                if (r->type == REDIS_REPLY_ERROR) {
-                    auth_error_.assign(r->str, r->len);
-                }
-                freeReplyObject(r);
-                continue;
-            }
-            handle_reply(r);  // closes the query, one way or the other
-            freeReplyObject(r);
-            return;
-        }
-    }
+    on_master(reply);
 }
 
 
-// Address text of a reply element: "ip" or "port".
+// Address text of a reply element.
 std::string_view element(const redisReply* reply, size_t i)
 {
     const redisReply* e = reply->element[i];
@@ -547,7 +632,8 @@ bool parse_master(std::string_view ip, std::string_view port_text, Peer& out)
 }
 
 
-void SentinelEndpoint::handle_reply(const redisReply* reply) noexcept
+// The reply to get-master-addr-by-name: [ip, port], nil for an unknown master, or an error.
+void SentinelEndpoint::on_master(const redisReply* reply) noexcept
 {
     try {
         if (reply->type == REDIS_REPLY_ERROR) {
@@ -568,7 +654,8 @@ void SentinelEndpoint::handle_reply(const redisReply* reply) noexcept
             next("unexpected reply (a numeric master address is needed)");
             return;
         }
-        close_query();
+        query_timer_->stop();
+        query_.close();
         first_ = current_;
         if (master.text != master_peer_.text) {
             ngx_log_error(NGX_LOG_NOTICE, log_, 0,
@@ -577,10 +664,76 @@ void SentinelEndpoint::handle_reply(const redisReply* reply) noexcept
                           master_.c_str());
         }
         master_peer_ = std::move(master);
+        if (!sub_.is_open() && !sub_timer_->armed()) {
+            subscribe(current_);
+        }
         ngx_addr_t addr = master_peer_.addr();
         deliver(&addr);
     } catch (...) {
         next("out of memory");
+    }
+}
+
+
+void SentinelEndpoint::subscribe(size_t index) noexcept
+{
+    sub_index_ = index;
+    if (!sub_.open(sentinels_[index], sub_command_)) {
+        on_sub_failed("connect() failed");
+    }
+}
+
+
+void SentinelEndpoint::on_sub_failed(std::string_view why) noexcept
+{
+    ngx_log_error(NGX_LOG_INFO, log_, 0,
+                  "ratelimit: sentinel %s, subscription to +switch-master: %*s",
+                  sentinels_[sub_index_].text.c_str(), why.size(), why.data());
+    sub_.close();
+    sub_timer_->start(1000);  // then the next sentinel
+}
+
+
+// ["message", "+switch-master", "<master> <old ip> <old port> <new ip> <new port>"]
+void SentinelEndpoint::on_sub_reply(const redisReply* reply) noexcept
+{
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (reply->len >= 6 && std::string_view(reply->str, 6) == "NOAUTH") {
+            on_sub_failed(std::string_view(reply->str, reply->len));
+        }
+        return;  // the AUTH error of a sentinel without a password
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
+        || element(reply, 0) != "message") {
+        return;
+    }
+    switched(element(reply, 2));
+}
+
+
+void SentinelEndpoint::switched(std::string_view payload) noexcept
+{
+    try {
+        std::vector<std::string_view> words;
+        size_t pos = 0;
+        while (pos < payload.size()) {
+            size_t end = payload.find(' ', pos);
+            end = end == std::string_view::npos ? payload.size() : end;
+            words.push_back(payload.substr(pos, end - pos));
+            pos = end + 1;
+        }
+        Peer master;
+        if (words.size() != 5 || words[0] != master_
+            || !parse_master(words[3], words[4], master)) {
+            return;
+        }
+        ngx_log_error(NGX_LOG_NOTICE, log_, 0,
+                      "ratelimit: sentinel %s: +switch-master \"%s\" to %s",
+                      sentinels_[sub_index_].text.c_str(), master_.c_str(), master.text.c_str());
+        if (master.text != master_peer_.text && on_moved_) {
+            on_moved_();
+        }
+    } catch (...) {
     }
 }
 

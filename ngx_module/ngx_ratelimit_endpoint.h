@@ -32,6 +32,9 @@ public:
     virtual void find(Found found) noexcept = 0;
     // `found` will not be called. Idempotent.
     virtual void cancel() noexcept = 0;
+    // `on_moved` is called when the endpoint learns that the address it gave last is no longer
+    // the one to use (a sentinel's +switch-master); nullptr stops it.
+    virtual void watch(std::function<void()> on_moved) noexcept { (void) on_moved; }
 };
 
 // What the endpoint of `ratelimit_redis` needs from the configuration. `addrs` holds the

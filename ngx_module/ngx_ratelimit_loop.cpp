@@ -86,10 +86,12 @@ public:
         flush_ev_.handler = &NgxTransport::on_flush_event;
         flush_ev_.data = this;
         flush_ev_.log = log;
+        endpoint_.watch([this] { moved(); });
     }
 
     ~NgxTransport() override
     {
+        endpoint_.watch(nullptr);
         if (alive_) {
             *alive_ = false;
         }
@@ -107,6 +109,7 @@ private:
     static void on_flush_event(ngx_event_t* ev) noexcept;
 
     void found(const ngx_addr_t* peer);
+    void moved();
     bool connect_peer(const ngx_addr_t& peer);
     void handle_read();
     void handle_write();
@@ -157,6 +160,16 @@ NgxTransport::found(const ngx_addr_t* peer)
         start_failed_ = true;  // found at once: connect() says it could not start
     } else {
         fail_later(peer ? "connect() failed" : "no address to connect to");
+    }
+}
+
+
+// The endpoint names another address: this connection goes, the next one goes there.
+void
+NgxTransport::moved()
+{
+    if (c_) {
+        fail_later("the master moved");
     }
 }
 

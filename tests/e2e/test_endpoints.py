@@ -334,3 +334,48 @@ def test_sentinel_with_passwords_and_an_unknown_master(workdir, nginx_factory):
         for s in sentinels:
             s.stop()
         master.stop()
+
+
+def test_sentinel_switch_master_moves_a_healthy_connection(workdir, nginx_factory):
+    """+switch-master: after a manual failover that the old master does not follow (it refuses
+    the sentinels' reconfiguration, as one cut off from them would), the connection to it,
+    still healthy, goes, and decisions continue on the new master."""
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port(),
+                          "--repl-diskless-sync-delay", "0",
+                          "--rename-command", "CLIENT", "client-renamed-by-the-test")
+    replica = RedisProcess(workdir / "replica", "127.0.0.1", free_port(),
+                           "--replicaof", "127.0.0.1", str(master.port))
+    sentinels = []
+    try:
+        assert wait_for(lambda: b"master_link_status:up" in replica.call("INFO", "replication"),
+                        10), "the replica did not sync"
+        sentinels = [Sentinel(workdir / ("s%d" % i), master.port) for i in range(3)]
+        assert wait_for(lambda: all(s.knows_everyone() for s in sentinels), 20)
+        addresses = " ".join("127.0.0.1:%d" % s.port for s in sentinels)
+        n = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=m "
+            "connect_timeout=200ms timeout=200ms;"))
+        assert status_of(n, "before")[0] == "PASSED"
+        assert master.call("EXISTS", "rl:p:before") == 1
+        time.sleep(0.3)  # the subscription is on its way
+
+        assert sentinels[0].call("SENTINEL", "FAILOVER", "m") == "OK"
+        assert wait_for(lambda: sentinels[0].master() == replica.port, 10)
+        switched = time.monotonic()
+        assert wait_for(lambda: b"role:master" in replica.call("INFO", "replication"), 5)
+
+        def moved():
+            status, elapsed = status_of(n, "after")
+            assert elapsed < 0.4 + 0.3, "a request waited %.3fs" % elapsed
+            return status == "PASSED" and replica.call("EXISTS", "rl:p:after") == 1
+        assert wait_for(moved, 5), "decisions stayed on the old master"
+        assert time.monotonic() - switched < 2.0
+        # The old master never followed: without +switch-master nginx would have stayed there.
+        assert b"role:master" in master.call("INFO", "replication")
+        assert "connection closed by Redis" not in n.log()  # it did not drop nginx either
+        assert "+switch-master" in n.log()
+    finally:
+        for s in sentinels:
+            s.stop()
+        replica.stop()
+        master.stop()
