@@ -1,20 +1,38 @@
 #!/usr/bin/env python3
-"""make bench: this module against its peers, in one run on this machine, printed as a table.
+"""make bench: this module against its peers, in one run on this machine, printed as tables,
+checked against the targets of issue 8 and written to bench/RESULTS.md.
 
-Variants (each: one nginx worker, `location / { <limiter>; empty_gif; }`, wrk -t1 -c50 with a
-random X-Api-Key out of 10,000 per request, limits never hit, so every request is decided):
+Variants (each: `location / { <limiter>; empty_gif; }`, one nginx worker unless named -w2,
+wrk -t1 -c50 with a random X-Api-Key out of 10,000 per request, limits never hit, so every
+request is decided):
   baseline     no limiter
   limit_req    nginx's own limit_req (per node, shared memory)
   openresty    access_by_lua + lua-resty-redis + EVALSHA token bucket (bench/peers/)
   ratelimit    this module, Redis mode (shared, exact)
   rl-local     this module, local mode (shared memory)
+  <v>-w2       the same with worker_processes 2
 Rounds are interleaved (a b c d e, a b c d e, ...) so drift on a noisy machine hits every
-variant alike; the table shows medians and ratios against the baseline of the same run.
+variant alike; the tables show medians over rounds and ratios within the run. Each round also
+measures the reference cost of one `SET key value PX ms` pipelined at depth 16 on the same Redis
+(redis-benchmark -P 16) and the flood scenario: 40 connections on one key over its limit
+(100 r/s, burst 100) with 10 legitimate connections on random keys; then a flood-only phase
+counts the Redis calls the flood key costs. Last, the Redis memory per live bucket: 100,000
+buckets created through nginx by the module and by the OpenResty peer.
 
-Environment: DUR (s, default 8), WARM (s, 2), ROUNDS (3), CONNS (50), VARIANTS (all).
+Before the tables, the core's micro-benchmarks (build/core/core_bench, Google Benchmark).
+
+Environment: DUR (s per measured run, default 8), WARM (s, 2), ROUNDS (3), CONNS (50),
+VARIANTS (default: all of the above with limit_req-w2 and ratelimit-w2), FLOOD (limiters in the
+flood, default "limit_req openresty ratelimit"; empty: no flood), FLOOD_DUR (s of the flood-only
+phase, default DUR/2), MEM (limiters measured for memory, default "ratelimit openresty"; empty:
+none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_BENCH (path of
+core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
+RESULTS (file to write, default bench/RESULTS.md; empty: none).
+A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
 """
 
 import os
+import platform
 import re
 import shutil
 import signal
@@ -24,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,10 +53,29 @@ DUR = int(os.environ.get("DUR", "8"))
 WARM = int(os.environ.get("WARM", "2"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 CONNS = int(os.environ.get("CONNS", "50"))
+FLOOD_CONNS, LEGIT_CONNS = 40, 10
+FLOOD_RATE = 100  # r/s and burst of the flood's policy; legitimate keys stay far below it
+FLOOD_DUR = int(os.environ.get("FLOOD_DUR", str(max(2, DUR // 2))))
+MEM_KEYS = int(os.environ.get("MEM_KEYS", "100000"))
+REF_N = int(os.environ.get("REF_N", "300000"))
+CORE_BENCH = os.environ.get("CORE_BENCH", str(REPO / "build" / "core" / "core_bench"))
+RESULTS = os.environ.get("RESULTS", str(HERE / "RESULTS.md"))
 TICK = os.sysconf("SC_CLK_TCK")
+REDIS_VARIANTS = ("openresty", "ratelimit")  # the variants that talk to Redis
 
 LUA_MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so",
                "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
+
+# Limiter parameters per scenario: the module's/limit_req's rate and burst, the peer's (tokens/s).
+# LIVE=1: limits still never hit, but a bucket outlives the gap between its key's requests (as
+# with real API limits), so Redis reads and overwrites live keys instead of creating each one
+# again (at 100000r/s a bucket is full, so deleted or expired, 1 ms after a request).
+SCENARIOS = {
+    "open": (("1r/s", 1000000, "1", "1000000") if os.environ.get("LIVE") == "1" else
+             ("100000r/s", 100000, "1000000000", "1000000000")),
+    "flood": ("%dr/s" % FLOOD_RATE, FLOOD_RATE, str(FLOOD_RATE), str(FLOOD_RATE)),
+    "mem": ("1r/h", 10, "0.000277778", "10"),                         # buckets live ~1 h
+}
 
 
 def free_port():
@@ -46,13 +84,20 @@ def free_port():
         return s.getsockname()[1]
 
 
-def limiter(variant, redis_port):
+def base_variant(variant):
+    """("ratelimit", 2) for "ratelimit-w2"."""
+    m = re.fullmatch(r"(.*)-w(\d+)", variant)
+    return (m.group(1), int(m.group(2))) if m else (variant, 1)
+
+
+def limiter(variant, redis_port, scenario="open"):
     """(main-level lines, http-level lines, location lines) of each variant."""
+    rate, burst, peer_rate, peer_burst = SCENARIOS[scenario]
     if variant == "baseline":
         return "", "", ""
     if variant == "limit_req":
-        return ("", "limit_req_zone $http_x_api_key zone=z:10m rate=100000r/s;",
-                "limit_req zone=z burst=100000 nodelay;")
+        return ("", "limit_req_zone $http_x_api_key zone=z:10m rate=%s;\nlimit_req_status 429;"
+                % rate, "limit_req zone=z burst=%d nodelay;" % burst)
     if variant == "openresty":
         loads = "".join("load_module %s;\n" % m for m in LUA_MODULES)
         return (loads,
@@ -60,9 +105,9 @@ def limiter(variant, redis_port):
                 'init_by_lua_block { require("tb_limiter").init("%s/tokenbucket.lua") }'
                 % (HERE / "peers", HERE / "peers"),
                 'access_by_lua_block { return require("tb_limiter").check("127.0.0.1", %d, '
-                '1000000000, 1000000000) }' % redis_port)
+                '%s, %s) }' % (redis_port, peer_rate, peer_burst))
     rl = ("load_module %s;" % MODULE, "", "ratelimit $http_x_api_key policy=bench;")
-    policy = "ratelimit_policy bench rate=100000r/s burst=100000;"
+    policy = "ratelimit_policy bench rate=%s burst=%d;" % (rate, burst)
     if variant == "ratelimit":
         return (rl[0], "ratelimit_redis 127.0.0.1:%d;\n%s" % (redis_port, policy), rl[2])
     if variant == "rl-local":
@@ -70,14 +115,14 @@ def limiter(variant, redis_port):
     raise ValueError(variant)
 
 
-def write_conf(run, variant, port, redis_port):
-    main, http, loc = limiter(variant, redis_port)
+def write_conf(run, variant, port, redis_port, workers=1, scenario="open"):
+    main, http, loc = limiter(variant, redis_port, scenario)
     user = "user root;" if os.geteuid() == 0 else ""
     conf = run / ("%s.conf" % variant)
     conf.write_text(f"""
 {main}
 {user}
-worker_processes 1;
+worker_processes {workers};
 error_log {run}/error-{variant}.log warn;
 pid {run}/nginx-{variant}.pid;
 events {{ worker_connections 4096; }}
@@ -115,108 +160,572 @@ def wait_port(port, timeout=5):
     return False
 
 
-def wrk(port, seconds, latency=False):
-    cmd = ["wrk", "-t1", "-c%d" % CONNS, "-d%ds" % seconds, "-s", str(HERE / "peers" / "wrk-keys.lua"),
-           "http://127.0.0.1:%d/" % port]
+# ---------------------------------------------------------------- Redis
+
+def redis_call(port, *args):
+    """One command over a fresh connection; returns the reply (str, int or list of str)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        f = s.makefile("rb")
+
+        def reply():
+            line = f.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:]
+            if kind == b"-":
+                raise RuntimeError(rest.decode())
+            if kind == b":":
+                return int(rest)
+            if kind == b"$":
+                n = int(rest)
+                return None if n < 0 else f.read(n + 2)[:-2].decode()
+            if kind == b"*":
+                return [reply() for _ in range(int(rest))]
+            return rest.decode()
+        return reply()
+
+
+def redis_info(port):
+    """INFO cpu/memory/commandstats as one dict: floats, and cmd:<name> -> (calls, usec)."""
+    info = {}
+    for section in ("cpu", "memory", "commandstats"):
+        for line in redis_call(port, "INFO", section).splitlines():
+            if line.startswith("cmdstat_"):
+                name, stats = line[len("cmdstat_"):].split(":", 1)
+                kv = dict(x.split("=") for x in stats.split(","))
+                info["cmd:" + name] = (int(kv["calls"]), int(kv["usec"]))
+            elif ":" in line:
+                k, v = line.split(":", 1)
+                try:
+                    info[k] = float(v)
+                except ValueError:
+                    pass
+    return info
+
+
+def memory_stats(port):
+    """MEMORY STATS, flattened: {"dataset.bytes": ..., "db.0.overhead.hashtable.main": ...}."""
+    out = {}
+
+    def walk(items, prefix):
+        for k, v in zip(items[::2], items[1::2]):
+            if isinstance(v, list):
+                walk(v, prefix + k + ".")
+            else:
+                try:
+                    out[prefix + k] = float(v)
+                except (TypeError, ValueError):
+                    pass
+    walk(redis_call(port, "MEMORY", "STATS"), "")
+    return out
+
+
+def redis_cpu_s(info):
+    return info.get("used_cpu_sys", 0) + info.get("used_cpu_user", 0)
+
+
+def script_calls(info):
+    """(calls, usec) of EVALSHA + EVAL."""
+    calls = usec = 0
+    for name in ("evalsha", "eval"):
+        c, u = info.get("cmd:" + name, (0, 0))
+        calls, usec = calls + c, usec + u
+    return calls, usec
+
+
+def start_redis(run):
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(run)],
+                            stdout=subprocess.DEVNULL)
+    if not wait_port(port):
+        proc.kill()
+        raise RuntimeError("redis-server did not start")
+    return {"port": port, "pid": proc.pid, "proc": proc}
+
+
+def stop_redis(redis):
+    redis["proc"].terminate()
+    redis["proc"].wait()
+
+
+# ---------------------------------------------------------------- nginx and wrk
+
+def start_nginx(run, variant, redis, workers=1, scenario="open"):
+    """Starts nginx for `variant`; returns {proc, port, workers: [pid...], worker: first pid}."""
+    port = free_port()
+    conf = write_conf(run, variant, port, redis["port"], workers, scenario)
+    proc = subprocess.Popen([NGINX, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if not wait_port(port):
+        proc.kill()
+        raise RuntimeError("nginx (%s) did not start: %s" % (variant, proc.stderr.read()))
+    pids = []
+    deadline = time.monotonic() + 5
+    while len(pids) < workers and time.monotonic() < deadline:
+        pids = [int(p) for p in subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="],
+                                               capture_output=True, text=True).stdout.split()]
+        time.sleep(0.05)
+    return {"proc": proc, "port": port, "workers": pids, "worker": pids[0]}
+
+
+def stop_nginx(nginx):
+    proc = nginx["proc"]
+    proc.send_signal(signal.SIGQUIT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def log_problems(run, variant):
+    """Error-log lines of a variant's nginx ([warn] and worse); the log is then emptied."""
+    log = run / ("error-%s.log" % variant)
+    if not log.exists():
+        return []
+    lines = [l for l in log.read_text(errors="replace").splitlines()
+             if re.search(r"\[(warn|error|crit|alert|emerg)\]", l)]
+    log.unlink()
+    return lines
+
+
+def wrk_start(port, seconds, conns, latency=True, **env):
+    cmd = ["wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds, "-s",
+           str(HERE / "peers" / "wrk-keys.lua"), "http://127.0.0.1:%d/" % port]
     if latency:
         cmd.insert(1, "--latency")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, NKEYS="10000"))
-    m = re.search(r"RESULT (.*)", out.stdout)
+    full = dict(os.environ, NKEYS="10000")
+    full.update({k: str(v) for k, v in env.items()})
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=full)
+
+
+def wrk_result(proc):
+    out, err = proc.communicate()
+    m = re.search(r"RESULT (.*)", out)
     if not m:
-        raise RuntimeError("wrk failed: " + out.stdout + out.stderr)
-    result = dict(kv.split("=") for kv in m.group(1).split())
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
-    result["non2xx"] = non2xx.group(1) if non2xx else "0"
-    return {k: float(v) for k, v in result.items()}
+        raise RuntimeError("wrk failed: " + out + err)
+    result = {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non2xx"] = float(non2xx.group(1)) if non2xx else 0.0
+    return result
+
+
+def wrk(port, seconds, conns=CONNS, latency=True, **env):
+    return wrk_result(wrk_start(port, seconds, conns, latency, **env))
+
+
+def errors(r):
+    return sum(r[k] for k in r if k.startswith("err_") and k != "err_status") + r["non2xx"]
+
+
+class Meter:
+    """CPU of nginx's workers and of Redis, and Redis's script calls, over a span of time."""
+
+    def __init__(self, nginx, redis):
+        self.nginx, self.redis = nginx, redis
+        self.t0 = time.monotonic()
+        self.n0 = sum(cpu_ticks(p) for p in nginx["workers"])
+        self.i0 = redis_info(redis["port"])
+
+    def stop(self):
+        secs = time.monotonic() - self.t0
+        n1 = sum(cpu_ticks(p) for p in self.nginx["workers"])
+        i1 = redis_info(self.redis["port"])
+        c0, u0 = script_calls(self.i0)
+        c1, u1 = script_calls(i1)
+        return {"secs": secs, "nginx_s": (n1 - self.n0) / TICK,
+                "redis_s": redis_cpu_s(i1) - redis_cpu_s(self.i0),
+                "calls": c1 - c0, "script_s": (u1 - u0) / 1e6}
 
 
 def measure(run, variant, redis):
-    port = free_port()
-    conf = write_conf(run, variant, port, redis["port"])
-    proc = subprocess.Popen([NGINX, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """One run of a variant: throughput, latency, CPU per request, Redis calls."""
+    name, workers = base_variant(variant)
+    redis_call(redis["port"], "FLUSHALL")
+    nginx = start_nginx(run, name, redis, workers)
     try:
-        if not wait_port(port):
-            raise RuntimeError("nginx (%s) did not start: %s" % (variant, proc.stderr.read()))
-        worker = int(subprocess.run(["ps", "--ppid", str(proc.pid), "-o", "pid="],
-                                    capture_output=True, text=True).stdout.split()[0])
-        wrk(port, WARM)
-        n0, r0 = cpu_ticks(worker), cpu_ticks(redis["pid"])
-        result = wrk(port, DUR, latency=True)
-        n1, r1 = cpu_ticks(worker), cpu_ticks(redis["pid"])
-        requests = max(result["requests"], 1)
-        result["nginx_us"] = (n1 - n0) / TICK * 1e6 / requests
-        result["redis_us"] = (r1 - r0) / TICK * 1e6 / requests
-        return result
+        wrk(nginx["port"], WARM, latency=False)
+        meter = Meter(nginx, redis)
+        result = wrk(nginx["port"], DUR)
+        m = meter.stop()
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_nginx(nginx)
+    problems = log_problems(run, name)
+    result["log_lines"] = float(len(problems))
+    if problems:
+        print("   %s: %d error-log lines, e.g. %s" % (variant, len(problems), problems[0][:200]))
+    requests = max(result["requests"], 1)
+    result["nginx_us"] = m["nginx_s"] * 1e6 / requests
+    result["redis_us"] = m["redis_s"] * 1e6 / requests
+    result["script_us"] = m["script_s"] * 1e6 / requests
+    result["calls_per_req"] = m["calls"] / requests
+    result["dec_per_call"] = requests / m["calls"] if m["calls"] else 0.0
+    return result
 
 
-def available_variants():
-    wanted = os.environ.get("VARIANTS", "baseline limit_req openresty ratelimit rl-local").split()
+def measure_flood(run, variant, redis):
+    """Flood + legitimate traffic together, then the flood alone (for its Redis calls)."""
+    name, workers = base_variant(variant)
+    redis_call(redis["port"], "FLUSHALL")
+    nginx = start_nginx(run, name, redis, workers, scenario="flood")
+    port = nginx["port"]
+    try:
+        warm = [wrk_start(port, WARM, FLOOD_CONNS, False, KEY="flood"),
+                wrk_start(port, WARM, LEGIT_CONNS, False)]
+        for p in warm:
+            wrk_result(p)
+        meter = Meter(nginx, redis)
+        flood = wrk_start(port, DUR, FLOOD_CONNS, False, KEY="flood")
+        legit = wrk_start(port, DUR, LEGIT_CONNS)
+        f, g = wrk_result(flood), wrk_result(legit)
+        m = meter.stop()
+        meter = Meter(nginx, redis)
+        alone = wrk(port, FLOOD_DUR, FLOOD_CONNS, latency=False, KEY="flood")
+        a = meter.stop()
+    finally:
+        stop_nginx(nginx)
+    # limit_req and this module log each rejection (at error level by default): not problems.
+    problems = [l for l in log_problems(run, name)
+                if "limiting requests" not in l and "rejected by policy" not in l]
+    if problems:
+        print("   flood %s: %d error-log lines, e.g. %s" % (variant, len(problems),
+                                                          problems[0][:200]))
+    total = max(f["requests"] + g["requests"], 1)
+    return {"legit_rps": g["rps"], "legit_p99_us": g["p99_us"],
+            "legit_errors": errors(g),
+            "flood_rps": f["rps"], "nginx_us": m["nginx_s"] * 1e6 / total,
+            "redis_us": m["redis_s"] * 1e6 / total,
+            "flood_calls_s": a["calls"] / a["secs"],
+            "flood_admitted_s": (alone["requests"] - alone["non2xx"]) / a["secs"],
+            "workers": workers}
+
+
+def measure_set_reference(redis):
+    """Redis CPU of one `SET key value PX ms`, pipelined at depth 16, 50 clients, 10k keys."""
+    port = redis["port"]
+    redis_call(port, "FLUSHALL")
+    i0 = redis_info(port)
+    out = subprocess.run(["redis-benchmark", "-p", str(port), "-c", "50", "-n", str(REF_N),
+                          "-P", "16", "-r", "10000", "--csv", "SET", "rl:ref:__rand_int__",
+                          "v2 99999000 1000 1795946804450", "PX", "60000"],
+                         capture_output=True, text=True, timeout=120)
+    i1 = redis_info(port)
+    calls = i1.get("cmd:set", (0, 0))[0] - i0.get("cmd:set", (0, 0))[0]
+    if calls <= 0:
+        raise RuntimeError("redis-benchmark SET failed: " + out.stdout + out.stderr)
+    return {"set_us": (redis_cpu_s(i1) - redis_cpu_s(i0)) * 1e6 / calls,
+            "set_cmd_us": (i1["cmd:set"][1] - i0.get("cmd:set", (0, 0))[1]) / calls}
+
+
+def measure_memory(run, variant, redis):
+    """Redis bytes per live bucket: MEM_KEYS distinct keys, each decided once through nginx.
+    Counted: the data (used_memory less every overhead) and the main and expires hash tables;
+    not counted: client buffers, which depend on the connections, not on the buckets."""
+    port = redis["port"]
+    redis_call(port, "FLUSHALL")
+    time.sleep(0.2)
+    stats0 = memory_stats(port)
+    nginx = start_nginx(run, variant, redis, scenario="mem")
+    try:
+        deadline = time.monotonic() + 90
+        start = 1  # keys mem<start>.. are not asked yet
+        while time.monotonic() < deadline:
+            keys = redis_call(port, "DBSIZE")
+            if keys >= MEM_KEYS:
+                break
+            n = MEM_KEYS - keys
+            r = wrk(nginx["port"], 3, latency=False, SEQ=1, PREFIX="mem", START=start, NKEYS=n)
+            # Asked in order, once: the next pass starts after the last key surely answered.
+            start += n if r["requests"] >= n + CONNS else max(0, int(r["requests"]) - CONNS)
+    finally:
+        stop_nginx(nginx)
+    log_problems(run, variant)
+    time.sleep(1.5)  # the connections closed, the dicts' incremental rehashing done
+    keys = redis_call(port, "DBSIZE")
+    stats1 = memory_stats(port)
+    sample = redis_call(port, "RANDOMKEY")
+    kind = redis_call(port, "TYPE", sample) if sample else "-"
+    value = redis_call(port, "GET", sample) if kind == "string" else kind
+    pttl = redis_call(port, "PTTL", sample) if sample else -2
+    usage = redis_call(port, "MEMORY", "USAGE", sample) if sample else 0
+    per_key = {f: (stats1.get(f, 0) - stats0.get(f, 0)) / keys if keys else 0.0
+               for f in ("dataset.bytes", "db.0.overhead.hashtable.main",
+                         "db.0.overhead.hashtable.expires")}
+    tables = per_key["db.0.overhead.hashtable.main"] + per_key["db.0.overhead.hashtable.expires"]
+    return {"keys": keys, "bytes": per_key["dataset.bytes"] + tables,
+            "dataset": per_key["dataset.bytes"], "overhead": tables,
+            "sample": "%s = %r (PTTL %s ms, MEMORY USAGE %s B)" % (sample, value, pttl, usage)}
+
+
+# ---------------------------------------------------------------- the run
+
+def available_variants(wanted):
     missing = [m for m in LUA_MODULES if not Path(m).exists()]
-    if "openresty" in wanted and (missing or not Path("/usr/share/lua/5.1/nginx/redis.lua").exists()):
+    peer_lib = Path("/usr/share/lua/5.1/nginx/redis.lua")
+    if "openresty" in wanted and (missing or not peer_lib.exists()):
         print("note: openresty variant skipped (libnginx-mod-http-lua / lua-nginx-redis missing)")
-        wanted.remove("openresty")
+        wanted = [v for v in wanted if base_variant(v)[0] != "openresty"]
     return wanted
+
+
+def run_core_bench():
+    if not CORE_BENCH or not Path(CORE_BENCH).exists():
+        print("note: no core_bench (%s): micro-benchmarks skipped" % CORE_BENCH)
+        return ""
+    print("== core micro-benchmarks (%s)" % CORE_BENCH, flush=True)
+    out = subprocess.run([CORE_BENCH, "--benchmark_min_time=0.2"], capture_output=True,
+                         text=True)
+    text = out.stdout.rstrip()
+    print(text, flush=True)
+    return text
+
+
+def median_of(rows):
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
 def main():
     if not shutil.which("wrk"):
         print("wrk is missing (apt-get install wrk)")
         return 1
-    variants = available_variants()
+    started = datetime.now(timezone.utc)
+    load0 = os.getloadavg()[0]
+    micro = run_core_bench()
+    variants = available_variants(os.environ.get(
+        "VARIANTS", "baseline limit_req openresty ratelimit rl-local limit_req-w2 ratelimit-w2"
+    ).split())
+    flooded = available_variants(os.environ.get("FLOOD", "limit_req openresty ratelimit").split())
+    memory_of = available_variants(os.environ.get("MEM", "ratelimit openresty").split())
+    results = {v: [] for v in variants}
+    floods = {v: [] for v in flooded}
+    refs, memory = [], {}
     with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
         run = Path(d)
         os.chmod(run, 0o755)
         (run / "tmp").mkdir()
-        rport = free_port()
-        rproc = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                                  "--save", "", "--appendonly", "no", "--dir", str(run)],
-                                 stdout=subprocess.DEVNULL)
-        redis = {"port": rport, "pid": rproc.pid}
+        redis = start_redis(run)
         try:
-            if not wait_port(rport):
-                raise RuntimeError("redis-server did not start")
-            results = {v: [] for v in variants}
             for rnd in range(ROUNDS):
                 for v in variants:
-                    subprocess.run(["redis-cli", "-p", str(rport), "FLUSHALL"],
-                                   capture_output=True)
                     r = measure(run, v, redis)
                     results[v].append(r)
-                    print("round %d %-10s %8.0f req/s  nginx %5.1f us/req  redis %5.1f us/req"
-                          % (rnd + 1, v, r["rps"], r["nginx_us"], r["redis_us"]), flush=True)
-                    errs = sum(r[k] for k in r if k.startswith("err_"))
-                    if errs or r["non2xx"]:
-                        print("   errors %d, non-2xx %d" % (errs, r["non2xx"]))
+                    print("round %d %-13s %8.0f req/s  p99 %6.2f ms  nginx %5.1f us/req  "
+                          "redis %5.1f us/req  calls/req %.2f"
+                          % (rnd + 1, v, r["rps"], r["p99_us"] / 1000, r["nginx_us"],
+                             r["redis_us"], r["calls_per_req"]), flush=True)
+                    if errors(r) or r["err_status"]:
+                        print("   errors %d, non-2xx %d" % (errors(r), r["non2xx"]))
+                ref = measure_set_reference(redis)
+                refs.append(ref)
+                print("round %d SET PX -P16     redis %5.2f us/SET" % (rnd + 1, ref["set_us"]),
+                      flush=True)
+                for v in flooded:
+                    f = measure_flood(run, v, redis)
+                    floods[v].append(f)
+                    print("round %d flood %-9s legit %7.0f req/s p99 %6.2f ms  flood %7.0f req/s"
+                          "  nginx %5.1f us/req  flood-key calls %6.0f/s (admitted %4.0f/s)"
+                          % (rnd + 1, v, f["legit_rps"], f["legit_p99_us"] / 1000, f["flood_rps"],
+                             f["nginx_us"], f["flood_calls_s"], f["flood_admitted_s"]), flush=True)
+            for v in memory_of:
+                memory[v] = measure_memory(run, v, redis)
+                print("memory %-10s %d keys, %.0f bytes/key; e.g. %s"
+                      % (v, memory[v]["keys"], memory[v]["bytes"], memory[v]["sample"]), flush=True)
         finally:
-            rproc.terminate()
-            rproc.wait()
-    print_table(variants, results)
+            stop_redis(redis)
+    med = {v: median_of(results[v]) for v in variants}
+    fmed = {v: median_of(floods[v]) for v in flooded}
+    ref = median_of(refs) if refs else None
+    tables = [table_variants(variants, med, results, ref), table_floods(flooded, fmed),
+              table_memory(memory), table_targets(med, fmed, ref, memory)]
+    text = "\n\n".join(t for t in tables if t)
+    print()
+    print(text)
+    if RESULTS:
+        write_results(started, load0, micro, text)
+        print("\nwritten to", RESULTS)
     return 0
 
 
-def print_table(variants, results):
-    med = {v: {k: statistics.median(r[k] for r in results[v]) for k in results[v][0]}
-           for v in variants}
+# ---------------------------------------------------------------- tables
+
+def fmt(x, spec="%.1f"):
+    return "-" if x is None else spec % x
+
+
+def table_variants(variants, med, results, ref):
     base = med.get("baseline", {}).get("rps")
-    print()
-    print("| variant | req/s (median of %d) | vs baseline | p50 ms | p99 ms | nginx CPU us/req | "
-          "Redis CPU us/req | errors |" % ROUNDS)
-    print("|---|---|---|---|---|---|---|---|")
+    lreq = med.get("limit_req", {}).get("rps")
+    rows = ["| variant | req/s (median of %d) | × baseline | × limit_req | p50 ms | p99 ms | "
+            "nginx CPU µs/req | Redis CPU µs/decision | × SET PX | of which in EVALSHA (wall µs) | "
+            "Redis calls/req | decisions/call | errors + log lines |" % ROUNDS,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         m = med[v]
-        errs = sum(sum(r[k] for k in r if k.startswith("err_")) + r["non2xx"] for r in results[v])
-        print("| %s | %.0f | %s | %.2f | %.2f | %.1f | %s | %d |" % (
-            v, m["rps"], "%.2f" % (m["rps"] / base) if base else "-", m["p50_us"] / 1000,
-            m["p99_us"] / 1000, m["nginx_us"],
-            "%.1f" % m["redis_us"] if v in ("openresty", "ratelimit") else "-", errs))
+        redis = base_variant(v)[0] in REDIS_VARIANTS
+        errs = sum(errors(r) + r["log_lines"] for r in results[v])
+        rows.append("| %s | %.0f | %s | %s | %.2f | %.2f | %.1f | %s | %s | %s | %s | %s | %d |" % (
+            v, m["rps"], fmt(m["rps"] / base if base else None, "%.2f"),
+            fmt(m["rps"] / lreq if lreq else None, "%.2f"),
+            m["p50_us"] / 1000, m["p99_us"] / 1000, m["nginx_us"],
+            fmt(m["redis_us"] if redis else None),
+            fmt(m["redis_us"] / ref["set_us"] if redis and ref else None, "%.1f×"),
+            fmt(m["script_us"] if redis else None),
+            fmt(m["calls_per_req"] if redis else None, "%.2f"),
+            fmt(m["dec_per_call"] if redis else None, "%.2f"), errs))
+    if ref:
+        rows.append("")
+        rows.append("Reference: one `SET key value PX ms`, redis-benchmark -c 50 -P 16, 10k keys: "
+                    "**%.2f µs** of Redis CPU per SET (%.2f µs inside the command), median of %d."
+                    % (ref["set_us"], ref["set_cmd_us"], ROUNDS))
+    return "\n".join(rows)
+
+
+def table_floods(flooded, fmed):
+    if not flooded:
+        return ""
+    rows = ["Flood: %d connections on one key (policy %d r/s, burst %d) + %d legitimate "
+            "connections on random keys, %d s; then the flood alone for %d s."
+            % (FLOOD_CONNS, FLOOD_RATE, FLOOD_RATE, LEGIT_CONNS, DUR, FLOOD_DUR), "",
+            "| limiter | legit req/s | legit p99 ms | flood req/s | nginx CPU µs/req | "
+            "Redis CPU µs/req | flood-key Redis calls/s | flood admitted/s | legit errors |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for v in flooded:
+        f = fmed[v]
+        redis = base_variant(v)[0] in REDIS_VARIANTS
+        rows.append("| %s | %.0f | %.2f | %.0f | %.1f | %s | %s | %.0f | %d |" % (
+            v, f["legit_rps"], f["legit_p99_us"] / 1000, f["flood_rps"], f["nginx_us"],
+            fmt(f["redis_us"] if redis else None), fmt(f["flood_calls_s"] if redis else None,
+                                                      "%.0f"),
+            f["flood_admitted_s"], f["legit_errors"]))
+    return "\n".join(rows)
+
+
+def table_memory(memory):
+    if not memory:
+        return ""
+    rows = ["Redis memory per live bucket (`MEMORY STATS` deltas over the buckets made through "
+            "nginx, one request per key: the data plus the keyspace and expires hash tables):", "",
+            "| limiter | buckets | bytes/bucket | of which data / hash tables "
+            "| a stored bucket |", "|---|---|---|---|---|"]
+    for v, m in memory.items():
+        rows.append("| %s | %d | %.0f | %.0f / %.0f | `%s` |" % (
+            v, m["keys"], m["bytes"], m["dataset"], m["overhead"], m["sample"]))
+    return "\n".join(rows)
+
+
+def verdict(ok):
+    return "-" if ok is None else ("PASS" if ok else "**FAIL**")
+
+
+def table_targets(med, fmed, ref, memory):
+    rl, lr, orr = med.get("ratelimit"), med.get("limit_req"), med.get("openresty")
+    rows = ["Targets of issue 8 (medians of this run):", "",
+            "| target | goal | this module | limit_req | OpenResty peer | verdict |",
+            "|---|---|---|---|---|---|"]
+
+    def add(name, goal, ours, lreq, peer, ok):
+        rows.append("| %s | %s | %s | %s | %s | %s |" % (name, goal, ours, lreq, peer, verdict(ok)))
+
+    for suffix, label in (("", ""), ("-w2", " (2 workers)")):
+        m, l, o = med.get("ratelimit" + suffix), med.get("limit_req" + suffix), \
+            med.get("openresty" + suffix)
+        if m and l:
+            add("nginx CPU/req, Redis mode" + label, "≤ limit_req + 3 µs = %.1f µs"
+                % (l["nginx_us"] + 3), "%.1f µs" % m["nginx_us"], "%.1f µs" % l["nginx_us"],
+                fmt(o["nginx_us"] if o else None, "%.1f µs"), m["nginx_us"] <= l["nginx_us"] + 3)
+            add("throughput, Redis mode" + label, "≥ 0.80× limit_req",
+                "%.2f× (%.0f/s)" % (m["rps"] / l["rps"], m["rps"]), "1.00× (%.0f/s)" % l["rps"],
+                "%.2f×" % (o["rps"] / l["rps"]) if o else "-", m["rps"] >= 0.8 * l["rps"])
+            add("p99, Redis mode" + label, "≤ limit_req + 1 ms = %.2f ms"
+                % (l["p99_us"] / 1000 + 1), "%.2f ms" % (m["p99_us"] / 1000),
+                "%.2f ms" % (l["p99_us"] / 1000), fmt(o["p99_us"] / 1000 if o else None,
+                                                      "%.2f ms"),
+                m["p99_us"] <= l["p99_us"] + 1000)
+    if rl and ref:
+        add("Redis CPU/decision", "≤ 2× SET PX (-P16) = %.1f µs" % (2 * ref["set_us"]),
+            "%.1f µs = %.1f× (%.2f decisions/call)" % (
+                rl["redis_us"], rl["redis_us"] / ref["set_us"], rl["dec_per_call"]), "-",
+            "%.1f µs = %.1f× (%.2f/call)" % (orr["redis_us"], orr["redis_us"] / ref["set_us"],
+                                              orr["dec_per_call"]) if orr else "-",
+            rl["redis_us"] <= 2 * ref["set_us"])
+    loc = med.get("rl-local")
+    if loc and lr:
+        add("throughput, local mode", "≥ 1.00× limit_req (0.95 allowed for noise)",
+            "%.2f×" % (loc["rps"] / lr["rps"]), "1.00×", "-", loc["rps"] >= 0.95 * lr["rps"])
+    frl, flr, fop = fmed.get("ratelimit"), fmed.get("limit_req"), fmed.get("openresty")
+    if frl:
+        bound = frl["flood_admitted_s"] + frl["workers"] * FLOOD_RATE
+        add("flood: Redis calls/s of the flood key", "≤ admitted + workers × refills/s = %.0f/s"
+            % bound, "%.0f/s (admitted %.0f/s)" % (frl["flood_calls_s"], frl["flood_admitted_s"]),
+            "-", fmt(fop["flood_calls_s"] if fop else None, "%.0f/s"),
+            frl["flood_calls_s"] <= bound)
+    if frl and flr:
+        add("flood: nginx CPU/req", "≤ limit_req's flood + 3 µs = %.1f µs" % (flr["nginx_us"] + 3),
+            "%.1f µs" % frl["nginx_us"], "%.1f µs" % flr["nginx_us"],
+            fmt(fop["nginx_us"] if fop else None, "%.1f µs"),
+            frl["nginx_us"] <= flr["nginx_us"] + 3)
+        add("flood: legitimate req/s (p99)", "reported", "%.0f (%.2f ms)" % (
+            frl["legit_rps"], frl["legit_p99_us"] / 1000), "%.0f (%.2f ms)" % (
+            flr["legit_rps"], flr["legit_p99_us"] / 1000),
+            "%.0f (%.2f ms)" % (fop["legit_rps"], fop["legit_p99_us"] / 1000) if fop else "-", None)
+    mrl, mop = memory.get("ratelimit"), memory.get("openresty")
+    if mrl:
+        add("Redis bytes per live bucket", "≤ OpenResty peer's", "%.0f B" % mrl["bytes"], "-",
+            fmt(mop["bytes"] if mop else None, "%.0f B"),
+            mrl["bytes"] <= mop["bytes"] if mop else None)
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- RESULTS.md
+
+def first_line(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        return (out.stdout + out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def machine():
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().split()[1]
+    return "%s, %d cores, %.0f GiB RAM" % (model, os.cpu_count(), int(mem) / 2**20)
+
+
+def write_results(started, load0, micro, text):
+    version = re.search(r'"([^"]+)"', (REPO / "core/include/ratelimit/version.h").read_text())
+    commit = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+    redis_v = re.search(r"v=(\S+)", first_line(["redis-server", "--version"]))
+    knobs = " ".join("%s=%s" % (k, os.environ[k]) for k in
+                     ("DUR", "WARM", "ROUNDS", "CONNS", "VARIANTS", "FLOOD", "FLOOD_DUR", "MEM",
+                      "MEM_KEYS", "REF_N", "LIVE") if k in os.environ) or "defaults"
+    head = ["# make bench results", "",
+            "- date: %s (UTC), %.0f min" % (started.strftime("%Y-%m-%d %H:%M"),
+                                           (datetime.now(timezone.utc) - started).seconds / 60),
+            "- machine: %s; load average at start %.1f, at end %.1f (other work shares the "
+            "cores: compare within this run)" % (machine(), load0, os.getloadavg()[0]),
+            "- versions: module %s (commit %s), %s, Redis %s, kernel %s, wrk %s" % (
+                version.group(1) if version else "?", commit,
+                first_line([NGINX, "-v"]).replace("nginx version: ", ""),
+                redis_v.group(1) if redis_v else "?", platform.release(),
+                first_line(["wrk", "-v"]).split(" [")[0].replace("wrk ", "")),
+            "- settings: %s; wrk -t1 -c%d, %d s per run after %d s of warm-up, %d interleaved "
+            "rounds, 10,000 random keys" % (knobs, CONNS, DUR, WARM, ROUNDS), "",
+            "Produced by `make bench` (bench/bench.py); CPU figures from /proc (nginx workers) "
+            "and `INFO cpu` (Redis), calls from `INFO commandstats`.", ""]
+    body = head + [text]
+    if micro:
+        body += ["", "Core micro-benchmarks (build/core/core_bench):", "", "```", micro, "```"]
+    Path(RESULTS).write_text("\n".join(body) + "\n")
 
 
 if __name__ == "__main__":

@@ -230,6 +230,98 @@ bool resolve_redis_addresses(ngx_conf_t* cf, ngx_command_t* cmd, MainConf* mcf,
 }
 
 
+#if (NGX_SSL)
+
+// A NUL-terminated copy in the configuration's pool, as OpenSSL and nginx's file names need.
+bool pool_string(ngx_pool_t* pool, const std::string& text, ngx_str_t& out)
+{
+    out.len = text.size();
+    out.data = static_cast<u_char*>(ngx_pnalloc(pool, text.size() + 1));
+    if (out.data == nullptr) {
+        return false;
+    }
+    ngx_memcpy(out.data, text.data(), text.size());
+    out.data[text.size()] = '\0';
+    return true;
+}
+
+
+bool is_ip_address(const char* name)
+{
+    u_char addr[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
+}
+
+// Chains of managed Redis services have intermediates; OpenSSL's own default.
+constexpr ngx_int_t kTlsVerifyDepth = 100;
+
+// The client context of `ssl`, made here as proxy_ssl makes its own and freed with the
+// configuration. The trusted certificates are loaded now, so a bad file fails `nginx -t`.
+bool create_redis_tls(ngx_conf_t* cf, ngx_command_t* cmd, const ratelimit::RedisConfig& redis,
+                      RedisTls& tls)
+{
+    const std::string& name =
+        redis.ssl_server_name.empty() ? redis.addresses[0].host : redis.ssl_server_name;
+    if (redis.ssl_verify && redis.ssl_trusted_certificate.empty()) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": \"ssl_verify=on\" (the default with \"ssl\") needs "
+                           "\"ssl_trusted_certificate=\"", &cmd->name);
+        return false;
+    }
+    if (redis.ssl_verify && name.empty()) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": \"ssl_verify=on\" needs \"ssl_server_name=\" with a "
+                           "unix: address", &cmd->name);
+        return false;
+    }
+
+    auto* ssl = static_cast<ngx_ssl_t*>(ngx_pcalloc(cf->pool, sizeof(ngx_ssl_t)));
+    if (ssl == nullptr) {
+        return false;
+    }
+    ssl->log = cf->log;
+    if (ngx_ssl_create(ssl, NGX_SSL_TLSv1_2 | NGX_SSL_TLSv1_3, nullptr) != NGX_OK) {
+        return false;
+    }
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == nullptr) {
+        ngx_ssl_cleanup_ctx(ssl);
+        return false;
+    }
+    cln->handler = ngx_ssl_cleanup_ctx;
+    cln->data = ssl;
+    // The transport's output buffer may move between a send() that would block and its retry.
+    SSL_CTX_set_mode(ssl->ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+
+    if (!redis.ssl_trusted_certificate.empty()) {
+        ngx_str_t file;
+        if (!pool_string(cf->pool, redis.ssl_trusted_certificate, file)) {
+            return false;
+        }
+        if (ngx_ssl_trusted_certificate(cf, ssl, &file, kTlsVerifyDepth) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%V\": cannot load \"ssl_trusted_certificate=%s\"",
+                               &cmd->name, redis.ssl_trusted_certificate.c_str());
+            return false;
+        }
+    }
+    // Sessions are offered to NgxTransport, which keeps one for the next connect.
+    if (ngx_ssl_client_session_cache(cf, ssl, 1) != NGX_OK) {
+        return false;
+    }
+
+    if (!pool_string(cf->pool, name, tls.server_name)) {
+        return false;
+    }
+    tls.name_is_address = is_ip_address(name.c_str());
+    tls.verify = redis.ssl_verify;
+    tls.ssl = ssl;
+    return true;
+}
+
+#endif
+
+
 /*
  * ratelimit_redis address ... [mode=] [master=] [user=] [password=] [db=] [prefix=]
  *                 [connect_timeout=] [timeout=] [ssl] [ssl_verify=] ...;
@@ -257,12 +349,32 @@ try {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name, error.c_str());
         return static_cast<char*>(NGX_CONF_ERROR);
     }
-    if (redis->mode == ratelimit::RedisMode::cluster || redis->ssl) {
+    if (redis->mode == ratelimit::RedisMode::cluster
+        || (redis->mode == ratelimit::RedisMode::sentinel && redis->ssl)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\": %s is not supported by this version of the module",
-                           &cmd->name, redis->ssl ? "ssl" : "mode=cluster");
+                           &cmd->name, redis->ssl ? "ssl with mode=sentinel" : "mode=cluster");
         return static_cast<char*>(NGX_CONF_ERROR);
     }
+    if (!redis->ssl && (!redis->ssl_trusted_certificate.empty()
+                        || !redis->ssl_server_name.empty()))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": \"%s\" needs \"ssl\"", &cmd->name,
+                           redis->ssl_server_name.empty() ? "ssl_trusted_certificate="
+                                                          : "ssl_server_name=");
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+#if (NGX_SSL)
+    if (redis->ssl && !create_redis_tls(cf, cmd, *redis, mcf->redis_tls)) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+#else
+    if (redis->ssl) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": \"ssl\" needs nginx built with OpenSSL", &cmd->name);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+#endif
     if (!resolve_redis_addresses(cf, cmd, mcf, *redis)) {
         return static_cast<char*>(NGX_CONF_ERROR);
     }

@@ -2,6 +2,7 @@
 // points each file provides to the module definition.
 #pragma once
 
+#include "ngx_ratelimit_loop.h"
 #include "ngx_ratelimit_nginx.h"
 #include "ratelimit/batcher.h"
 #include "ratelimit/policy.h"
@@ -71,6 +72,7 @@ struct MainConf {
     ratelimit::RedisConfig* redis;     // nullptr: local mode
     ngx_addr_t redis_peer;             // the first address, resolved at configuration
     ngx_addr_t* redis_addrs;           // each address (sentinel mode) or the first, likewise
+    RedisTls redis_tls;                // `ssl`: its context, made at configuration
     ngx_shm_zone_t* zone;
     ssize_t zone_size;
 };

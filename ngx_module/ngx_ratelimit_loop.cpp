@@ -78,7 +78,9 @@ private:
 // edge-triggered registration nginx uses for connections loses nothing.
 class NgxTransport final : public ratelimit::Transport {
 public:
-    NgxTransport(Endpoint& endpoint, ngx_log_t* log) : endpoint_(endpoint), log_(log)
+    NgxTransport(Endpoint& endpoint, ngx_log_t* log, const RedisTls* tls,
+                 TlsSession** tls_session)
+        : endpoint_(endpoint), log_(log), tls_(tls), tls_session_(tls_session)
     {
         failure_ev_.handler = &NgxTransport::on_failure_event;
         failure_ev_.data = this;
@@ -113,6 +115,15 @@ private:
     bool connect_peer(const ngx_addr_t& peer);
     void handle_read();
     void handle_write();
+    void established();
+#if (NGX_SSL)
+    static void on_handshake(ngx_connection_t* c) noexcept;
+    static void on_new_session(ngx_connection_t* c) noexcept;
+    void start_tls();
+    bool set_server_name();
+    void handshake_done();
+    bool tls_verified();
+#endif
     bool flush();
     void fail(const char* reason);
     void fail_later(const char* reason);
@@ -122,6 +133,8 @@ private:
     bool finding_ = false;       // inside endpoint_.find() called by connect()
     bool start_failed_ = false;
     ngx_log_t* log_;
+    const RedisTls* tls_;                    // nullptr or no context: plain TCP
+    TlsSession** tls_session_;               // the loop's, kept across reconnects
     ratelimit::TransportSink* sink_ = nullptr;
     ngx_connection_t* c_ = nullptr;
     bool connected_ = false;
@@ -257,7 +270,20 @@ NgxTransport::close() noexcept
 {
     endpoint_.cancel();
     if (c_) {
+        ngx_pool_t* pool = c_->pool;  // made for TLS only
+#if (NGX_SSL)
+        if (c_->ssl) {
+            c_->ssl->no_wait_shutdown = 1;  // send close_notify, wait for nothing
+            if (ngx_ssl_shutdown(c_) == NGX_AGAIN) {
+                c_->timedout = 1;  // the socket is full: a quiet shutdown frees it now
+                (void) ngx_ssl_shutdown(c_);
+            }
+        }
+#endif
         ngx_close_connection(c_);
+        if (pool) {
+            ngx_destroy_pool(pool);
+        }
         c_ = nullptr;
     }
     if (failure_ev_.posted) {
@@ -419,7 +445,20 @@ NgxTransport::handle_write()
         fail("connect() failed");
         return;
     }
+#if (NGX_SSL)
+    if (tls_ && tls_->ssl) {
+        start_tls();
+        return;
+    }
+#endif
+    established();
+}
 
+
+// The stream is ready (TCP connected, TLS verified): the client may talk.
+void
+NgxTransport::established()
+{
     connected_ = true;
     if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
         fail("read event failed");
@@ -438,13 +477,161 @@ NgxTransport::handle_write()
     }
 }
 
+
+#if (NGX_SSL)
+
+// After the TCP connect: the TLS handshake, through nginx's events (ngx_ssl_handshake swaps in
+// its own handlers until it is done, then calls on_handshake). The client's connect timer
+// covers it, since on_connected comes only once the server is verified.
+void
+NgxTransport::start_tls()
+{
+    // ngx_ssl_create_connection allocates from the connection's pool; a plain one has none.
+    c_->pool = ngx_create_pool(256, log_);
+    if (c_->pool == nullptr
+        || ngx_ssl_create_connection(tls_->ssl, c_, NGX_SSL_CLIENT) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: cannot start TLS to Redis %s",
+                      peer_.text.c_str());
+        fail("TLS failed");
+        return;
+    }
+    c_->ssl->save_session = &NgxTransport::on_new_session;
+    if (!set_server_name()
+        || (*tls_session_ && ngx_ssl_set_session(c_, *tls_session_) != NGX_OK))
+    {
+        fail("TLS failed");
+        return;
+    }
+
+    ngx_int_t rc = ngx_ssl_handshake(c_);
+    if (rc == NGX_AGAIN) {
+        c_->ssl->handler = &NgxTransport::on_handshake;
+        return;
+    }
+    handshake_done();
+}
+
+
+// SNI, and the name the certificate must carry.
+bool
+NgxTransport::set_server_name()
+{
+    SSL* ssl = c_->ssl->connection;
+    const char* name = reinterpret_cast<const char*>(tls_->server_name.data);
+    // SNI carries host names only (RFC 6066).
+    if (tls_->server_name.len && !tls_->name_is_address
+        && SSL_set_tlsext_host_name(ssl, name) == 0)
+    {
+        ngx_ssl_error(NGX_LOG_ERR, log_, 0,
+                      const_cast<char*>("ratelimit: SSL_set_tlsext_host_name(\"%s\") failed"),
+                      name);
+        return false;
+    }
+    if (!tls_->verify) {
+        return true;
+    }
+    // Checked with the chain, so that SSL_get_verify_result tells either failure.
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    int ok = tls_->name_is_address ? X509_VERIFY_PARAM_set1_ip_asc(param, name)
+                                   : X509_VERIFY_PARAM_set1_host(param, name, 0);
+    if (ok != 1) {
+        ngx_ssl_error(NGX_LOG_ERR, log_, 0,
+                      const_cast<char*>("ratelimit: cannot check the name \"%s\""), name);
+        return false;
+    }
+    return true;
+}
+
+
+void
+NgxTransport::on_handshake(ngx_connection_t* c) noexcept
+{
+    static_cast<NgxTransport*>(c->data)->handshake_done();
+}
+
+
+void
+NgxTransport::handshake_done()
+{
+    c_->read->handler = &NgxTransport::on_read;
+    c_->write->handler = &NgxTransport::on_write;
+    if (!c_->ssl || !c_->ssl->handshaked) {
+        // OpenSSL's reason is in the line nginx logged just before.
+        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: TLS handshake with Redis %s failed",
+                      peer_.text.c_str());
+        fail("TLS handshake failed");
+        return;
+    }
+    if (!tls_verified()) {
+        fail("TLS certificate verification failed");
+        return;
+    }
+    ngx_log_error(NGX_LOG_INFO, log_, 0, "ratelimit: TLS to Redis %s: %s, %s session",
+                  peer_.text.c_str(), SSL_get_version(c_->ssl->connection),
+                  SSL_session_reused(c_->ssl->connection) ? "reused" : "new");
+    established();
+}
+
+
+// With ssl_verify=on: the chain against ssl_trusted_certificate, and the name.
+bool
+NgxTransport::tls_verified()
+{
+    if (!tls_->verify) {
+        return true;
+    }
+    long rc = SSL_get_verify_result(c_->ssl->connection);
+    if (rc == X509_V_OK) {
+        return true;
+    }
+    ngx_log_error(NGX_LOG_ERR, log_, 0,
+                  "ratelimit: Redis %s failed TLS verification as \"%V\": %s (%l)",
+                  peer_.text.c_str(), &tls_->server_name, X509_verify_cert_error_string(rc), rc);
+    if (*tls_session_) {
+        ngx_ssl_free_session(*tls_session_);  // never resume what was not verified
+        *tls_session_ = nullptr;
+    }
+    return false;
+}
+
+
+// OpenSSL made a session (at the end of a TLS 1.2 handshake, or a TLS 1.3 ticket later on):
+// kept for the next connect.
+void
+NgxTransport::on_new_session(ngx_connection_t* c) noexcept
+{
+    auto* t = static_cast<NgxTransport*>(c->data);
+    ngx_ssl_session_t* session = ngx_ssl_get_session(c);
+    if (session == nullptr) {
+        return;
+    }
+    if (*t->tls_session_) {
+        ngx_ssl_free_session(*t->tls_session_);
+    }
+    *t->tls_session_ = session;
+}
+
+#endif  // NGX_SSL
+
 }  // namespace
+
+
+NgxEventLoop::~NgxEventLoop()
+{
+#if (NGX_SSL)
+    if (tls_session_) {
+        ngx_ssl_free_session(tls_session_);
+    }
+#endif
+}
 
 
 std::unique_ptr<ratelimit::Transport>
 NgxEventLoop::make_transport()
 {
-    return std::make_unique<NgxTransport>(endpoint_, log_);
+    return std::make_unique<NgxTransport>(endpoint_, log_, tls_, &tls_session_);
 }
 
 

@@ -10,10 +10,30 @@
 
 namespace ngx_ratelimit {
 
+#if (NGX_SSL)
+using TlsContext = ngx_ssl_t;
+using TlsSession = ngx_ssl_session_t;
+#else
+struct TlsContext;  // nginx without OpenSSL: `ssl` is refused at configuration
+struct TlsSession;
+#endif
+
+// TLS to Redis (`ssl`): the context made at configuration time and what to check. The
+// transport runs the handshake after the TCP connect; the core never sees TLS.
+struct RedisTls {
+    TlsContext* ssl;         // nullptr: plain TCP
+    ngx_str_t server_name;   // NUL-terminated; SNI (unless an address) and name verification
+    bool name_is_address;    // an IP address: checked against the certificate's IP entries
+    bool verify;
+};
+
 class NgxEventLoop final : public ratelimit::EventLoop {
 public:
-    // `endpoint` (where each connection goes) must outlive the loop.
-    NgxEventLoop(Endpoint& endpoint, ngx_log_t* log) : endpoint_(endpoint), log_(log) {}
+    // `endpoint` (where each connection goes) and `tls` (in the cycle's conf) must outlive
+    // the loop.
+    NgxEventLoop(Endpoint& endpoint, ngx_log_t* log, const RedisTls* tls = nullptr)
+        : endpoint_(endpoint), log_(log), tls_(tls) {}
+    ~NgxEventLoop() override;
 
     std::unique_ptr<ratelimit::Transport> make_transport() override;
     std::unique_ptr<ratelimit::Timer> make_timer(std::function<void()> on_fire,
@@ -23,6 +43,8 @@ public:
 private:
     Endpoint& endpoint_;
     ngx_log_t* log_;
+    const RedisTls* tls_;
+    TlsSession* tls_session_ = nullptr;  // the last TLS session, resumed on reconnect
 };
 
 // An nginx timer event as the core's Timer; `cancelable`: it never keeps an exiting worker.

@@ -15,9 +15,9 @@ namespace ngx_ratelimit {
 namespace {
 
 struct Worker {
-    Worker(std::unique_ptr<Endpoint> where, ngx_log_t* log, ratelimit::ClientOptions options,
-           ratelimit::ClientObserver observer)
-        : endpoint(std::move(where)), loop(*endpoint, log),
+    Worker(std::unique_ptr<Endpoint> where, const RedisTls& tls, ngx_log_t* log,
+           ratelimit::ClientOptions options, ratelimit::ClientObserver observer)
+        : endpoint(std::move(where)), loop(*endpoint, log, &tls),
           client(loop, std::move(options), std::move(observer)),
           batcher(loop, client, ratelimit::BatcherOptions{}, count_script_call)
     {
@@ -124,7 +124,7 @@ ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
     try {
         EndpointConfig where{mcf->redis, mcf->redis_addrs, nullptr, 0};
         where.resolver = configured_resolver(cycle, &where.resolver_timeout);
-        worker = new Worker(make_endpoint(where, cycle->log), cycle->log,
+        worker = new Worker(make_endpoint(where, cycle->log), mcf->redis_tls, cycle->log,
                             client_options(*mcf->redis),
                             client_observer(cycle->log, &mcf->redis_peer.name));
         return NGX_OK;

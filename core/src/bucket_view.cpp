@@ -8,6 +8,9 @@
 namespace ratelimit {
 namespace {
 
+constexpr int64_t kMaxExactLevel = int64_t(1) << 53;  // Lua's doubles are exact below
+constexpr int64_t kMaxPeriodMs = 86400000;              // one day, the longest rate period
+
 // Mirrors view_stored() below (a key of another type reads as missing, as in the decision
 // script); values stay below 2^53 as in the decision script, except
 // tokens * period on a conversion, which is compared with the capacity first.
@@ -38,10 +41,13 @@ else
   l, s = string.match(stored, '^(%d+) (%d+)$')
   from = period
 end
-if not l or tonumber(from) == 0 then
+if not l then
   return {0, cap, now}
 end
 l, from, s = tonumber(l), tonumber(from), tonumber(s)
+if from == 0 or from > 86400000 or l >= 9007199254740992 then
+  return {0, cap, now}
+end
 if from ~= period and from > 0 then
   local tokens = math.floor(l / from)
   if tokens >= burst then
@@ -120,19 +126,6 @@ std::optional<StoredBucket> parse_stored_bucket(std::string_view text)
     return StoredBucket{*level, 0, *stamp};
 }
 
-int64_t convert_level_units(int64_t level_units, int64_t from_ms, const BucketParams& params)
-{
-    if (from_ms <= 0 || from_ms == params.period_ms) {
-        return level_units;
-    }
-    int64_t tokens = level_units / from_ms;
-    if (tokens >= params.burst) {
-        return params.capacity_units();
-    }
-    // (level % from) < from <= 86400000, times a period <= 86400000: below 2^63.
-    return tokens * params.period_ms + (level_units % from_ms) * params.period_ms / from_ms;
-}
-
 BucketView view_stored(std::optional<std::string_view> stored, const BucketParams& params,
                        int64_t now_ms)
 {
@@ -143,12 +136,12 @@ BucketView view_stored(std::optional<std::string_view> stored, const BucketParam
     if (stored) {
         bucket = parse_stored_bucket(*stored);
     }
-    if (!bucket) {
+    // Values no bucket can hold read as missing, as in the decision script.
+    if (!bucket || bucket->level_units >= kMaxExactLevel || bucket->period_ms > kMaxPeriodMs) {
         return view;
     }
     view.exists = true;
-    BucketState state{convert_level_units(bucket->level_units, bucket->period_ms, params),
-                      bucket->stamp_ms};
+    BucketState state{bucket->level_units, bucket->stamp_ms, bucket->period_ms};
     view.level_units = refill(params, state, now_ms);
     return view;
 }

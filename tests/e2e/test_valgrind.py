@@ -251,3 +251,29 @@ def test_api_bucket_calls_of_requests_that_went_away(redis, valgrind_nginx):
     assert h2.wait([h2.request(path="/rl/status")]) == ["200"]
     h2.close()
     assert n.get("/rl/buckets/p/k").status == 200
+
+
+def test_tls_handshake_verification_failure_reuse_and_shutdown(workdir, valgrind_nginx,
+                                                                tmp_path_factory):
+    # TLS through nginx's OpenSSL handling: handshakes, a session resumed after Redis cut the
+    # connection, a verification failure, close_notify at exit.
+    from test_tls import TlsRedis, make_certs
+    certs = make_certs(tmp_path_factory.mktemp("vg-tls"))
+    server = TlsRedis(workdir / "redis-tls", certs)
+    try:
+        tls = "ssl ssl_trusted_certificate=%s" % certs["ca"]
+        conf_tls = conf(server.port, "5s").replace("connect_timeout=1s", "connect_timeout=2s " + tls)
+        n = valgrind_nginx(conf_tls)
+        assert status_of(n) == (200, "PASSED")
+        assert server.cmd("CLIENT", "KILL", "TYPE", "normal") >= 1
+        assert wait_for(lambda: status_of(n) == (200, "PASSED"), 20)
+        assert wait_for(lambda: "reused session" in n.log(), 10), n.log()
+
+        wrong = conf(server.port, "1s").replace(
+            "connect_timeout=1s", "connect_timeout=2s ssl ssl_trusted_certificate=%s"
+            % certs["other_ca"])
+        m = valgrind_nginx(wrong)
+        assert status_of(m) == (503, "FAILED_CLOSED")
+        assert "failed TLS verification" in m.log()
+    finally:
+        server.stop()

@@ -33,16 +33,15 @@ TEST(StoredBucket, Junk)
     }
 }
 
-TEST(ConvertLevel, TokensKeptFractionScaled)
+TEST(ViewStored, ValuesNoBucketCanHoldReadAsMissing)
 {
-    BucketParams per_hour{60, 3600000, 100};
-    // 2.5 tokens under a minute period: 2 tokens and half a token under an hour period.
-    EXPECT_EQ(convert_level_units(150000, 60000, per_hour), 2 * 3600000 + 1800000);
-    // Capped at the new burst.
-    BucketParams small{1, 1000, 3};
-    EXPECT_EQ(convert_level_units(10 * 60000, 60000, small), 3000);
-    EXPECT_EQ(convert_level_units(12345, 60000, kPerMinute), 12345);  // same period
-    EXPECT_EQ(convert_level_units(12345, 0, kPerMinute), 12345);      // legacy: own period
+    // Found by fuzz_api_text: a huge level under another period overflowed the conversion.
+    for (const char* text : {"v239 688888888888399399 60000 67777777776",
+                             "v2 9007199254740992 1000 5", "v2 5 86400001 5"}) {
+        BucketView v = view_stored(std::string_view(text), kPerMinute, 1000);
+        EXPECT_FALSE(v.exists) << text;
+        EXPECT_EQ(v.level_units, kPerMinute.capacity_units()) << text;
+    }
 }
 
 TEST(ViewStored, MissingAndJunkAreFullAndAbsent)

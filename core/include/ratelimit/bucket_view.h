@@ -24,10 +24,6 @@ struct StoredBucket {
 
 std::optional<StoredBucket> parse_stored_bucket(std::string_view text);
 
-// A level stored under period `from_ms`, under params.period_ms: whole tokens kept, the
-// fraction scaled down, capped at the capacity.
-int64_t convert_level_units(int64_t level_units, int64_t from_ms, const BucketParams& params);
-
 struct BucketView {
     bool exists = false;
     int64_t level_units = 0;  // refilled to now_ms, in params' units

@@ -1,0 +1,7 @@
+-- ARGS: none
+local level, period, now = 99999000, 1000, 1795946804450
+for i = 1, #KEYS do
+  redis.call('GET', KEYS[i])
+  redis.call('SET', KEYS[i], 'v2 ' .. level .. ' ' .. period .. ' ' .. now, 'PX', 60000)
+end
+return 1

@@ -1,0 +1,345 @@
+"""TLS to Redis (`ssl`): Debian's redis-server on a TLS port with certificates made here by
+`openssl`; a good certificate decides exactly, a wrong CA or name fails verification with a
+clear error line and the failure mode, `ssl_verify=off` connects anyway, sessions are resumed
+on reconnect, and `nginx -t` refuses what cannot work."""
+
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import Nginx, Resp, free_port, wait_for
+from test_exactness import hammer
+
+BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
+SERVER_NAME = "redis.test"  # the certificate's DNS name; its IP entry is 127.0.0.1
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d, name):
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2",
+            "-subj", f"/CN={name}", cwd=d)
+    return d / f"{name}.crt"
+
+
+def make_certs(d):
+    """A CA and a server certificate it signed (redis.test and 127.0.0.1), and another CA."""
+    d.chmod(0o755)
+    ca = make_ca(d, "ca")
+    other_ca = make_ca(d, "other-ca")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={SERVER_NAME}", cwd=d)
+    (d / "ext.cnf").write_text(f"subjectAltName=DNS:{SERVER_NAME},IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-set_serial", "2", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt", cwd=d)
+    for f in d.iterdir():
+        f.chmod(0o644)  # nginx may read them as another user
+    return {"ca": ca, "other_ca": other_ca, "cert": d / "server.crt", "key": d / "server.key"}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("tls"))
+
+
+class TlsResp(Resp):
+    """The tests' RESP client over TLS, to look at what nginx wrote."""
+
+    def __init__(self, port, ca, timeout=2.0):
+        ctx = ssl.create_default_context(cafile=str(ca))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = ctx.wrap_socket(raw, server_hostname=SERVER_NAME)
+        self.buf = b""
+
+
+class TlsRedis:
+    """redis-server with no plain TCP port (`--port 0`) and a TLS one."""
+
+    def __init__(self, workdir, certs, password=None):
+        self.certs = certs
+        self.port = free_port()
+        self.password = password
+        args = ["redis-server", "--port", "0", "--tls-port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"]),
+                "--tls-ca-cert-file", str(certs["ca"]), "--tls-auth-clients", "no",
+                "--save", "", "--appendonly", "no", "--dir", str(workdir),
+                "--logfile", str(workdir / "redis.log")]
+        if password:
+            args += ["--requirepass", password]
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.args = args
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        assert wait_for(self._pings), "redis-server (TLS) did not start"
+
+    def _pings(self):
+        try:
+            return self.cmd("PING") == "PONG"
+        except (OSError, RuntimeError):
+            return False
+
+    def cmd(self, *args):
+        c = TlsResp(self.port, self.certs["ca"])
+        try:
+            if self.password:
+                c.call("AUTH", self.password)
+            return c.call(*args)
+        finally:
+            c.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def tls_redis(workdir, certs):
+    server = TlsRedis(workdir / "redis-tls", certs)
+    yield server
+    server.stop()
+
+
+def conf(port, tls_args, mode="closed", extra="connect_timeout=300ms timeout=200ms"):
+    return f"""
+    ratelimit_redis 127.0.0.1:{port} {extra} {tls_args};
+    ratelimit_policy p rate=1r/h burst=3;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location / {{
+            ratelimit $http_x_key policy=p;
+            ratelimit_failure_mode {mode};
+            add_header X-Status $ratelimit_status always;
+            {BACKEND}
+        }}
+    }}
+"""
+
+
+def timed_get(n, key="k"):
+    start = time.monotonic()
+    r = n.get("/", {"X-Key": key})
+    return r, time.monotonic() - start
+
+
+def assert_decides_exactly(n, redis, key="k"):
+    results = [n.get("/", {"X-Key": key}) for _ in range(4)]
+    assert [(r.status, r.header("X-Status")) for r in results] == \
+        [(200, "PASSED")] * 3 + [(429, "REJECTED")]
+    assert [r.header("X-RateLimit-Remaining") for r in results] == ["2", "1", "0", "0"]
+    assert results[0].header("X-RateLimit-Limit") == "3"
+    stored = redis.cmd("GET", f"rl:p:{key}")
+    assert stored is not None and stored.startswith(b"v2 ")
+
+
+# --- connecting ----------------------------------------------------------------------------
+
+def test_good_certificate_decides_exactly_over_tls(tls_redis, certs, nginx_factory):
+    # The name checked is the address's host by default: 127.0.0.1, the certificate's IP entry.
+    n = nginx_factory(conf(tls_redis.port, f"ssl ssl_trusted_certificate={certs['ca']}"))
+    assert_decides_exactly(n, tls_redis)
+    assert "ratelimit: TLS to Redis 127.0.0.1:%d: TLSv1.3, new session" % tls_redis.port \
+        in n.log()
+    assert "failed" not in n.log()
+
+
+def test_server_name_is_sent_and_checked(tls_redis, certs, nginx_factory):
+    n = nginx_factory(conf(tls_redis.port, f"ssl ssl_verify=on ssl_server_name={SERVER_NAME} "
+                                           f"ssl_trusted_certificate={certs['ca']}"))
+    assert_decides_exactly(n, tls_redis)
+
+
+def test_tls_with_password_auth(workdir, certs, nginx_factory):
+    server = TlsRedis(workdir / "redis-auth", certs, password="s3cret")
+    try:
+        n = nginx_factory(conf(server.port, f"ssl ssl_trusted_certificate={certs['ca']}",
+                               extra="password=s3cret timeout=2s"))
+        assert_decides_exactly(n, server)
+        assert "s3cret" not in n.log()
+    finally:
+        server.stop()
+
+
+def test_session_is_resumed_on_reconnect(tls_redis, certs, nginx_factory):
+    n = nginx_factory(conf(tls_redis.port, f"ssl ssl_trusted_certificate={certs['ca']}",
+                           mode="open", extra="timeout=2s"))
+    assert n.get("/", {"X-Key": "a"}).header("X-Status") == "PASSED"
+    # A TLS 1.3 ticket arrives after the handshake, with the first reply; then the connection
+    # is cut by Redis and the worker connects again, offering it.
+    assert tls_redis.cmd("CLIENT", "KILL", "TYPE", "normal") >= 1
+    assert wait_for(lambda: n.get("/", {"X-Key": "b"}).header("X-Status") == "PASSED", 5)
+    assert wait_for(lambda: "TLSv1.3, reused session" in n.log(), 5), n.log()
+    assert tls_redis.cmd("EXISTS", "rl:p:a", "rl:p:b") == 2
+    # A new Redis process cannot resume the old session: a full handshake, and on it goes.
+    tls_redis.stop()
+    tls_redis.start()
+    assert wait_for(lambda: n.get("/", {"X-Key": "c"}).header("X-Status") == "PASSED", 5)
+    assert n.log().count("TLSv1.3, new session") == 2
+
+
+def test_concurrent_clients_two_workers_exact_over_tls_and_reload(tls_redis, certs,
+                                                                   nginx_factory):
+    # Pipelined, coalesced calls through SSL_write/SSL_read on both workers, then a reload.
+    n = nginx_factory(f"""
+    ratelimit_redis 127.0.0.1:{tls_redis.port} timeout=2s ssl
+                    ssl_trusted_certificate={certs['ca']};
+    ratelimit_policy p rate=1r/h burst=60;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        keepalive_requests 100000;
+        location / {{ ratelimit $http_x_key policy=p; proxy_pass http://127.0.0.1:@BACKEND@; }}
+    }}
+""", workers=2)
+    statuses, _ = hammer([n.port], {"X-Key": "shared"}, threads=8, seconds=1.5)
+    assert len(statuses) > 200, "too few requests to prove anything"
+    assert statuses.count(200) == 60 and set(statuses) == {200, 429}
+    old_workers = set(n.worker_pids())
+    n.reload()
+    assert wait_for(lambda: not old_workers & set(n.worker_pids()), 10)
+    statuses, _ = hammer([n.port], {"X-Key": "after"}, threads=4, seconds=0.5)
+    assert statuses.count(200) == 60
+
+
+# --- verification failures ------------------------------------------------------------------
+
+def assert_fails_verification(n, port, reason):
+    r, elapsed = timed_get(n)
+    assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+    assert elapsed < 0.5 + 0.3  # connect_timeout + timeout, and a margin for a busy machine
+    line = f"ratelimit: Redis 127.0.0.1:{port} failed TLS verification as "
+    errors = [l for l in n.log().splitlines() if line in l]
+    assert errors, n.log()
+    assert "[error]" in errors[0] and reason in errors[0], errors[0]
+    # Every attempt fails the same way; nothing reaches Redis.
+    assert timed_get(n)[0].header("X-Status") == "FAILED_CLOSED"
+
+
+def test_wrong_ca_fails_verification_with_the_failure_mode(tls_redis, certs, nginx_factory):
+    n = nginx_factory(conf(tls_redis.port, f"ssl ssl_trusted_certificate={certs['other_ca']}"))
+    # Redis sends its CA along: a chain ending in a self-signed root nginx does not trust.
+    assert_fails_verification(n, tls_redis.port,
+                              '"127.0.0.1": self-signed certificate in certificate chain')
+    assert tls_redis.cmd("DBSIZE") == 0
+
+
+def test_wrong_name_fails_verification_with_the_failure_mode(tls_redis, certs, nginx_factory):
+    n = nginx_factory(conf(tls_redis.port, "ssl ssl_server_name=other "
+                                           f"ssl_trusted_certificate={certs['ca']}"))
+    assert_fails_verification(n, tls_redis.port, '"other": hostname mismatch')
+    assert tls_redis.cmd("DBSIZE") == 0
+
+
+def test_verification_failure_counts_for_the_breaker(tls_redis, certs, nginx_factory):
+    n = nginx_factory(conf(tls_redis.port, f"ssl ssl_trusted_certificate={certs['other_ca']}",
+                           mode="open"))
+    statuses = {n.get("/", {"X-Key": "k"}).header("X-Status") for _ in range(5)}
+    assert statuses == {"FAILED_OPEN"}
+    assert wait_for(lambda: "Redis 127.0.0.1:%d is down" % tls_redis.port in n.log(), 3)
+
+
+def test_ssl_verify_off_connects_with_the_wrong_ca(tls_redis, certs, nginx_factory):
+    n = nginx_factory(conf(tls_redis.port, "ssl ssl_verify=off ssl_server_name=other "
+                                           f"ssl_trusted_certificate={certs['other_ca']}"))
+    assert_decides_exactly(n, tls_redis)
+    assert "failed TLS verification" not in n.log()
+
+
+def test_connect_timeout_covers_a_handshake_that_never_ends(redis, nginx_factory):
+    # A plain Redis takes the ClientHello for the start of an inline command and waits.
+    n = nginx_factory(conf(redis.port, "ssl ssl_verify=off"))
+    r, elapsed = timed_get(n)
+    assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+    assert 0.25 < elapsed < 0.5 + 0.3
+    assert "ratelimit: Redis 127.0.0.1:%d: Redis connect timeout" % redis.port in n.log()
+
+
+class PlainTextServer:
+    """Answers whatever comes with a line of plain text, then closes: not TLS."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                c.recv(4096)
+                c.sendall(b"-ERR this is not TLS\r\n")
+            except OSError:
+                pass
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_handshake_failure_takes_the_failure_mode(nginx_factory):
+    server = PlainTextServer()
+    try:
+        n = nginx_factory(conf(server.port, "ssl ssl_verify=off"))
+        r, elapsed = timed_get(n)
+        assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+        assert elapsed < 0.5
+        log = n.log()
+        assert "ratelimit: TLS handshake with Redis 127.0.0.1:%d failed" % server.port in log
+        assert "SSL_do_handshake() failed" in log  # nginx's line, with OpenSSL's reason
+    finally:
+        server.close()
+
+
+# --- configuration --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,words", [
+    ("ssl", ["ratelimit_redis", '"ssl_verify=on"', '"ssl_trusted_certificate="']),
+    ("ssl ssl_verify=on ssl_server_name=redis.test",
+     ["ratelimit_redis", '"ssl_trusted_certificate="']),
+    ("ssl ssl_trusted_certificate=/nonexistent/ca.pem",
+     ["ratelimit_redis", "/nonexistent/ca.pem"]),
+    ("ssl_trusted_certificate=/etc/ssl/certs/ca-certificates.crt",
+     ["ratelimit_redis", "ssl_trusted_certificate=", '"ssl"']),
+    ("mode=cluster ssl ssl_verify=off", ["ratelimit_redis", "not supported"]),
+])
+def test_bad_tls_configuration_fails_nginx_t(workdir, args, words):
+    n = Nginx(workdir / "bad", f"ratelimit_redis 127.0.0.1:6379 {args};")
+    t = n.test_config()
+    assert t.returncode != 0
+    assert "[emerg]" in t.stderr
+    for w in words:
+        assert w in t.stderr, t.stderr
+
+
+def test_a_file_that_is_not_a_certificate_fails_nginx_t(workdir):
+    junk = workdir / "junk.pem"
+    junk.write_text("not a certificate\n")
+    n = Nginx(workdir / "bad", f"ratelimit_redis 127.0.0.1:6379 ssl "
+                               f"ssl_trusted_certificate={junk};")
+    t = n.test_config()
+    assert t.returncode != 0
+    assert "ratelimit_redis" in t.stderr and str(junk) in t.stderr, t.stderr
+
+
+def test_good_tls_configuration_passes_nginx_t(workdir, certs):
+    n = Nginx(workdir / "good", f"ratelimit_redis 127.0.0.1:6379 ssl "
+                                f"ssl_trusted_certificate={certs['ca']};")
+    t = n.test_config()
+    assert t.returncode == 0, t.stderr
