@@ -397,6 +397,8 @@ BAD_CONFIGS = [
     ("ratelimit_redis 127.0.0.1:6379; ratelimit_redis 127.0.0.1:6380;", ["ratelimit_redis", "duplicate"]),
     ("ratelimit_redis 127.0.0.1:6379 mode=sentinel;", ["ratelimit_redis", "master"]),
     ("ratelimit_redis 127.0.0.1:6379 mode=cluster;", ["ratelimit_redis", "mode=cluster"]),
+    ("ratelimit_redis 127.0.0.1:26379 mode=sentinel master=m ssl ssl_verify=off;",
+     ["ratelimit_redis", "ssl with mode=sentinel"]),
     ("ratelimit_redis 127.0.0.1:26379 nowhere.invalid:26379 mode=sentinel master=m;",
      ["ratelimit_redis", "nowhere.invalid:26379"]),
     ("server { location /rl/ { ratelimit_api read; } }", ["ratelimit_api", '"read"']),
