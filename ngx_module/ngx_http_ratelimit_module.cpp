@@ -180,6 +180,56 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept
 }
 
 
+// Resolves the addresses the module connects to (standalone: the first; sentinel: each
+// sentinel) now, as proxy_pass does; host names are resolved again at each reconnection where
+// a `resolver` is configured (ngx_ratelimit_endpoint.cpp).
+bool resolve_redis_addresses(ngx_conf_t* cf, ngx_command_t* cmd, MainConf* mcf,
+                             const ratelimit::RedisConfig& redis)
+{
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    size_t n = redis.mode == ratelimit::RedisMode::sentinel ? redis.addresses.size() : 1;
+    mcf->redis_addrs = static_cast<ngx_addr_t*>(ngx_pcalloc(cf->pool, n * sizeof(ngx_addr_t)));
+    if (mcf->redis_addrs == nullptr) {
+        return false;
+    }
+    size_t found = 0;
+    ngx_uint_t first = 1;
+    for (ngx_uint_t i = 1; i < cf->args->nelts && found < n; i++) {
+        std::string_view arg = as_view(value[i]);
+        size_t eq = arg.find('=');
+        if (arg == "ssl" || (eq != std::string_view::npos
+                             && arg.substr(0, eq).find(':') == std::string_view::npos)) {
+            continue;  // an option, not an address (as parse_redis_args tells them apart)
+        }
+        ngx_url_t u{};
+        u.url = value[i];
+        u.default_port = 6379;
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s in address \"%V\"", &cmd->name,
+                               u.err ? u.err : "host not found", &u.url);
+            return false;
+        }
+        if (found == 0) {
+            first = i;
+        }
+        mcf->redis_addrs[found++] = u.addrs[0];
+    }
+    mcf->redis_peer = mcf->redis_addrs[0];
+    mcf->redis_peer.name = value[first];  // as written: a host name stays one in the logs
+    if (redis.mode == ratelimit::RedisMode::sentinel) {
+        // Logs and the API name the master; its address comes from the sentinels.
+        std::string name = "master \"" + redis.master + "\"";
+        mcf->redis_peer.name.data = static_cast<u_char*>(ngx_pnalloc(cf->pool, name.size()));
+        if (mcf->redis_peer.name.data == nullptr) {
+            return false;
+        }
+        ngx_memcpy(mcf->redis_peer.name.data, name.data(), name.size());
+        mcf->redis_peer.name.len = name.size();
+    }
+    return true;
+}
+
+
 #if (NGX_SSL)
 
 // A NUL-terminated copy in the configuration's pool, as OpenSSL and nginx's file names need.
@@ -276,6 +326,7 @@ bool create_redis_tls(ngx_conf_t* cf, ngx_command_t* cmd, const ratelimit::Redis
  * ratelimit_redis address ... [mode=] [master=] [user=] [password=] [db=] [prefix=]
  *                 [connect_timeout=] [timeout=] [ssl] [ssl_verify=] ...;
  * Without it the module runs in local mode (buckets in this node's shared memory).
+ * mode=sentinel: the addresses are sentinels, asked for master= at each (re)connection.
  */
 char* set_redis(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 try {
@@ -298,10 +349,11 @@ try {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name, error.c_str());
         return static_cast<char*>(NGX_CONF_ERROR);
     }
-    if (redis->mode != ratelimit::RedisMode::standalone) {
+    if (redis->mode == ratelimit::RedisMode::cluster
+        || (redis->mode == ratelimit::RedisMode::sentinel && redis->ssl)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\": %s is not supported by this version of the module",
-                           &cmd->name, "mode=cluster/sentinel");
+                           &cmd->name, redis->ssl ? "ssl with mode=sentinel" : "mode=cluster");
         return static_cast<char*>(NGX_CONF_ERROR);
     }
     if (!redis->ssl && (!redis->ssl_trusted_certificate.empty()
@@ -323,17 +375,9 @@ try {
         return static_cast<char*>(NGX_CONF_ERROR);
     }
 #endif
-
-    // The first address is the server; resolved now, as proxy_pass does.
-    ngx_url_t u{};
-    u.url = value[1];
-    u.default_port = 6379;
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s in address \"%V\"", &cmd->name,
-                           u.err ? u.err : "host not found", &u.url);
+    if (!resolve_redis_addresses(cf, cmd, mcf, *redis)) {
         return static_cast<char*>(NGX_CONF_ERROR);
     }
-    mcf->redis_peer = u.addrs[0];
     mcf->redis = redis;
     return NGX_CONF_OK;
 } catch (...) {

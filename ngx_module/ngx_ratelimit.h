@@ -71,6 +71,7 @@ struct MainConf {
     ngx_array_t policies;              // of Policy
     ratelimit::RedisConfig* redis;     // nullptr: local mode
     ngx_addr_t redis_peer;             // the first address, resolved at configuration
+    ngx_addr_t* redis_addrs;           // each address (sentinel mode) or the first, likewise
     RedisTls redis_tls;                // `ssl`: its context, made at configuration
     ngx_shm_zone_t* zone;
     ssize_t zone_size;

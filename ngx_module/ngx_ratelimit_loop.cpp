@@ -78,9 +78,9 @@ private:
 // edge-triggered registration nginx uses for connections loses nothing.
 class NgxTransport final : public ratelimit::Transport {
 public:
-    NgxTransport(const ngx_addr_t& peer, ngx_log_t* log, const RedisTls* tls,
+    NgxTransport(Endpoint& endpoint, ngx_log_t* log, const RedisTls* tls,
                  TlsSession** tls_session)
-        : peer_(peer), log_(log), tls_(tls), tls_session_(tls_session)
+        : endpoint_(endpoint), log_(log), tls_(tls), tls_session_(tls_session)
     {
         failure_ev_.handler = &NgxTransport::on_failure_event;
         failure_ev_.data = this;
@@ -88,10 +88,12 @@ public:
         flush_ev_.handler = &NgxTransport::on_flush_event;
         flush_ev_.data = this;
         flush_ev_.log = log;
+        endpoint_.watch([this] { moved(); });
     }
 
     ~NgxTransport() override
     {
+        endpoint_.watch(nullptr);
         if (alive_) {
             *alive_ = false;
         }
@@ -108,6 +110,9 @@ private:
     static void on_failure_event(ngx_event_t* ev) noexcept;
     static void on_flush_event(ngx_event_t* ev) noexcept;
 
+    void found(const ngx_addr_t* peer);
+    void moved();
+    bool connect_peer(const ngx_addr_t& peer);
     void handle_read();
     void handle_write();
     void established();
@@ -123,7 +128,10 @@ private:
     void fail(const char* reason);
     void fail_later(const char* reason);
 
-    const ngx_addr_t& peer_;
+    Endpoint& endpoint_;
+    Peer peer_;                  // where the current connection goes
+    bool finding_ = false;       // inside endpoint_.find() called by connect()
+    bool start_failed_ = false;
     ngx_log_t* log_;
     const RedisTls* tls_;                    // nullptr or no context: plain TCP
     TlsSession** tls_session_;               // the loop's, kept across reconnects
@@ -139,16 +147,62 @@ private:
 };
 
 
+// Asks the endpoint where to connect (a DNS answer or the sentinels may take a while), then
+// connects there.
 bool
 NgxTransport::connect(ratelimit::TransportSink& sink) noexcept
 {
     close();
     sink_ = &sink;
 
+    finding_ = true;
+    start_failed_ = false;
+    endpoint_.find([this](const ngx_addr_t* peer) { found(peer); });
+    finding_ = false;
+    return !start_failed_;
+}
+
+
+void
+NgxTransport::found(const ngx_addr_t* peer)
+{
+    if (peer && connect_peer(*peer)) {
+        return;
+    }
+    if (finding_) {
+        start_failed_ = true;  // found at once: connect() says it could not start
+    } else {
+        fail_later(peer ? "connect() failed" : "no address to connect to");
+    }
+}
+
+
+// The endpoint names another address: this connection goes, the next one goes there.
+void
+NgxTransport::moved()
+{
+    if (c_) {
+        fail_later("the master moved");
+    }
+}
+
+
+// False if the attempt could not start; a refused connection is reported later.
+bool
+NgxTransport::connect_peer(const ngx_addr_t& peer)
+{
+    try {
+        peer_.set(peer.sockaddr, peer.socklen,
+                  std::string_view(reinterpret_cast<const char*>(peer.name.data),
+                                   peer.name.len));
+    } catch (...) {
+        return false;
+    }
+    ngx_addr_t addr = peer_.addr();
     ngx_peer_connection_t pc{};
-    pc.sockaddr = peer_.sockaddr;
-    pc.socklen = peer_.socklen;
-    pc.name = const_cast<ngx_str_t*>(&peer_.name);
+    pc.sockaddr = addr.sockaddr;
+    pc.socklen = addr.socklen;
+    pc.name = &addr.name;
     pc.get = ngx_event_get_peer;
     pc.log = log_;
     pc.log_error = NGX_ERROR_ERR;
@@ -176,7 +230,7 @@ NgxTransport::connect(ratelimit::TransportSink& sink) noexcept
     connected_ = false;
     // Small pipelined writes must not wait for the previous one's ACK (Nagle's algorithm):
     // that would add a round trip whenever Redis is on another host. TCP only.
-    if (peer_.sockaddr->sa_family != AF_UNIX) {
+    if (peer.sockaddr->sa_family != AF_UNIX) {
         (void) ngx_tcp_nodelay(c_);  // logs its own failure; the connection still works
     }
 
@@ -214,6 +268,7 @@ NgxTransport::write(std::string_view bytes) noexcept
 void
 NgxTransport::close() noexcept
 {
+    endpoint_.cancel();
     if (c_) {
         ngx_pool_t* pool = c_->pool;  // made for TLS only
 #if (NGX_SSL)
@@ -385,7 +440,8 @@ NgxTransport::handle_write()
         err = ngx_socket_errno;
     }
     if (err) {
-        ngx_log_error(NGX_LOG_ERR, log_, err, "ratelimit: connect() to %V failed", &peer_.name);
+        ngx_log_error(NGX_LOG_ERR, log_, err, "ratelimit: connect() to %s failed",
+                      peer_.text.c_str());
         fail("connect() failed");
         return;
     }
@@ -435,8 +491,8 @@ NgxTransport::start_tls()
     if (c_->pool == nullptr
         || ngx_ssl_create_connection(tls_->ssl, c_, NGX_SSL_CLIENT) != NGX_OK)
     {
-        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: cannot start TLS to Redis %V",
-                      &peer_.name);
+        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: cannot start TLS to Redis %s",
+                      peer_.text.c_str());
         fail("TLS failed");
         return;
     }
@@ -503,8 +559,8 @@ NgxTransport::handshake_done()
     c_->write->handler = &NgxTransport::on_write;
     if (!c_->ssl || !c_->ssl->handshaked) {
         // OpenSSL's reason is in the line nginx logged just before.
-        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: TLS handshake with Redis %V failed",
-                      &peer_.name);
+        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: TLS handshake with Redis %s failed",
+                      peer_.text.c_str());
         fail("TLS handshake failed");
         return;
     }
@@ -512,8 +568,8 @@ NgxTransport::handshake_done()
         fail("TLS certificate verification failed");
         return;
     }
-    ngx_log_error(NGX_LOG_INFO, log_, 0, "ratelimit: TLS to Redis %V: %s, %s session",
-                  &peer_.name, SSL_get_version(c_->ssl->connection),
+    ngx_log_error(NGX_LOG_INFO, log_, 0, "ratelimit: TLS to Redis %s: %s, %s session",
+                  peer_.text.c_str(), SSL_get_version(c_->ssl->connection),
                   SSL_session_reused(c_->ssl->connection) ? "reused" : "new");
     established();
 }
@@ -531,8 +587,8 @@ NgxTransport::tls_verified()
         return true;
     }
     ngx_log_error(NGX_LOG_ERR, log_, 0,
-                  "ratelimit: Redis %V failed TLS verification as \"%V\": %s (%l)",
-                  &peer_.name, &tls_->server_name, X509_verify_cert_error_string(rc), rc);
+                  "ratelimit: Redis %s failed TLS verification as \"%V\": %s (%l)",
+                  peer_.text.c_str(), &tls_->server_name, X509_verify_cert_error_string(rc), rc);
     if (*tls_session_) {
         ngx_ssl_free_session(*tls_session_);  // never resume what was not verified
         *tls_session_ = nullptr;
@@ -575,7 +631,14 @@ NgxEventLoop::~NgxEventLoop()
 std::unique_ptr<ratelimit::Transport>
 NgxEventLoop::make_transport()
 {
-    return std::make_unique<NgxTransport>(peer_, log_, tls_, &tls_session_);
+    return std::make_unique<NgxTransport>(endpoint_, log_, tls_, &tls_session_);
+}
+
+
+std::unique_ptr<ratelimit::Timer>
+make_ngx_timer(std::function<void()> on_fire, bool cancelable, ngx_log_t* log)
+{
+    return std::make_unique<NgxTimer>(std::move(on_fire), cancelable, log);
 }
 
 

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "ngx_ratelimit_endpoint.h"
 #include "ngx_ratelimit_nginx.h"
 #include "ratelimit/transport.h"
 
@@ -28,9 +29,10 @@ struct RedisTls {
 
 class NgxEventLoop final : public ratelimit::EventLoop {
 public:
-    // `peer` (address and name) and `tls` must outlive the loop: they live in the cycle's conf.
-    NgxEventLoop(const ngx_addr_t& peer, ngx_log_t* log, const RedisTls* tls = nullptr)
-        : peer_(peer), log_(log), tls_(tls) {}
+    // `endpoint` (where each connection goes) and `tls` (in the cycle's conf) must outlive
+    // the loop.
+    NgxEventLoop(Endpoint& endpoint, ngx_log_t* log, const RedisTls* tls = nullptr)
+        : endpoint_(endpoint), log_(log), tls_(tls) {}
     ~NgxEventLoop() override;
 
     std::unique_ptr<ratelimit::Transport> make_transport() override;
@@ -39,10 +41,14 @@ public:
     int64_t now_ms() noexcept override { return int64_t(ngx_current_msec); }
 
 private:
-    const ngx_addr_t& peer_;
+    Endpoint& endpoint_;
     ngx_log_t* log_;
     const RedisTls* tls_;
     TlsSession* tls_session_ = nullptr;  // the last TLS session, resumed on reconnect
 };
+
+// An nginx timer event as the core's Timer; `cancelable`: it never keeps an exiting worker.
+std::unique_ptr<ratelimit::Timer> make_ngx_timer(std::function<void()> on_fire, bool cancelable,
+                                                 ngx_log_t* log);
 
 }  // namespace ngx_ratelimit

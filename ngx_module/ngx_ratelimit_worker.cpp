@@ -5,6 +5,7 @@
 #include <string>
 
 #include "ngx_ratelimit.h"
+#include "ngx_ratelimit_endpoint.h"
 #include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_loop.h"
 #include "ratelimit/key.h"
@@ -14,13 +15,15 @@ namespace ngx_ratelimit {
 namespace {
 
 struct Worker {
-    Worker(const ngx_addr_t& peer, const RedisTls& tls, ngx_log_t* log,
+    Worker(std::unique_ptr<Endpoint> where, const RedisTls& tls, ngx_log_t* log,
            ratelimit::ClientOptions options, ratelimit::ClientObserver observer)
-        : loop(peer, log, &tls), client(loop, std::move(options), std::move(observer)),
+        : endpoint(std::move(where)), loop(*endpoint, log, &tls),
+          client(loop, std::move(options), std::move(observer)),
           batcher(loop, client, ratelimit::BatcherOptions{}, count_script_call)
     {
     }
 
+    std::unique_ptr<Endpoint> endpoint;  // where each connection goes; outlives the client
     NgxEventLoop loop;
     ratelimit::RedisClient client;
     ratelimit::Batcher batcher;  // declared last: it goes first
@@ -119,7 +122,9 @@ ratelimit::Batcher* redis_batcher()
 ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
 {
     try {
-        worker = new Worker(mcf->redis_peer, mcf->redis_tls, cycle->log,
+        EndpointConfig where{mcf->redis, mcf->redis_addrs, nullptr, 0};
+        where.resolver = configured_resolver(cycle, &where.resolver_timeout);
+        worker = new Worker(make_endpoint(where, cycle->log), mcf->redis_tls, cycle->log,
                             client_options(*mcf->redis),
                             client_observer(cycle->log, &mcf->redis_peer.name));
         return NGX_OK;

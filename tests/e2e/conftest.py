@@ -42,8 +42,8 @@ def wait_for(predicate, timeout=5.0, step=0.02):
 class Resp:
     """A minimal RESP client: enough to drive Redis from tests without extra packages."""
 
-    def __init__(self, port, timeout=2.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, timeout=2.0, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def close(self):

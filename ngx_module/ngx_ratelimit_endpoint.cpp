@@ -1,0 +1,781 @@
+// The endpoints of ratelimit_redis: a fixed address, a host name re-resolved through nginx's
+// resolver before each connection, and a master found through the sentinels.
+
+#include "ngx_ratelimit_endpoint.h"
+
+#include <arpa/inet.h>
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ngx_ratelimit_loop.h"
+#include "ratelimit/resp.h"
+
+namespace ngx_ratelimit {
+
+void Peer::set(const struct sockaddr* sa, socklen_t len, std::string_view name)
+{
+    len = std::min<socklen_t>(len, sizeof(storage));
+    ngx_memcpy(&storage, sa, len);
+    socklen = len;
+    text.assign(name.data(), name.size());
+}
+
+
+ngx_addr_t Peer::addr() const
+{
+    ngx_addr_t a{};
+    a.sockaddr = const_cast<struct sockaddr*>(&storage.sockaddr);
+    a.socklen = socklen;
+    a.name.len = text.size();
+    a.name.data = reinterpret_cast<u_char*>(const_cast<char*>(text.data()));
+    return a;
+}
+
+namespace {
+
+std::string_view as_view(const ngx_str_t& s)
+{
+    return std::string_view(reinterpret_cast<const char*>(s.data), s.len);
+}
+
+
+std::string sockaddr_text(const sockaddr* sa, socklen_t len)
+{
+    u_char buf[NGX_SOCKADDR_STRLEN];
+    size_t n = ngx_sock_ntop(const_cast<sockaddr*>(sa), len, buf, sizeof(buf), 1);
+    return std::string(reinterpret_cast<char*>(buf), n);
+}
+
+
+// The address as the configuration resolved it.
+class FixedEndpoint final : public Endpoint {
+public:
+    explicit FixedEndpoint(const ngx_addr_t& addr) : addr_(addr) {}
+
+    void find(Found found) noexcept override { found(&addr_); }
+    void cancel() noexcept override {}
+
+private:
+    ngx_addr_t addr_;
+};
+
+
+// A host name resolved again before each connection. The answer is awaited for half of
+// connect_timeout at most: past that (or on an error) the last address is used, and a late
+// answer still serves the next connection.
+class HostEndpoint final : public Endpoint {
+public:
+    HostEndpoint(const ngx_addr_t& configured, const ratelimit::RedisEndpoint& address,
+                 const EndpointConfig& config, ngx_log_t* log)
+        : host_(address.host), port_(in_port_t(address.port)), resolver_(config.resolver),
+          resolver_timeout_(config.resolver_timeout),
+          budget_(std::max<ngx_msec_t>(ngx_msec_t(config.redis->connect_timeout_ms / 2), 1)),
+          log_(log)
+    {
+        peer_.set(configured.sockaddr, configured.socklen, as_view(configured.name));
+        timer_ = make_ngx_timer([this] { on_budget(); }, true, log);
+    }
+
+    ~HostEndpoint() override
+    {
+        cancel();
+        if (ctx_) {
+            ngx_resolve_name_done(ctx_);
+        }
+    }
+
+    void find(Found found) noexcept override;
+    void cancel() noexcept override
+    {
+        found_ = nullptr;
+        timer_->stop();
+    }
+
+private:
+    bool start() noexcept;
+    static void on_resolved(ngx_resolver_ctx_t* ctx) noexcept;
+    void resolved(ngx_resolver_ctx_t* ctx) noexcept;
+    void on_budget() noexcept;
+    void deliver() noexcept;
+    void failed(const char* why) noexcept;
+
+    std::string host_;
+    in_port_t port_;
+    ngx_resolver_t* resolver_;
+    ngx_msec_t resolver_timeout_;
+    ngx_msec_t budget_;
+    ngx_log_t* log_;
+    Peer peer_;                           // the last address known
+    ngx_resolver_ctx_t* ctx_ = nullptr;   // a query under way
+    Found found_;
+    std::unique_ptr<ratelimit::Timer> timer_;
+    bool failing_ = false;                // logged once until the name resolves again
+};
+
+
+void HostEndpoint::find(Found found) noexcept
+{
+    try {
+        found_ = std::move(found);
+    } catch (...) {
+        return;
+    }
+    if (ctx_ == nullptr && !start()) {
+        deliver();
+        return;
+    }
+    if (found_) {
+        timer_->start(int64_t(budget_));
+    }
+}
+
+
+bool HostEndpoint::start() noexcept
+{
+    ngx_resolver_ctx_t* ctx = ngx_resolve_start(resolver_, nullptr);
+    if (ctx == nullptr || ctx == NGX_NO_RESOLVER) {
+        failed("cannot start resolving");
+        return false;
+    }
+    ctx->name.data = reinterpret_cast<u_char*>(host_.data());
+    ctx->name.len = host_.size();
+    ctx->handler = &HostEndpoint::on_resolved;
+    ctx->data = this;
+    ctx->timeout = resolver_timeout_;
+    ctx->cancelable = 1;  // an exiting worker does not wait for it
+    ctx_ = ctx;
+    // The handler may run before this returns (an answer in the resolver's cache).
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+        ctx_ = nullptr;  // freed by the resolver
+        failed("cannot start resolving");
+        return false;
+    }
+    return true;
+}
+
+
+void HostEndpoint::on_resolved(ngx_resolver_ctx_t* ctx) noexcept
+{
+    static_cast<HostEndpoint*>(ctx->data)->resolved(ctx);
+}
+
+
+void HostEndpoint::resolved(ngx_resolver_ctx_t* ctx) noexcept
+{
+    if (ctx->state != NGX_OK || ctx->naddrs == 0) {
+        failed(ctx->state != NGX_OK ? ngx_resolver_strerror(ctx->state) : "no address");
+    } else {
+        // The current address while the name still has it (round-robin names stay put).
+        ngx_uint_t pick = 0;
+        for (ngx_uint_t i = 0; i < ctx->naddrs; i++) {
+            if (ngx_cmp_sockaddr(ctx->addrs[i].sockaddr, ctx->addrs[i].socklen,
+                                 &peer_.storage.sockaddr, peer_.socklen, 0) == NGX_OK) {
+                pick = i;
+                break;
+            }
+        }
+        ngx_sockaddr_t sa{};
+        socklen_t len = std::min<socklen_t>(ctx->addrs[pick].socklen, sizeof(sa));
+        ngx_memcpy(&sa, ctx->addrs[pick].sockaddr, len);
+        ngx_inet_set_port(&sa.sockaddr, port_);
+        if (ngx_cmp_sockaddr(&sa.sockaddr, len, &peer_.storage.sockaddr, peer_.socklen, 1)
+            != NGX_OK) {
+            try {
+                peer_.set(&sa.sockaddr, len, sockaddr_text(&sa.sockaddr, len));
+                ngx_log_error(NGX_LOG_NOTICE, log_, 0,
+                              "ratelimit: Redis host \"%s\" resolves to %s now", host_.c_str(),
+                              peer_.text.c_str());
+            } catch (...) {
+            }
+        }
+        failing_ = false;
+    }
+    ngx_resolve_name_done(ctx);
+    ctx_ = nullptr;
+    deliver();
+}
+
+
+void HostEndpoint::on_budget() noexcept
+{
+    failed("no answer in time");
+    deliver();
+}
+
+
+void HostEndpoint::failed(const char* why) noexcept
+{
+    if (!failing_) {
+        ngx_log_error(NGX_LOG_WARN, log_, 0,
+                      "ratelimit: cannot resolve Redis host \"%s\" (%s), connecting to %s",
+                      host_.c_str(), why, peer_.text.c_str());
+    }
+    failing_ = true;
+}
+
+
+void HostEndpoint::deliver() noexcept
+{
+    timer_->stop();
+    if (!found_) {
+        return;
+    }
+    Found found = std::move(found_);
+    found_ = nullptr;
+    ngx_addr_t addr = peer_.addr();
+    found(&addr);
+}
+
+
+// A conversation with a sentinel on an nginx connection: sends `command` once connected and
+// hands over each reply. Either callback may close or reopen the link.
+class SentinelLink {
+public:
+    using OnReply = std::function<void(const redisReply* reply)>;
+    using OnFailed = std::function<void(std::string_view why)>;
+
+    SentinelLink(OnReply on_reply, OnFailed on_failed, ngx_log_t* log)
+        : on_reply_(std::move(on_reply)), on_failed_(std::move(on_failed)), log_(log)
+    {
+    }
+    ~SentinelLink() { close(); }
+
+    // False: it could not even start (nothing follows).
+    bool open(const Peer& peer, const std::string& command) noexcept;
+    void close() noexcept;
+    bool is_open() const noexcept { return c_ != nullptr; }
+
+private:
+    static void on_read(ngx_event_t* ev) noexcept;
+    static void on_write(ngx_event_t* ev) noexcept;
+    void handle_write() noexcept;
+    void handle_read() noexcept;
+    bool send() noexcept;
+    void failed(std::string_view why) noexcept;
+
+    OnReply on_reply_;
+    OnFailed on_failed_;
+    ngx_log_t* log_;
+    ngx_connection_t* c_ = nullptr;
+    bool connected_ = false;
+    const std::string* command_ = nullptr;  // owned by the endpoint, outlives the link
+    size_t sent_ = 0;
+    redisReader* reader_ = nullptr;
+    uint64_t generation_ = 0;  // bumped by close(): a callback closed or reopened the link
+};
+
+
+bool SentinelLink::open(const Peer& peer, const std::string& command) noexcept
+{
+    close();
+    ngx_addr_t addr = peer.addr();
+    ngx_peer_connection_t pc{};
+    pc.sockaddr = addr.sockaddr;
+    pc.socklen = addr.socklen;
+    pc.name = &addr.name;
+    pc.get = ngx_event_get_peer;
+    pc.log = log_;
+    pc.log_error = NGX_ERROR_ERR;
+
+    ngx_int_t rc = ngx_event_connect_peer(&pc);
+    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
+        if (pc.connection) {
+            ngx_close_connection(pc.connection);
+        }
+        return false;
+    }
+    reader_ = redisReaderCreate();
+    if (reader_ == nullptr) {
+        ngx_close_connection(pc.connection);
+        return false;
+    }
+    c_ = pc.connection;
+    c_->data = this;
+    c_->read->handler = &SentinelLink::on_read;
+    c_->write->handler = &SentinelLink::on_write;
+    c_->log = log_;
+    c_->read->log = log_;
+    c_->write->log = log_;
+    connected_ = false;
+    command_ = &command;
+    sent_ = 0;
+    if (rc == NGX_OK) {
+        ngx_post_event(c_->write, &ngx_posted_events);
+    }
+    return true;
+}
+
+
+void SentinelLink::close() noexcept
+{
+    generation_++;
+    if (c_) {
+        ngx_close_connection(c_);
+        c_ = nullptr;
+    }
+    if (reader_) {
+        redisReaderFree(reader_);
+        reader_ = nullptr;
+    }
+}
+
+
+void SentinelLink::failed(std::string_view why) noexcept
+{
+    close();
+    on_failed_(why);
+}
+
+
+void SentinelLink::on_write(ngx_event_t* ev) noexcept
+{
+    auto* c = static_cast<ngx_connection_t*>(ev->data);
+    static_cast<SentinelLink*>(c->data)->handle_write();
+}
+
+
+void SentinelLink::on_read(ngx_event_t* ev) noexcept
+{
+    auto* c = static_cast<ngx_connection_t*>(ev->data);
+    static_cast<SentinelLink*>(c->data)->handle_read();
+}
+
+
+bool SentinelLink::send() noexcept
+{
+    while (sent_ < command_->size()) {
+        ssize_t n = c_->send(c_, reinterpret_cast<u_char*>(const_cast<char*>(&(*command_)[sent_])),
+                             command_->size() - sent_);
+        if (n == NGX_AGAIN) {
+            break;
+        }
+        if (n == NGX_ERROR) {
+            return false;
+        }
+        sent_ += size_t(n);
+    }
+    return ngx_handle_write_event(c_->write, 0) == NGX_OK;
+}
+
+
+void SentinelLink::handle_write() noexcept
+{
+    if (!connected_) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(c_->fd, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&err), &len) == -1) {
+            err = ngx_socket_errno;
+        }
+        if (err) {
+            failed("connect() failed");
+            return;
+        }
+        connected_ = true;
+        if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
+            failed("read event failed");
+            return;
+        }
+    }
+    if (!send()) {
+        failed("send() failed");
+    }
+}
+
+
+void SentinelLink::handle_read() noexcept
+{
+    if (c_->close) {
+        failed("worker is shutting down");
+        return;
+    }
+    if (!connected_) {
+        handle_write();
+        return;
+    }
+    uint64_t generation = generation_;
+    u_char buf[1024];
+    for (;;) {
+        ssize_t n = c_->recv(c_, buf, sizeof(buf));
+        if (n == NGX_AGAIN) {
+            if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
+                failed("read event failed");
+            }
+            return;
+        }
+        if (n <= 0) {
+            failed(n == 0 ? "connection closed" : "recv() failed");
+            return;
+        }
+        if (redisReaderFeed(reader_, reinterpret_cast<const char*>(buf), size_t(n)) != REDIS_OK) {
+            failed("out of memory");
+            return;
+        }
+        for (;;) {
+            void* reply = nullptr;
+            if (redisReaderGetReply(reader_, &reply) != REDIS_OK) {
+                failed("protocol error");
+                return;
+            }
+            if (reply == nullptr) {
+                break;
+            }
+            on_reply_(static_cast<redisReply*>(reply));
+            freeReplyObject(reply);
+            if (generation != generation_) {
+                return;  // closed (or reopened) by the callback
+            }
+        }
+    }
+}
+
+
+// mode=sentinel: asks the sentinels in turn, starting with the last one that answered,
+// `SENTINEL get-master-addr-by-name <master>` on a short-lived connection; each gets half of
+// connect_timeout. Meanwhile one sentinel is subscribed to `+switch-master`: when it names
+// another master, the watcher (the transport) drops its connection, so the next one asks
+// again. user=/password= are sent to the sentinels too (sentinels with ACLs need them; the
+// AUTH error of a sentinel without a password is ignored).
+class SentinelEndpoint final : public Endpoint {
+public:
+    SentinelEndpoint(const EndpointConfig& config, ngx_log_t* log);
+    ~SentinelEndpoint() override
+    {
+        cancel();
+        sub_.close();
+    }
+
+    void find(Found found) noexcept override;
+    void cancel() noexcept override
+    {
+        found_ = nullptr;
+        query_timer_->stop();
+        query_.close();
+    }
+    void watch(std::function<void()> on_moved) noexcept override
+    {
+        try {
+            on_moved_ = std::move(on_moved);
+        } catch (...) {
+        }
+    }
+
+private:
+    void ask(size_t index) noexcept;
+    void next(std::string_view why) noexcept;
+    void deliver(const ngx_addr_t* addr) noexcept;
+    void on_query_reply(const redisReply* reply) noexcept;
+    void on_master(const redisReply* reply) noexcept;
+    void subscribe(size_t index) noexcept;
+    void on_sub_reply(const redisReply* reply) noexcept;
+    void on_sub_failed(std::string_view why) noexcept;
+    void switched(std::string_view payload) noexcept;
+
+    std::vector<Peer> sentinels_;
+    std::string master_;
+    std::string auth_;            // AUTH command, or empty
+    std::string query_command_;
+    std::string sub_command_;
+    ngx_msec_t budget_;
+    ngx_log_t* log_;
+    Found found_;
+    std::function<void()> on_moved_;
+    SentinelLink query_;
+    std::unique_ptr<ratelimit::Timer> query_timer_;
+    size_t first_ = 0;            // the last sentinel that answered
+    size_t current_ = 0;
+    size_t tried_ = 0;
+    int seen_ = 0;                // replies read on the query connection
+    std::string auth_error_;
+    Peer master_peer_;            // the master last given
+    SentinelLink sub_;
+    std::unique_ptr<ratelimit::Timer> sub_timer_;  // resubscribes after a failure
+    size_t sub_index_ = 0;
+};
+
+
+SentinelEndpoint::SentinelEndpoint(const EndpointConfig& config, ngx_log_t* log)
+    : master_(config.redis->master),
+      budget_(std::max<ngx_msec_t>(ngx_msec_t(config.redis->connect_timeout_ms / 2), 1)),
+      log_(log),
+      query_([this](const redisReply* r) { on_query_reply(r); },
+             [this](std::string_view why) { next(why); }, log),
+      sub_([this](const redisReply* r) { on_sub_reply(r); },
+           [this](std::string_view why) { on_sub_failed(why); }, log)
+{
+    for (size_t i = 0; i < config.redis->addresses.size(); i++) {
+        sentinels_.emplace_back();
+        sentinels_.back().set(config.addrs[i].sockaddr, config.addrs[i].socklen,
+                              as_view(config.addrs[i].name));
+    }
+    const ratelimit::RedisConfig& redis = *config.redis;
+    if (!redis.password.empty()) {
+        auth_ = redis.user.empty()
+                    ? ratelimit::format_command({"AUTH", redis.password})
+                    : ratelimit::format_command({"AUTH", redis.user, redis.password});
+    }
+    query_command_ =
+        auth_ + ratelimit::format_command({"SENTINEL", "get-master-addr-by-name", master_});
+    sub_command_ = auth_ + ratelimit::format_command({"SUBSCRIBE", "+switch-master"});
+    query_timer_ = make_ngx_timer([this] { next("timed out"); }, false, log);
+    sub_timer_ = make_ngx_timer([this] { subscribe((sub_index_ + 1) % sentinels_.size()); },
+                                true, log);
+}
+
+
+void SentinelEndpoint::find(Found found) noexcept
+{
+    cancel();
+    try {
+        found_ = std::move(found);
+    } catch (...) {
+        return;
+    }
+    tried_ = 0;
+    ask(first_);
+}
+
+
+void SentinelEndpoint::ask(size_t index) noexcept
+{
+    current_ = index;
+    seen_ = 0;
+    auth_error_.clear();
+    if (!query_.open(sentinels_[index], query_command_)) {
+        next("connect() failed");
+        return;
+    }
+    query_timer_->start(int64_t(budget_));
+}
+
+
+// Gives up on the current sentinel and asks the next one, or reports that none answered.
+void SentinelEndpoint::next(std::string_view why) noexcept
+{
+    const Peer& sentinel = sentinels_[current_];
+    ngx_log_error(NGX_LOG_WARN, log_, 0, "ratelimit: sentinel %s, master \"%s\": %*s",
+                  sentinel.text.c_str(), master_.c_str(), why.size(), why.data());
+    query_timer_->stop();
+    query_.close();
+    if (++tried_ >= sentinels_.size()) {
+        ngx_log_error(NGX_LOG_ERR, log_, 0,
+                      "ratelimit: no sentinel gave the address of master \"%s\"",
+                      master_.c_str());
+        deliver(nullptr);
+        return;
+    }
+    ask((current_ + 1) % sentinels_.size());
+}
+
+
+void SentinelEndpoint::deliver(const ngx_addr_t* addr) noexcept
+{
+    if (!found_) {
+        return;
+    }
+    Found found = std::move(found_);
+    found_ = nullptr;
+    found(addr);
+}
+
+
+void SentinelEndpoint::on_query_reply(const redisReply* reply) noexcept
+{
+    bool last = ++seen_ == (auth_.empty() ? 1 : 2);
+    if (!last) {
+        if (reply->type == REDIS_REPLY_ERROR) {
+            try {
+                auth_error_.assign(reply->str, reply->len);
+            } catch (...) {
+            }
+        }
+        return;
+    }
+    on_master(reply);
+}
+
+
+// Address text of a reply element.
+std::string_view element(const redisReply* reply, size_t i)
+{
+    const redisReply* e = reply->element[i];
+    if (e->type != REDIS_REPLY_STRING) {
+        return {};
+    }
+    return std::string_view(e->str, e->len);
+}
+
+
+bool parse_master(std::string_view ip, std::string_view port_text, Peer& out)
+{
+    ngx_int_t port = ngx_atoi(reinterpret_cast<u_char*>(const_cast<char*>(port_text.data())),
+                              port_text.size());
+    if (port < 1 || port > 65535 || ip.empty() || ip.size() >= NGX_SOCKADDR_STRLEN) {
+        return false;
+    }
+    std::string host(ip);
+    ngx_sockaddr_t sa{};
+    socklen_t len;
+    if (inet_pton(AF_INET, host.c_str(), &sa.sockaddr_in.sin_addr) == 1) {
+        sa.sockaddr_in.sin_family = AF_INET;
+        len = sizeof(sockaddr_in);
+    } else if (inet_pton(AF_INET6, host.c_str(), &sa.sockaddr_in6.sin6_addr) == 1) {
+        sa.sockaddr_in6.sin6_family = AF_INET6;
+        len = sizeof(sockaddr_in6);
+    } else {
+        return false;  // a host name (sentinel's announce-hostnames): not followed
+    }
+    ngx_inet_set_port(&sa.sockaddr, in_port_t(port));
+    out.set(&sa.sockaddr, len, sockaddr_text(&sa.sockaddr, len));
+    return true;
+}
+
+
+// The reply to get-master-addr-by-name: [ip, port], nil for an unknown master, or an error.
+void SentinelEndpoint::on_master(const redisReply* reply) noexcept
+{
+    try {
+        if (reply->type == REDIS_REPLY_ERROR) {
+            std::string why = "error reply: " + std::string(reply->str, reply->len);
+            if (!auth_error_.empty()) {
+                why += " (AUTH: " + auth_error_ + ")";
+            }
+            next(why);
+            return;
+        }
+        if (reply->type == REDIS_REPLY_NIL) {
+            next("unknown master");
+            return;
+        }
+        Peer master;
+        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+            || !parse_master(element(reply, 0), element(reply, 1), master)) {
+            next("unexpected reply (a numeric master address is needed)");
+            return;
+        }
+        query_timer_->stop();
+        query_.close();
+        first_ = current_;
+        if (master.text != master_peer_.text) {
+            ngx_log_error(NGX_LOG_NOTICE, log_, 0,
+                          "ratelimit: sentinel %s gives %s as master \"%s\"",
+                          sentinels_[current_].text.c_str(), master.text.c_str(),
+                          master_.c_str());
+        }
+        master_peer_ = std::move(master);
+        if (!sub_.is_open() && !sub_timer_->armed()) {
+            subscribe(current_);
+        }
+        ngx_addr_t addr = master_peer_.addr();
+        deliver(&addr);
+    } catch (...) {
+        next("out of memory");
+    }
+}
+
+
+void SentinelEndpoint::subscribe(size_t index) noexcept
+{
+    sub_index_ = index;
+    if (!sub_.open(sentinels_[index], sub_command_)) {
+        on_sub_failed("connect() failed");
+    }
+}
+
+
+void SentinelEndpoint::on_sub_failed(std::string_view why) noexcept
+{
+    ngx_log_error(NGX_LOG_INFO, log_, 0,
+                  "ratelimit: sentinel %s, subscription to +switch-master: %*s",
+                  sentinels_[sub_index_].text.c_str(), why.size(), why.data());
+    sub_.close();
+    sub_timer_->start(1000);  // then the next sentinel
+}
+
+
+// ["message", "+switch-master", "<master> <old ip> <old port> <new ip> <new port>"]
+void SentinelEndpoint::on_sub_reply(const redisReply* reply) noexcept
+{
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (reply->len >= 6 && std::string_view(reply->str, 6) == "NOAUTH") {
+            on_sub_failed(std::string_view(reply->str, reply->len));
+        }
+        return;  // the AUTH error of a sentinel without a password
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
+        || element(reply, 0) != "message") {
+        return;
+    }
+    switched(element(reply, 2));
+}
+
+
+void SentinelEndpoint::switched(std::string_view payload) noexcept
+{
+    try {
+        std::vector<std::string_view> words;
+        size_t pos = 0;
+        while (pos < payload.size()) {
+            size_t end = payload.find(' ', pos);
+            end = end == std::string_view::npos ? payload.size() : end;
+            words.push_back(payload.substr(pos, end - pos));
+            pos = end + 1;
+        }
+        Peer master;
+        if (words.size() != 5 || words[0] != master_
+            || !parse_master(words[3], words[4], master)) {
+            return;
+        }
+        ngx_log_error(NGX_LOG_NOTICE, log_, 0,
+                      "ratelimit: sentinel %s: +switch-master \"%s\" to %s",
+                      sentinels_[sub_index_].text.c_str(), master_.c_str(), master.text.c_str());
+        if (master.text != master_peer_.text && on_moved_) {
+            on_moved_();
+        }
+    } catch (...) {
+    }
+}
+
+
+bool is_numeric(const std::string& host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+}  // namespace
+
+
+std::unique_ptr<Endpoint> make_endpoint(const EndpointConfig& config, ngx_log_t* log)
+{
+    const ratelimit::RedisConfig& redis = *config.redis;
+    if (redis.mode == ratelimit::RedisMode::sentinel) {
+        return std::make_unique<SentinelEndpoint>(config, log);
+    }
+    const ratelimit::RedisEndpoint& address = redis.addresses.front();
+    if (config.resolver == nullptr || address.is_unix() || is_numeric(address.host)) {
+        return std::make_unique<FixedEndpoint>(config.addrs[0]);
+    }
+    return std::make_unique<HostEndpoint>(config.addrs[0], address, config, log);
+}
+
+
+ngx_resolver_t* configured_resolver(ngx_cycle_t* cycle, ngx_msec_t* timeout)
+{
+    auto* http = reinterpret_cast<ngx_http_conf_ctx_t*>(cycle->conf_ctx[ngx_http_module.index]);
+    if (http == nullptr) {
+        return nullptr;
+    }
+    auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(
+        http->loc_conf[ngx_http_core_module.ctx_index]);
+    // Without a `resolver` directive nginx still makes an empty one for the http block.
+    if (clcf == nullptr || clcf->resolver == nullptr || clcf->resolver->connections.nelts == 0) {
+        return nullptr;
+    }
+    // The http level's own settings are never merged: unset means the default, 30s.
+    *timeout = clcf->resolver_timeout == NGX_CONF_UNSET_MSEC ? 30000 : clcf->resolver_timeout;
+    return clcf->resolver;
+}
+
+}  // namespace ngx_ratelimit

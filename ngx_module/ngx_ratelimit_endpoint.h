@@ -1,0 +1,54 @@
+// Where the next Redis connection goes. The transport asks before each connect; the answer
+// may take a DNS query (a host name re-resolved through nginx's `resolver`) or a question to
+// the sentinels (mode=sentinel), both without blocking. The core client knows nothing of it.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "ngx_ratelimit_nginx.h"
+#include "ratelimit/redis_config.h"
+
+namespace ngx_ratelimit {
+
+// An address and its name for logs, owned (ngx_addr_t points into it).
+struct Peer {
+    ngx_sockaddr_t storage{};
+    socklen_t socklen = 0;
+    std::string text;
+
+    void set(const struct sockaddr* sa, socklen_t len, std::string_view name);
+    ngx_addr_t addr() const;
+};
+
+class Endpoint {
+public:
+    // nullptr: no address could be found (the endpoint logged why).
+    using Found = std::function<void(const ngx_addr_t* peer)>;
+    virtual ~Endpoint() = default;
+    // Calls `found` exactly once, possibly before returning, unless cancel() comes first.
+    // The address is valid during the call only.
+    virtual void find(Found found) noexcept = 0;
+    // `found` will not be called. Idempotent.
+    virtual void cancel() noexcept = 0;
+    // `on_moved` is called when the endpoint learns that the address it gave last is no longer
+    // the one to use (a sentinel's +switch-master); nullptr stops it.
+    virtual void watch(std::function<void()> on_moved) noexcept { (void) on_moved; }
+};
+
+// What the endpoint of `ratelimit_redis` needs from the configuration. `addrs` holds the
+// addresses of `config.addresses`, resolved when the configuration was read.
+struct EndpointConfig {
+    const ratelimit::RedisConfig* redis;
+    const ngx_addr_t* addrs;
+    ngx_resolver_t* resolver;        // nullptr: names are not resolved again
+    ngx_msec_t resolver_timeout;
+};
+
+std::unique_ptr<Endpoint> make_endpoint(const EndpointConfig& config, ngx_log_t* log);
+
+// The http-level `resolver` when one is configured, else nullptr.
+ngx_resolver_t* configured_resolver(ngx_cycle_t* cycle, ngx_msec_t* timeout);
+
+}  // namespace ngx_ratelimit

@@ -1,0 +1,381 @@
+"""Addresses that move: a Redis host name followed through nginx's `resolver` (a DNS responder
+in the test), and mode=sentinel following a failover (a master, a replica, three sentinels)."""
+
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import Resp, free_port, wait_for
+
+BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
+
+
+def location_conf(redis_line, extra_http=""):
+    return f"""
+    {extra_http}
+    {redis_line}
+    ratelimit_policy p rate=1r/h burst=100000;
+    server {{
+        listen 127.0.0.1:@PORT@;
+        location / {{
+            ratelimit $http_x_key policy=p;
+            ratelimit_failure_mode open;
+            add_header X-Status $ratelimit_status always;
+            {BACKEND}
+        }}
+    }}
+"""
+
+
+class RedisProcess:
+    """A redis-server on any loopback address (127.0.0.2 is loopback too on Linux)."""
+
+    def __init__(self, workdir, host, port, *extra, password=None):
+        self.host, self.port, self.dir = host, port, workdir
+        self.password = password
+        if password:
+            extra += ("--requirepass", password)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", host, "--save", "",
+             "--appendonly", "no", "--dir", str(workdir), "--logfile",
+             str(workdir / "redis.log"), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(lambda: self.ping()), "redis-server on %s:%d did not start" % (host, port)
+
+    def call(self, *args):
+        c = Resp(self.port, timeout=1.0, host=self.host)
+        try:
+            if self.password:
+                c.call("AUTH", self.password)
+            return c.call(*args)
+        finally:
+            c.close()
+
+    def ping(self):
+        try:
+            return self.call("PING") == "PONG"
+        except (OSError, RuntimeError):
+            return False
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+
+
+class DnsResponder:
+    """Answers A queries for the names in `answers` (AAAA: no address), on UDP 127.0.0.1."""
+
+    def __init__(self, answers):
+        self.answers = dict(answers)
+        self.queries = 0
+        self.silent = False  # never answers: a resolver that does not respond
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopped:
+            try:
+                data, peer = self.sock.recvfrom(512)
+            except OSError:
+                continue
+            reply = None if self.silent else self._answer(data)
+            if reply:
+                self.sock.sendto(reply, peer)
+
+    def _answer(self, data):
+        if len(data) < 12:
+            return None
+        qid, _flags, qdcount = struct.unpack("!HHH", data[:6])
+        pos, labels = 12, []
+        while pos < len(data) and data[pos] != 0:
+            n = data[pos]
+            labels.append(data[pos + 1:pos + 1 + n].decode("ascii", "replace"))
+            pos += 1 + n
+        question_end = pos + 5
+        qtype, _qclass = struct.unpack("!HH", data[pos + 1:question_end])
+        name = ".".join(labels).lower()
+        self.queries += 1
+        question = data[12:question_end]
+        address = self.answers.get(name)
+        if address is None:  # NXDOMAIN
+            return struct.pack("!HHHHHH", qid, 0x8183, qdcount, 0, 0, 0) + question
+        records = b""
+        if qtype == 1:
+            records = (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4)
+                       + socket.inet_aton(address))
+        count = 1 if records else 0
+        return struct.pack("!HHHHHH", qid, 0x8180, qdcount, count, 0, 0) + question + records
+
+    def close(self):
+        self.stopped = True
+        self.thread.join()
+        self.sock.close()
+
+
+def status_of(n, key):
+    start = time.monotonic()
+    r = n.get("/", {"X-Key": key}, timeout=5)
+    return r.header("X-Status"), time.monotonic() - start
+
+
+def test_host_name_followed_through_the_resolver(workdir, nginx_factory):
+    # "localhost" resolves to 127.0.0.1 when the configuration is read (the system's resolver,
+    # no change to /etc/hosts); nginx's `resolver` then asks the test's DNS responder.
+    port = free_port()
+    first = RedisProcess(workdir / "r1", "127.0.0.1", port)
+    second = RedisProcess(workdir / "r2", "127.0.0.2", port)
+    dns = DnsResponder({"localhost": "127.0.0.1"})
+    try:
+        n = nginx_factory(location_conf(
+            f"ratelimit_redis localhost:{port} connect_timeout=200ms timeout=200ms;",
+            f"resolver 127.0.0.1:{dns.port} valid=1s;"))
+        for _ in range(5):
+            assert status_of(n, "one")[0] == "PASSED"
+        assert first.call("EXISTS", "rl:p:one") == 1
+        assert second.call("EXISTS", "rl:p:one") == 0
+        assert dns.queries > 0, "the resolver was never asked"
+
+        dns.answers["localhost"] = "127.0.0.2"
+        first.stop()
+        start = time.monotonic()
+        worst = 0.0
+        while time.monotonic() - start < 10:
+            status, elapsed = status_of(n, "two")
+            worst = max(worst, elapsed)
+            if status == "PASSED":
+                break
+            assert status == "FAILED_OPEN", status
+            time.sleep(0.05)
+        assert status == "PASSED", "decisions did not resume on the new address"
+        assert second.call("EXISTS", "rl:p:two") == 1
+        assert worst < 0.4 + 0.3, "a request waited %.3fs" % worst
+        assert wait_for(lambda: "resolves to 127.0.0.2:%d now" % port in n.log(), 2)
+        assert "cannot resolve" not in n.log()  # the responder always answered
+    finally:
+        dns.close()
+        first.stop()
+        second.stop()
+
+
+@pytest.mark.parametrize("answer,why", [("nxdomain", "Host not found"),
+                                         ("silent", "no answer in time")])
+def test_resolver_failure_keeps_the_last_address(workdir, nginx_factory, answer, why):
+    port = free_port()
+    redis = RedisProcess(workdir / "r1", "127.0.0.1", port)
+    dns = DnsResponder({})  # NXDOMAIN for every name
+    dns.silent = answer == "silent"
+    try:
+        n = nginx_factory(location_conf(
+            f"ratelimit_redis localhost:{port} connect_timeout=200ms timeout=200ms;",
+            f"resolver 127.0.0.1:{dns.port} valid=1s;"))
+        assert status_of(n, "one")[0] == "PASSED"
+        redis.call("CLIENT", "KILL", "TYPE", "normal")  # nginx reconnects, resolving again
+        time.sleep(1.2)
+        assert wait_for(lambda: status_of(n, "one")[0] == "PASSED", 5)
+        assert redis.call("EXISTS", "rl:p:one") == 1
+        assert n.log().count("cannot resolve Redis host \"localhost\"") == 1
+        assert why in n.log()
+    finally:
+        dns.close()
+        redis.stop()
+
+
+class Sentinel:
+    def __init__(self, workdir, master_port, password=None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = password
+        conf = workdir / "sentinel.conf"
+        auth = f"requirepass {password}\nsentinel auth-pass m {password}\n" if password else ""
+        conf.write_text(f"""port {self.port}
+bind 127.0.0.1
+dir {workdir}
+logfile {workdir}/sentinel.log
+sentinel monitor m 127.0.0.1 {master_port} 2
+sentinel down-after-milliseconds m 500
+sentinel failover-timeout m 2000
+{auth}""")
+        self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(self.ping), "sentinel did not start"
+
+    def call(self, *args):
+        c = Resp(self.port, timeout=1.0)
+        try:
+            if self.password:
+                c.call("AUTH", self.password)
+            return c.call(*args)
+        finally:
+            c.close()
+
+    def ping(self):
+        try:
+            return self.call("PING") == "PONG"
+        except (OSError, RuntimeError):
+            return False
+
+    def master(self):
+        try:
+            ip, port = self.call("SENTINEL", "get-master-addr-by-name", "m")
+            return int(port)
+        except (OSError, RuntimeError, TypeError, ValueError):
+            return None
+
+    def knows_everyone(self):
+        try:
+            info = self.call("SENTINEL", "master", "m")
+        except (OSError, RuntimeError):
+            return False
+        fields = dict(zip(info[::2], info[1::2]))
+        return (int(fields[b"num-slaves"]) == 1 and int(fields[b"num-other-sentinels"]) == 2
+                and fields[b"flags"] == b"master")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
+def test_sentinel_failover_resumes_on_the_promoted_replica(workdir, nginx_factory):
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port(),
+                          "--repl-diskless-sync-delay", "0")
+    replica = RedisProcess(workdir / "replica", "127.0.0.1", free_port(),
+                           "--replicaof", "127.0.0.1", str(master.port))
+    sentinels = []
+    try:
+        assert wait_for(lambda: b"master_link_status:up" in replica.call("INFO", "replication"),
+                        10), "the replica did not sync"
+        sentinels = [Sentinel(workdir / ("s%d" % i), master.port) for i in range(3)]
+        assert wait_for(lambda: all(s.knows_everyone() for s in sentinels), 20), \
+            "the sentinels did not find the replica and each other"
+        addresses = " ".join("127.0.0.1:%d" % s.port for s in sentinels)
+        n = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=m "
+            "connect_timeout=200ms timeout=200ms;"))
+        for _ in range(5):
+            assert status_of(n, "before")[0] == "PASSED"
+        assert master.call("EXISTS", "rl:p:before") == 1
+        assert wait_for(lambda: replica.call("EXISTS", "rl:p:before") == 1, 2)
+
+        killed = time.monotonic()
+        master.stop(signal.SIGKILL)
+        switched = None
+        worst = 0.0
+        statuses = set()
+        while time.monotonic() - killed < 15:
+            if switched is None and sentinels[0].master() == replica.port:
+                switched = time.monotonic()
+            status, elapsed = status_of(n, "after")
+            worst = max(worst, elapsed)
+            statuses.add(status)
+            if status == "PASSED":
+                break
+            assert status == "FAILED_OPEN", status
+            time.sleep(0.02)
+        resumed = time.monotonic()
+        assert status == "PASSED", "decisions did not resume on the promoted replica"
+        assert replica.call("EXISTS", "rl:p:after") == 1
+        assert "FAILED_OPEN" in statuses  # the failover did take a while
+        # Within the failover time plus a second (measured from when a sentinel says so).
+        assert switched is not None
+        assert resumed - switched < 1.0 + 0.5, "resumed %.2fs after the switch" % (resumed - switched)
+        # No request waited longer than connect_timeout + timeout (and the test's own slack).
+        assert worst < 0.4 + 0.3, "a request waited %.3fs" % worst
+        print("failover: switched after %.2fs, resumed %.2fs later, worst wait %.3fs"
+              % (switched - killed, resumed - switched, worst))
+        assert "as master \"m\"" in n.log()
+    finally:
+        for s in sentinels:
+            s.stop()
+        replica.stop()
+        master.stop()
+
+
+def test_sentinel_with_passwords_and_an_unknown_master(workdir, nginx_factory):
+    """password= goes to the master and to sentinels that require one; a master name the
+    sentinels do not monitor takes the failure mode and says so in the log."""
+    secret = "s3cret"
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port(), password=secret)
+    sentinels = []
+    try:
+        sentinels = [Sentinel(workdir / ("s%d" % i), master.port, secret) for i in range(2)]
+        assert wait_for(lambda: sentinels[0].master() == master.port, 5)
+        addresses = " ".join("127.0.0.1:%d" % s.port for s in sentinels)
+        good = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=m password={secret};"))
+        assert status_of(good, "k")[0] == "PASSED"
+        assert master.call("EXISTS", "rl:p:k") == 1
+
+        unknown = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=nope password={secret};"))
+        status, elapsed = status_of(unknown, "k")
+        assert status == "FAILED_OPEN" and elapsed < 0.2 + 0.1 + 0.3
+        assert wait_for(lambda: 'no sentinel gave the address of master "nope"' in unknown.log(), 2)
+        assert "unknown master" in unknown.log()
+
+        no_password = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=m;"))
+        assert status_of(no_password, "k")[0] == "FAILED_OPEN"
+        assert wait_for(lambda: "NOAUTH" in no_password.log(), 2)
+        assert secret not in good.log() + unknown.log() + no_password.log()
+    finally:
+        for s in sentinels:
+            s.stop()
+        master.stop()
+
+
+def test_sentinel_switch_master_moves_a_healthy_connection(workdir, nginx_factory):
+    """+switch-master: after a manual failover that the old master does not follow (it refuses
+    the sentinels' reconfiguration, as one cut off from them would), the connection to it,
+    still healthy, goes, and decisions continue on the new master."""
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port(),
+                          "--repl-diskless-sync-delay", "0",
+                          "--rename-command", "CLIENT", "client-renamed-by-the-test")
+    replica = RedisProcess(workdir / "replica", "127.0.0.1", free_port(),
+                           "--replicaof", "127.0.0.1", str(master.port))
+    sentinels = []
+    try:
+        assert wait_for(lambda: b"master_link_status:up" in replica.call("INFO", "replication"),
+                        10), "the replica did not sync"
+        sentinels = [Sentinel(workdir / ("s%d" % i), master.port) for i in range(3)]
+        assert wait_for(lambda: all(s.knows_everyone() for s in sentinels), 20)
+        addresses = " ".join("127.0.0.1:%d" % s.port for s in sentinels)
+        n = nginx_factory(location_conf(
+            f"ratelimit_redis {addresses} mode=sentinel master=m "
+            "connect_timeout=200ms timeout=200ms;"))
+        assert status_of(n, "before")[0] == "PASSED"
+        assert master.call("EXISTS", "rl:p:before") == 1
+        time.sleep(0.3)  # the subscription is on its way
+
+        assert sentinels[0].call("SENTINEL", "FAILOVER", "m") == "OK"
+        assert wait_for(lambda: sentinels[0].master() == replica.port, 10)
+        switched = time.monotonic()
+        assert wait_for(lambda: b"role:master" in replica.call("INFO", "replication"), 5)
+
+        def moved():
+            status, elapsed = status_of(n, "after")
+            assert elapsed < 0.4 + 0.3, "a request waited %.3fs" % elapsed
+            return status == "PASSED" and replica.call("EXISTS", "rl:p:after") == 1
+        assert wait_for(moved, 5), "decisions stayed on the old master"
+        assert time.monotonic() - switched < 2.0
+        # The old master never followed: without +switch-master nginx would have stayed there.
+        assert b"role:master" in master.call("INFO", "replication")
+        assert "connection closed by Redis" not in n.log()  # it did not drop nginx either
+        assert "+switch-master" in n.log()
+    finally:
+        for s in sentinels:
+            s.stop()
+        replica.stop()
+        master.stop()
