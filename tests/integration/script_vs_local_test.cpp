@@ -82,8 +82,6 @@ protected:
         return result;
     }
 
-    testing::RedisServer server_;
-    redisContext* ctx_ = nullptr;
     ScriptBatch batch_;
 };
 
