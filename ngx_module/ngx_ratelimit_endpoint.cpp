@@ -270,34 +270,18 @@ private:
 bool SentinelLink::open(const Peer& peer, const std::string& command) noexcept
 {
     close();
-    ngx_addr_t addr = peer.addr();
-    ngx_peer_connection_t pc{};
-    pc.sockaddr = addr.sockaddr;
-    pc.socklen = addr.socklen;
-    pc.name = &addr.name;
-    pc.get = ngx_event_get_peer;
-    pc.log = log_;
-    pc.log_error = NGX_ERROR_ERR;
-
-    ngx_int_t rc = ngx_event_connect_peer(&pc);
-    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
-        if (pc.connection) {
-            ngx_close_connection(pc.connection);
-        }
+    ngx_connection_t* c = nullptr;
+    ngx_int_t rc = open_connection(peer.addr(), log_, this, &SentinelLink::on_read,
+                                   &SentinelLink::on_write, &c);
+    if (rc != NGX_OK && rc != NGX_AGAIN) {
         return false;
     }
     reader_ = redisReaderCreate();
     if (reader_ == nullptr) {
-        ngx_close_connection(pc.connection);
+        ngx_close_connection(c);
         return false;
     }
-    c_ = pc.connection;
-    c_->data = this;
-    c_->read->handler = &SentinelLink::on_read;
-    c_->write->handler = &SentinelLink::on_write;
-    c_->log = log_;
-    c_->read->log = log_;
-    c_->write->log = log_;
+    c_ = c;
     connected_ = false;
     command_ = &command;
     sent_ = 0;

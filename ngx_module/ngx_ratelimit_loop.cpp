@@ -187,6 +187,42 @@ NgxTransport::moved()
 }
 
 
+}  // namespace
+
+
+ngx_int_t open_connection(const ngx_addr_t& addr, ngx_log_t* log, void* data,
+                          ngx_event_handler_pt on_read, ngx_event_handler_pt on_write,
+                          ngx_connection_t** out) noexcept
+{
+    ngx_peer_connection_t pc{};
+    pc.sockaddr = addr.sockaddr;
+    pc.socklen = addr.socklen;
+    pc.name = const_cast<ngx_str_t*>(&addr.name);
+    pc.get = ngx_event_get_peer;
+    pc.log = log;
+    pc.log_error = NGX_ERROR_ERR;
+
+    ngx_int_t rc = ngx_event_connect_peer(&pc);
+    if (rc != NGX_OK && rc != NGX_AGAIN) {
+        if (pc.connection) {
+            ngx_close_connection(pc.connection);
+        }
+        return rc;
+    }
+    ngx_connection_t* c = pc.connection;
+    c->data = data;
+    c->read->handler = on_read;
+    c->write->handler = on_write;
+    c->log = log;
+    c->read->log = log;
+    c->write->log = log;
+    *out = c;
+    return rc;
+}
+
+
+namespace {
+
 // False if the attempt could not start; a refused connection is reported later.
 bool
 NgxTransport::connect_peer(const ngx_addr_t& peer)
@@ -198,35 +234,16 @@ NgxTransport::connect_peer(const ngx_addr_t& peer)
     } catch (...) {
         return false;
     }
-    ngx_addr_t addr = peer_.addr();
-    ngx_peer_connection_t pc{};
-    pc.sockaddr = addr.sockaddr;
-    pc.socklen = addr.socklen;
-    pc.name = &addr.name;
-    pc.get = ngx_event_get_peer;
-    pc.log = log_;
-    pc.log_error = NGX_ERROR_ERR;
-
-    ngx_int_t rc = ngx_event_connect_peer(&pc);
-    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
-        if (pc.connection) {
-            ngx_close_connection(pc.connection);
-        }
-        if (rc == NGX_ERROR) {
-            return false;
-        }
+    ngx_int_t rc = open_connection(peer_.addr(), log_, this, &NgxTransport::on_read,
+                                   &NgxTransport::on_write, &c_);
+    if (rc == NGX_ERROR) {
+        return false;
+    }
+    if (rc != NGX_OK && rc != NGX_AGAIN) {
         // Refused and the like: reported through the sink, never from inside connect().
         fail_later("connect() failed");
         return true;
     }
-
-    c_ = pc.connection;
-    c_->data = this;
-    c_->read->handler = &NgxTransport::on_read;
-    c_->write->handler = &NgxTransport::on_write;
-    c_->log = log_;
-    c_->read->log = log_;
-    c_->write->log = log_;
     connected_ = false;
     // Small pipelined writes must not wait for the previous one's ACK (Nagle's algorithm):
     // that would add a round trip whenever Redis is on another host. TCP only.

@@ -10,6 +10,13 @@
 
 namespace ngx_ratelimit {
 
+// Starts a non-blocking connection to `addr` whose events go to `on_read`/`on_write` with
+// `data` as c->data, logging to `log`. Returns ngx_event_connect_peer's rc: NGX_OK (connected
+// at once) or NGX_AGAIN with *out set; on a failure nothing is left open.
+ngx_int_t open_connection(const ngx_addr_t& addr, ngx_log_t* log, void* data,
+                          ngx_event_handler_pt on_read, ngx_event_handler_pt on_write,
+                          ngx_connection_t** out) noexcept;
+
 #if (NGX_SSL)
 using TlsContext = ngx_ssl_t;
 using TlsSession = ngx_ssl_session_t;
