@@ -349,11 +349,10 @@ try {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name, error.c_str());
         return static_cast<char*>(NGX_CONF_ERROR);
     }
-    if (redis->mode == ratelimit::RedisMode::cluster
-        || (redis->mode == ratelimit::RedisMode::sentinel && redis->ssl)) {
+    if (redis->mode == ratelimit::RedisMode::cluster) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"%V\": %s is not supported by this version of the module",
-                           &cmd->name, redis->ssl ? "ssl with mode=sentinel" : "mode=cluster");
+                           &cmd->name, "mode=cluster");
         return static_cast<char*>(NGX_CONF_ERROR);
     }
     if (!redis->ssl && (!redis->ssl_trusted_certificate.empty()
