@@ -540,17 +540,12 @@ NgxTransport::on_new_session(ngx_connection_t* c) noexcept
     tls_keep_session(c, static_cast<NgxTransport*>(c->data)->tls_session_);
 }
 
-#endif  // NGX_SSL
-
-
 bool is_ip_address(const char* name)
 {
     u_char addr[sizeof(struct in6_addr)];
     return inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
 }
 
-
-#if (NGX_SSL)
 
 const char* verified_name(const TlsServer& server)
 {

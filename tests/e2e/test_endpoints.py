@@ -413,6 +413,17 @@ def test_sentinel_naming_the_master_by_host_name(workdir, nginx_factory):
         assert status_of(no_resolver, "k")[0] == "FAILED_OPEN"
         assert wait_for(lambda: 'names master "m" by the host name "localhost", and no '
                         '"resolver" is configured' in no_resolver.log(), 2), no_resolver.log()
+
+        # A name the resolver does not know: no address to fall back on, the failure mode.
+        nxdomain = DnsResponder({})
+        try:
+            unknown = nginx_factory(location_conf(
+                redis_line, f"resolver 127.0.0.1:{nxdomain.port} valid=1s;"))
+            assert status_of(unknown, "k")[0] == "FAILED_OPEN"
+            assert wait_for(lambda: 'cannot resolve Redis host "localhost" (Host not found)'
+                            in unknown.log(), 2), unknown.log()
+        finally:
+            nxdomain.close()
     finally:
         dns.close()
         if sentinel:
