@@ -119,12 +119,14 @@ int ClusterClient::group_of(std::string_view key) const noexcept
 }
 
 // Errors of a node-wide call that wrote nothing and that calls declaring their keys resolve: a
-// key not on the node (a stale map or a slot being moved), or a server before Redis 7.
+// key not on the node (a stale map or a slot being moved), a master turned replica (its
+// slots' new master answers a MOVED), or a server before Redis 7.
 bool ClusterClient::retry_declared(int group, std::string_view error) noexcept
 {
     (void) group;
     auto has = [error](std::string_view text) { return error.find(text) != error.npos; };
-    if (has("non local key") || has("same slot") || has("CROSSSLOT") || has("TRYAGAIN")) {
+    if (has("non local key") || has("same slot") || has("CROSSSLOT") || has("TRYAGAIN")
+        || error.substr(0, 8) == "READONLY") {
         refresh_soon();
         return true;
     }

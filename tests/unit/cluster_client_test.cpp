@@ -228,6 +228,7 @@ TEST_F(NodeWideTest, KeyNotOnTheNodeGoesAgainDeclaredAndAnOldServerEndsNodeWideC
     int upper = cluster->group_of("foo");
     EXPECT_TRUE(cluster->retry_declared(
         upper, "ERR Script attempted to access a non local key in a cluster node script"));
+    EXPECT_TRUE(cluster->retry_declared(upper, "READONLY You can't write against a replica."));
     EXPECT_FALSE(cluster->retry_declared(upper, "OOM command not allowed"));
     EXPECT_EQ(cluster->group_of("foo"), upper);
     EXPECT_TRUE(cluster->retry_declared(
