@@ -32,9 +32,10 @@ none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_B
 core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
 RESULTS (file to write, default bench/RESULTS.md; empty: none).
 A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
-BENCH_ONLY=cluster: the cluster row alone (rl-cluster, with the SET PX reference; no flood, no
-memory, no micro-benchmarks); it replaces only the cluster section of RESULTS (the part between
-its <!-- cluster --> markers, appended when there is none), leaving the full run's tables.
+BENCH_ONLY=cluster: the cluster row alone (rl-cluster, beside the standalone ratelimit row and
+the SET PX reference measured alike; no flood, no memory, no micro-benchmarks); it replaces only
+the cluster section of RESULTS (the part between its <!-- cluster --> markers, appended when
+there is none), leaving the full run's tables.
 """
 
 import os
@@ -602,8 +603,8 @@ def main():
         return 1
     started = datetime.now(timezone.utc)
     load0 = os.getloadavg()[0]
-    if ONLY == "cluster":
-        micro, variants, flooded, memory_of = "", ["rl-cluster"], [], []
+    if ONLY == "cluster":  # with the standalone row, measured alike, to compare with
+        micro, variants, flooded, memory_of = "", ["ratelimit", "rl-cluster"], [], []
     else:
         micro = run_core_bench()
         variants = available_variants(os.environ.get(
@@ -665,7 +666,7 @@ def main():
     ref = median_of(refs) if refs else None
     clusters = table_cluster(variants, med, results, ref, cluster)
     if ONLY == "cluster":
-        tables = [clusters]
+        tables = []
     else:
         tables = [table_variants(variants, med, results, ref), table_floods(flooded, fmed),
                   table_memory(memory), table_targets(med, fmed, ref, memory)]
@@ -756,15 +757,17 @@ def table_cluster(variants, med, results, ref, cluster):
     clustered = [v for v in variants if base_variant(v)[0] == "rl-cluster"]
     if not clustered or not cluster:
         return ""
+    alike = [v for v in variants if base_variant(v)[0] == "ratelimit"]  # standalone, same run
     rows = ["Cluster: this module with `mode=cluster` on %d masters (no replicas, all on this "
             "machine), under the load of the `ratelimit` row. A master's decisions are the bucket "
             "reads it served (`INFO stats` keyspace hits + misses: the script reads each bucket of "
             "a call once), its CPU from `INFO cpu`, its script calls from `INFO commandstats`; "
-            "medians of %d rounds." % (len(cluster["ports"]), ROUNDS), "",
+            "medians of %d rounds; the standalone rows of the same run beside them." % (
+                len(cluster["ports"]), ROUNDS), "",
             "| variant | req/s | p50 ms | p99 ms | nginx CPU µs/req | Redis CPU µs/decision "
             "(all masters) | × SET PX | Redis calls/req | decisions/call | bucket reads/req | "
             "errors + log lines |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for v in clustered:
+    for v in alike + clustered:
         m = med[v]
         errs = sum(errors(r) + r["log_lines"] for r in results[v])
         rows.append("| %s | %.0f | %.2f | %.2f | %.1f | %.1f | %s | %.2f | %.2f | %.2f | %d |" % (
