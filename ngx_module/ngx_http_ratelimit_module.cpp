@@ -379,12 +379,6 @@ try {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name, error.c_str());
         return static_cast<char*>(NGX_CONF_ERROR);
     }
-    if (redis->mode == ratelimit::RedisMode::sentinel && redis->ssl) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\": ssl with mode=sentinel is not supported by this version "
-                           "of the module", &cmd->name);
-        return static_cast<char*>(NGX_CONF_ERROR);
-    }
     if (redis->mode == ratelimit::RedisMode::cluster && !check_cluster(cf, cmd, *redis)) {
         return static_cast<char*>(NGX_CONF_ERROR);
     }

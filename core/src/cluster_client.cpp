@@ -380,7 +380,11 @@ void ClusterClient::use_map(const SlotMap& map, const NodeAddress& asked)
         owners.push_back(&node_named(master));
     }
     bool changed = !has_map_;
+    std::vector<Node*> before;
     for (auto& node : nodes_) {
+        if (node->slots > 0) {
+            before.push_back(node.get());
+        }
         node->slots = 0;
     }
     for (int slot = 0; slot < kSlotCount; slot++) {
@@ -400,7 +404,11 @@ void ClusterClient::use_map(const SlotMap& map, const NodeAddress& asked)
     for (Node* owner : owners) {
         owner->client->set_probe_command(probe_for(*owner));
     }
-    if (host_.on_map) {
+    // Told when the masters change, not for every slot a resharding moves.
+    std::vector<Node*> after(owners);
+    std::sort(before.begin(), before.end());
+    std::sort(after.begin(), after.end());
+    if (host_.on_map && (before != after || before.empty())) {
         host_.on_map(owners.size());
     }
 }

@@ -342,3 +342,83 @@ def test_good_tls_configuration_passes_nginx_t(workdir, certs):
                                 f"ssl_trusted_certificate={certs['ca']};")
     t = n.test_config()
     assert t.returncode == 0, t.stderr
+
+
+# --- sentinel over TLS ----------------------------------------------------------------------
+
+class TlsSentinel:
+    """A sentinel with only a TLS port, watching a TLS master (tls-replication: it speaks TLS
+    to the master too)."""
+
+    def __init__(self, workdir, certs, master_port):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.certs = certs
+        self.port = free_port()
+        conf = workdir / "sentinel.conf"
+        conf.write_text(f"""port 0
+tls-port {self.port}
+bind 127.0.0.1
+dir {workdir}
+logfile {workdir}/sentinel.log
+tls-cert-file {certs['cert']}
+tls-key-file {certs['key']}
+tls-ca-cert-file {certs['ca']}
+tls-auth-clients no
+tls-replication yes
+sentinel monitor m 127.0.0.1 {master_port} 1
+""")
+        self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(self._knows_master), "sentinel (TLS) did not start"
+
+    def _knows_master(self):
+        try:
+            c = TlsResp(self.port, self.certs["ca"])
+            try:
+                return c.call("SENTINEL", "get-master-addr-by-name", "m") is not None
+            finally:
+                c.close()
+        except (OSError, RuntimeError):
+            return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
+def test_sentinel_over_tls_and_a_wrong_ca(workdir, tls_redis, certs, nginx_factory):
+    """`ssl` with mode=sentinel: the sentinel and the master it names are both spoken to over
+    TLS, each checked against its own address; a CA that signed neither fails on the sentinel,
+    with the error line naming it, and the failure mode applies."""
+    sentinel = TlsSentinel(workdir / "sentinel-tls", certs, tls_redis.port)
+    try:
+        redis_line = f"mode=sentinel master=m ssl ssl_trusted_certificate={certs['ca']}"
+        n = nginx_factory(conf(sentinel.port, redis_line, mode="closed",
+                               extra="connect_timeout=300ms timeout=2s"))
+        assert_decides_exactly(n, tls_redis)
+        log = n.log()
+        assert "ratelimit: TLS to sentinel 127.0.0.1:%d: TLSv1.3, new session" % sentinel.port \
+            in log, log
+        assert "ratelimit: TLS to Redis 127.0.0.1:%d: TLSv1.3" % tls_redis.port in log
+        assert "failed" not in log
+        # Reconnecting asks the sentinel again, resuming its TLS session.
+        assert tls_redis.cmd("CLIENT", "KILL", "TYPE", "normal") >= 1
+        assert wait_for(lambda: n.get("/", {"X-Key": "b"}).header("X-Status") == "PASSED", 5)
+        assert wait_for(lambda: "ratelimit: TLS to sentinel 127.0.0.1:%d: TLSv1.3, reused "
+                        "session" % sentinel.port in n.log(), 3), n.log()
+
+        wrong = nginx_factory(conf(sentinel.port, "mode=sentinel master=m ssl "
+                                   f"ssl_trusted_certificate={certs['other_ca']}"))
+        r, elapsed = timed_get(wrong)
+        assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+        assert elapsed < 0.5 + 0.3
+        line = f"ratelimit: sentinel 127.0.0.1:{sentinel.port} failed TLS verification as "
+        errors = [l for l in wrong.log().splitlines() if line in l]
+        assert errors, wrong.log()
+        assert "[error]" in errors[0]
+        assert '"127.0.0.1": self-signed certificate in certificate chain' in errors[0]
+        assert 'no sentinel gave the address of master "m"' in wrong.log()
+        assert "TLS to Redis" not in wrong.log()  # the master was never reached
+    finally:
+        sentinel.stop()

@@ -36,7 +36,7 @@ struct ClusterHost {
     std::function<std::unique_ptr<EventLoop>(const NodeAddress&)> loop_for;
     std::function<ClientObserver(const NodeAddress&)> observer_for;
     std::function<void(std::string_view message)> on_error;  // slot map problems
-    std::function<void(size_t masters)> on_map;              // a new slot map is in use
+    std::function<void(size_t masters)> on_map;              // the masters changed
     std::function<void(const RedisClient&)> on_retire;       // before a node's client goes
 };
 
