@@ -873,7 +873,7 @@ ngx_int_t init_module(ngx_cycle_t* cycle) noexcept
     }
     if (!ngx_test_config) {
         ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0, "ngx_http_ratelimit_module %s (%s mode)",
-                      RATELIMIT_VERSION, mcf->redis != nullptr ? "redis" : "local");
+                      RATELIMIT_VERSION, mode_name(mcf));
     }
     return bind_counters(cycle, mcf);
 }

@@ -121,16 +121,6 @@ ngx_int_t send_error(ngx_http_request_t* r, ngx_uint_t status, std::string_view 
 
 // status
 
-// "local", "redis" (one server or sentinel) or "cluster".
-const char* mode_name(const MainConf* mcf)
-{
-    if (mcf->redis == nullptr) {
-        return "local";
-    }
-    return mcf->redis->mode == ratelimit::RedisMode::cluster ? "cluster" : "redis";
-}
-
-
 // mode=cluster: the masters as the worker answering sees them.
 void append_cluster_nodes(std::string& out)
 {

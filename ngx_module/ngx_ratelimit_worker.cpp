@@ -206,6 +206,15 @@ ratelimit::Batcher* redis_batcher()
 }
 
 
+const char* mode_name(const MainConf* mcf)
+{
+    if (mcf->redis == nullptr) {
+        return "local";
+    }
+    return mcf->redis->mode == ratelimit::RedisMode::cluster ? "cluster" : "redis";
+}
+
+
 ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
 {
     try {
