@@ -76,7 +76,16 @@ ClusterClient::Node& ClusterClient::node_named(const NodeAddress& address)
     node->address = address;
     node->id = next_node_id_++;
     node->loop = host_.loop_for(address);
-    ClientObserver observer = host_.observer_for ? host_.observer_for(address) : ClientObserver{};
+    make_client(*node);
+    nodes_.push_back(std::move(node));
+    return *nodes_.back();
+}
+
+// A fresh client for `node`: idle, no breaker open, nothing pending.
+void ClusterClient::make_client(Node& node)
+{
+    ClientObserver observer =
+        host_.observer_for ? host_.observer_for(node.address) : ClientObserver{};
     // A master that fails, or loses its connection, may have been replaced: ask the cluster.
     observer.on_state = [this, inner = std::move(observer.on_state),
                          was_up = false](ClientState state) mutable {
@@ -88,9 +97,7 @@ ClusterClient::Node& ClusterClient::node_named(const NodeAddress& address)
         }
         was_up = state == ClientState::up;
     };
-    node->client = std::make_unique<RedisClient>(*node->loop, options_.client, std::move(observer));
-    nodes_.push_back(std::move(node));
-    return *nodes_.back();
+    node.client = std::make_unique<RedisClient>(*node.loop, options_.client, std::move(observer));
 }
 
 ClusterClient::Node& ClusterClient::node_for(int slot) const
@@ -316,15 +323,29 @@ void ClusterClient::on_refresh_timer() noexcept
     refreshing_ = true;
     refresh_round_++;
     asked_ = 0;
+    ask_order_.clear();
+    size_t n = nodes_.size();
+    for (size_t i = 0; i < n; i++) {  // masters first, starting where the last round did
+        Node* node = nodes_[(next_to_ask_ + i) % n].get();
+        if (node->slots > 0) {
+            ask_order_.push_back(node);
+        }
+    }
+    for (auto& node : nodes_) {
+        if (node->slots == 0) {
+            ask_order_.push_back(node.get());
+        }
+    }
+    next_to_ask_++;
     ask_next_node();
 }
 
-// Asks the nodes in turn, skipping the ones known down, until one answers.
+// Asks the masters of the map in turn, then the other nodes (seeds), skipping the ones known
+// down, until one answers.
 void ClusterClient::ask_next_node() noexcept
 {
-    while (asked_ < nodes_.size()) {
-        Node* node = nodes_[next_to_ask_++ % nodes_.size()].get();
-        asked_++;
+    while (asked_ < ask_order_.size()) {
+        Node* node = ask_order_[asked_++];
         if (node->client->state() == ClientState::down) {
             continue;
         }
@@ -343,7 +364,7 @@ void ClusterClient::ask_next_node() noexcept
     if (host_.on_error) {
         host_.on_error("no cluster node answered CLUSTER SLOTS");
     }
-    refresh_timer_->start(std::max<int64_t>(options_.refresh_retry_ms * 10, 1000));
+    refresh_timer_->start(options_.refresh_degraded_ms);
 }
 
 void ClusterClient::on_slots(Node* asked, uint64_t round, const CallResult& result) noexcept
@@ -358,7 +379,12 @@ void ClusterClient::on_slots(Node* asked, uint64_t round, const CallResult& resu
             && parse_cluster_slots(result.reply, asked->address.host, map, error)) {
             use_map(map, asked->address);
             refreshing_ = false;
-            refresh_timer_->start(options_.refresh_interval_ms);
+            // While a master of the map is down, its replica may be elected any moment.
+            bool degraded = std::any_of(nodes_.begin(), nodes_.end(), [](const auto& node) {
+                return node->slots > 0 && node->client->state() == ClientState::down;
+            });
+            refresh_timer_->start(degraded ? options_.refresh_degraded_ms
+                                           : options_.refresh_interval_ms);
             return;
         }
         if (result.status != CallStatus::ok) {
@@ -419,7 +445,7 @@ void ClusterClient::use_map(const SlotMap& map, const NodeAddress& asked)
 void ClusterClient::retire_unused_nodes() noexcept
 {
     auto unused = [this](const std::unique_ptr<Node>& node) {
-        if (node->seed || node->slots > 0 || node.get() == fallback_ || node->client->pending() > 0) {
+        if (node->slots > 0 || node.get() == fallback_ || node->client->pending() > 0) {
             return false;
         }
         for (int slot = 0; slot < kSlotCount; slot++) {
@@ -432,14 +458,24 @@ void ClusterClient::retire_unused_nodes() noexcept
                 return false;
             }
         }
+        // Seeds stay, to ask when no master answers; one that is down is not probed meanwhile.
+        if (node->seed && node->client->state() != ClientState::down) {
+            return false;
+        }
         if (host_.on_retire) {
             host_.on_retire(*node->client);
         }
         node->client->shutdown();
+        if (node->seed) {
+            try {
+                make_client(*node);
+            } catch (...) {
+            }
+            return false;
+        }
         return true;
     };
     nodes_.erase(std::remove_if(nodes_.begin(), nodes_.end(), unused), nodes_.end());
-    next_to_ask_ = 0;
 }
 
 // A decision like the ones requests make, on a key of one of the node's slots: a node that

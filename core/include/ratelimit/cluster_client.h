@@ -21,7 +21,8 @@ namespace ratelimit {
 struct ClusterOptions {
     ClientOptions client;                 // of every node's connection
     int64_t refresh_interval_ms = 5000;   // slot map refresh while nothing seems to change
-    int64_t refresh_retry_ms = 100;       // after a change, or when no node answered
+    int64_t refresh_retry_ms = 100;       // after a change
+    int64_t refresh_degraded_ms = 500;    // while a master is down, or when no node answered
     int max_redirects = 3;                // MOVED, ASK and TRYAGAIN followed per call
     bool node_wide = true;                // coalesce per master; off: per slot
     int64_t tryagain_delay_ms = 10;
@@ -80,6 +81,7 @@ private:
     struct Pending;
 
     Node& node_named(const NodeAddress& address);
+    void make_client(Node& node);
     Node& node_for(int slot) const;
     Node* node_of_group(int group) const noexcept;  // nullptr: a node gone since
     void send(CallId id, Pending& pending, Node& node, bool asking) noexcept;
@@ -109,7 +111,8 @@ private:
     std::unique_ptr<Timer> refresh_timer_;
     CallId next_id_ = 1;
     uint64_t refresh_round_ = 0;        // bumped per refresh; late answers are ignored
-    size_t asked_ = 0;                  // nodes asked in this round
+    std::vector<Node*> ask_order_;      // of this round: masters first
+    size_t asked_ = 0;                  // of ask_order_, in this round
     size_t next_to_ask_ = 0;
     bool refreshing_ = false;
     bool refresh_soon_ = false;
