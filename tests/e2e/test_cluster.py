@@ -1,0 +1,443 @@
+"""Redis Cluster mode (`ratelimit_redis seeds... mode=cluster`) against a real 3-master,
+3-replica cluster: configuration checks, exact limits over all slots, hash tags, resharding
+under traffic, a replica promoted, a master lost, and the connection count per worker."""
+
+import http.client
+import re
+import subprocess
+import threading
+import time
+
+import pytest
+
+from cluster import RedisCluster, key_slot
+from conftest import Nginx, free_port, wait_for
+
+BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
+TIMEOUTS = "connect_timeout=300ms timeout=1s"
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    c = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def redis_cluster(shared_cluster):
+    """The module's cluster, healthy and empty. Tests may reshard it or fail it over (they
+    leave it healthy); tests that kill nodes use `doomed_cluster`."""
+    shared_cluster.wait_healthy()
+    shared_cluster.flush()
+    return shared_cluster
+
+
+@pytest.fixture
+def doomed_cluster(workdir):
+    c = RedisCluster(workdir / "cluster")
+    yield c
+    c.stop()
+
+
+def conf(cluster, locations, policies="ratelimit_policy p rate=1r/h burst=3;",
+         redis_args=TIMEOUTS, seeds=None, listen=""):
+    return f"""
+    ratelimit_redis {seeds or cluster.seeds} mode=cluster {redis_args};
+    {policies}
+    server {{
+        listen 127.0.0.1:@PORT@ {listen};
+        keepalive_requests 100000;
+        {locations}
+    }}
+"""
+
+
+def location(path, limits="ratelimit $http_x_key policy=p;", mode="closed"):
+    return f"""
+        location {path} {{
+            {limits}
+            ratelimit_failure_mode {mode};
+            add_header X-Status $ratelimit_status always;
+            {BACKEND}
+        }}"""
+
+
+class Client:
+    """One keep-alive HTTP connection to nginx."""
+
+    def __init__(self, port, timeout=10):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def get(self, path, key):
+        self.conn.request("GET", path, headers={"X-Key": key})
+        r = self.conn.getresponse()
+        r.read()
+        return r.status, r.getheader("X-Status"), r.getheader("X-RateLimit-Remaining")
+
+    def close(self):
+        self.conn.close()
+
+
+def bucket(policy, key):
+    return "rl:%s:%s" % (policy, key)
+
+
+def keys_in(cluster, policy, count, where, name="k", tagged=False):
+    """`count` keys whose bucket (in `policy`; for `tagged`, the bucket of the key "{k}")
+    lies in a slot accepted by `where(slot)`."""
+    out = []
+    i = 0
+    while len(out) < count:
+        k = "%s%d" % (name, i)
+        if where(key_slot(bucket(policy, "{%s}" % k if tagged else k))):
+            out.append(k)
+        i += 1
+    return out
+
+
+def on_master(cluster, master):
+    ranges = cluster.slot_ranges()
+    return lambda slot: cluster.slot_owner(slot, ranges).port == master.port
+
+
+# --- configuration -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,words", [
+    ("prefix={x}", ["ratelimit_redis", "{x}"]),
+    ("prefix=app{x}:", ["ratelimit_redis", "app{x}:"]),
+    ("db=1", ["ratelimit_redis", "db"]),
+])
+def test_nginx_t_refuses_what_cannot_work_in_a_cluster(workdir, args, words):
+    seeds = "127.0.0.1:%d 127.0.0.1:%d" % (free_port(), free_port())
+    n = Nginx(workdir / "bad", f'ratelimit_redis {seeds} mode=cluster "{args}";')
+    t = n.test_config()
+    assert t.returncode != 0
+    for w in words:
+        assert w in t.stderr, t.stderr
+    if args == "db=1":
+        assert re.search(r'db\W{0,3}1\b|"1"', t.stderr), t.stderr
+
+
+@pytest.mark.parametrize("args", ["", "prefix=app: db=0", "timeout=50ms connect_timeout=1s"])
+def test_nginx_t_accepts_cluster_mode(workdir, args):
+    seeds = "127.0.0.1:%d 127.0.0.1:%d" % (free_port(), free_port())
+    n = Nginx(workdir / "good", f"""
+        ratelimit_redis {seeds} mode=cluster {args};
+        ratelimit_policy p rate=1r/s;
+        server {{ listen 127.0.0.1:@PORT@; location / {{ ratelimit $http_x_key policy=p; }} }}
+    """)
+    t = n.test_config()
+    assert t.returncode == 0, t.stderr
+
+
+# --- exact limits over all slots -----------------------------------------------------------
+
+def test_exact_limits_for_keys_spread_over_all_masters(redis_cluster, nginx_factory):
+    c = redis_cluster
+    n = nginx_factory(conf(c, location("/")))
+    keys = ["user-%d" % i for i in range(60)]
+    ranges = c.slot_ranges()
+    any_node = c.masters()[0]
+    owner = {}
+    for k in keys:
+        slot = any_node.cmd("CLUSTER", "KEYSLOT", bucket("p", k))
+        assert slot == key_slot(bucket("p", k))
+        owner[k] = c.slot_owner(slot, ranges).port
+    masters = [m.port for m in c.masters()]
+    assert set(owner.values()) == set(masters), "the keys must cover every master"
+
+    client = Client(n.port)
+    for k in keys:
+        got = [client.get("/", k) for _ in range(5)]
+        assert [s for s, _, _ in got] == [200, 200, 200, 429, 429], (k, got)
+        assert [x for _, x, _ in got] == ["PASSED"] * 3 + ["REJECTED"] * 2, (k, got)
+        assert [r for _, _, r in got[:3]] == ["2", "1", "0"], (k, got)
+    client.close()
+
+    # Every bucket lives on the master that serves its slot, and nowhere else.
+    for m in c.masters():
+        mine = [k for k in keys if owner[k] == m.port]
+        assert m.cmd("DBSIZE") == len(mine), m.addr
+        assert all(m.cmd("EXISTS", bucket("p", k)) == 1 for k in mine), m.addr
+
+
+# --- hash tags -----------------------------------------------------------------------------
+
+TWO_POLICIES = """
+    ratelimit_policy a rate=1r/h burst=2;
+    ratelimit_policy b rate=1r/h burst=5;
+"""
+
+
+def test_hash_tags_keep_one_identitys_limits_all_or_nothing(redis_cluster, nginx_factory):
+    c = redis_cluster
+    locations = (
+        location("/tagged", 'ratelimit "{$http_x_key}" policy=a; '
+                            'ratelimit "{$http_x_key}" policy=b;')
+        + location("/tagged-b", 'ratelimit "{$http_x_key}" policy=b;')
+        + location("/plain", "ratelimit $http_x_key policy=a; ratelimit $http_x_key policy=b;"))
+    n = nginx_factory(conf(c, locations, TWO_POLICIES))
+    client = Client(n.port)
+    ranges = c.slot_ranges()
+
+    # One identity per master; both of its buckets share the slot of the tag.
+    ids = []
+    for m in c.masters():
+        ids += keys_in(c, "a", 1, on_master(c, m), name="id-%d-" % m.port, tagged=True)
+    for ident in ids:
+        key = "{%s}" % ident
+        slot = c.masters()[0].cmd("CLUSTER", "KEYSLOT", bucket("a", key))
+        assert slot == c.masters()[0].cmd("CLUSTER", "KEYSLOT", bucket("b", key))
+        got = [client.get("/tagged", ident) for _ in range(4)]
+        assert [s for s, _, _ in got] == [200, 200, 429, 429], (ident, got)
+        # The rejections took nothing from b: 5 - 2 - this request = 2 left.
+        assert client.get("/tagged-b", ident) == (200, "PASSED", "2"), ident
+        owner = c.slot_owner(slot, ranges)
+        assert owner.port == c.slot_owner(key_slot(key), ranges).port
+        assert owner.cmd("EXISTS", bucket("a", key), bucket("b", key)) == 2
+
+    # Without tags the two buckets sit in different slots: decided separately, but a request
+    # still passes only when both limits pass.
+    plain = next(k for k in ("plain-%d" % i for i in range(1000))
+                 if c.slot_owner(key_slot(bucket("a", k)), ranges).port
+                 != c.slot_owner(key_slot(bucket("b", k)), ranges).port)
+    got = [client.get("/plain", plain) for _ in range(4)]
+    assert [s for s, _, _ in got] == [200, 200, 429, 429], got
+    client.close()
+
+
+# --- resharding under traffic --------------------------------------------------------------
+
+class Traffic:
+    """Threads with keep-alive connections cycling over keys, recording every answer."""
+
+    def __init__(self, port, keys, path="/", threads=4):
+        self.keys = keys
+        self.results = []  # (time, key, status, x-status, remaining)
+        self.errors = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(port, path, i), daemon=True)
+                        for i in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, port, path, i):
+        client = Client(port)
+        j = i
+        mine = []
+        try:
+            while not self.stop.is_set():
+                k = self.keys[j % len(self.keys)]
+                j += len(self.threads)
+                status, xs, rem = client.get(path, k)
+                mine.append((time.monotonic(), k, status, xs, rem))
+        except Exception as e:  # noqa: BLE001 - every failure is a finding
+            self.errors.append(repr(e))
+        finally:
+            client.close()
+            with self.lock:
+                self.results.extend(mine)
+
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        return sorted(self.results)
+
+
+def test_resharding_under_traffic_loses_no_decision(redis_cluster, nginx_factory):
+    c = redis_cluster
+    burst = 1000000  # every request passes; each takes exactly one token
+    n = nginx_factory(conf(c, location("/"), f"ratelimit_policy p rate=1r/h burst={burst};"),
+                      workers=2)
+    before = c.slot_ranges()
+    src = c.by_port(before[0][2])
+    dst = next(m for m in c.masters() if m.port != src.port)
+    # redis-cli takes the source's lowest slots first.
+    moving = set(sorted(s for first, last, port, _ in before if port == src.port
+                        for s in range(first, last + 1))[:300])
+    moved_keys = keys_in(c, "p", 24, lambda s: s in moving, name="mv")
+    other_keys = keys_in(c, "p", 12, lambda s: s not in moving, name="st")
+    keys = moved_keys + other_keys
+
+    traffic = Traffic(n.port, keys)
+    try:
+        time.sleep(0.7)
+        t0 = time.monotonic()
+        c.cli("--cluster", "reshard", src.addr, "--cluster-from", src.node_id(),
+              "--cluster-to", dst.node_id(), "--cluster-slots", "300", "--cluster-yes")
+        t1 = time.monotonic()
+        c.wait_healthy()
+        time.sleep(1.0)
+    finally:
+        results = traffic.finish()
+    assert traffic.errors == []
+
+    after = c.slot_ranges()
+    for k in moved_keys:
+        assert c.slot_owner(key_slot(bucket("p", k)), after).port == dst.port, k
+        assert dst.cmd("EXISTS", bucket("p", k)) == 1, k
+    during = [r for r in results if t0 <= r[0] <= t1 and r[1] in moved_keys]
+    assert during, "no request on a moving key while the slots moved"
+
+    bad = [r for r in results if r[2] != 200 or r[3] != "PASSED"]
+    assert bad == [], "requests failed during the reshard: %r" % bad[:10]
+    # Exactness: each key's answers saw burst-1, burst-2, ... each exactly once.
+    for k in keys:
+        seen = sorted((int(r[4]) for r in results if r[1] == k), reverse=True)
+        assert seen == list(range(burst - 1, burst - 1 - len(seen), -1)), \
+            (k, [x for x in seen if seen.count(x) > 1][:5])
+    assert len(results) > 200
+
+
+# --- failover ------------------------------------------------------------------------------
+
+def wait_synced(master, replica, timeout=5):
+    target = int(master.info("replication")["master_repl_offset"])
+    return wait_for(
+        lambda: int(replica.info("replication")["master_repl_offset"]) >= target, timeout)
+
+
+def test_replica_promoted_decisions_resume_and_tokens_survive(redis_cluster, nginx_factory):
+    c = redis_cluster
+    policies = ("ratelimit_policy p rate=1r/h burst=5;\n"
+                "    ratelimit_policy big rate=1r/h burst=1000000;")
+    locations = location("/") + location("/probe", "ratelimit $http_x_key policy=big;")
+    n = nginx_factory(conf(c, locations, policies))
+    master = c.slot_owner(key_slot(bucket("p", "survivor")))
+    replica = c.replica_of(master)
+    probes = keys_in(c, "big", 8, on_master(c, master), name="probe")
+
+    client = Client(n.port)
+    assert [client.get("/", "survivor")[2] for _ in range(2)] == ["4", "3"]
+    assert wait_synced(master, replica), "the replica did not catch up"
+
+    assert replica.cmd("CLUSTER", "FAILOVER") == "OK"
+    assert wait_for(lambda: replica.info("replication")["role"] == "master", 10, 0.05), \
+        "the replica was not promoted"
+    promoted = time.monotonic()
+    statuses = []
+    resumed = None
+    i = 0
+    while time.monotonic() - promoted < 8:
+        status, xs, _ = client.get("/probe", probes[i % len(probes)])
+        i += 1
+        statuses.append((round(time.monotonic() - promoted, 2), status, xs))
+        assert status in (200, 503), statuses[-1]
+        if xs == "PASSED":
+            resumed = time.monotonic() - promoted
+            break
+        time.sleep(0.02)
+    assert resumed is not None and resumed < 3.0, "decisions did not resume: %r" % statuses[-5:]
+
+    # Decisions stay with the new master, and the bucket kept its tokens (3 left, take one).
+    assert [client.get("/probe", p)[1] for p in probes] == ["PASSED"] * len(probes)
+    assert client.get("/", "survivor") == (200, "PASSED", "2")
+    assert replica.cmd("EXISTS", bucket("p", "survivor")) == 1
+    client.close()
+    c.wait_healthy()
+
+
+# --- a master lost -------------------------------------------------------------------------
+
+def test_lost_master_takes_the_failure_mode_only_for_its_slots(doomed_cluster, nginx_factory):
+    c = doomed_cluster
+    locations = location("/closed") + location("/open", mode="open")
+    redis_args = "connect_timeout=200ms timeout=300ms"
+    n = nginx_factory(conf(c, locations, redis_args=redis_args))
+    victim = c.masters()[0]
+    replica = c.replica_of(victim)
+    others = [m for m in c.masters() if m.port != victim.port]
+    dead_keys = keys_in(c, "p", 4, on_master(c, victim), name="dead")
+    live_keys = []
+    for m in others:
+        live_keys += keys_in(c, "p", 3, on_master(c, m), name="live-%d-" % m.port)
+
+    client = Client(n.port)
+    # Connections to every master exist before the loss.
+    assert client.get("/closed", dead_keys[0])[:2] == (200, "PASSED")
+    assert client.get("/closed", live_keys[0])[:2] == (200, "PASSED")
+    assert client.get("/closed", live_keys[-1])[:2] == (200, "PASSED")
+
+    replica.kill()  # first, so that nothing is promoted: the slots stay down
+    victim.kill()
+
+    slow = []
+    for rnd in range(5):
+        for k in dead_keys:
+            start = time.monotonic()
+            assert client.get("/closed", k)[:2] == (503, "FAILED_CLOSED"), (rnd, k)
+            assert client.get("/open", k)[:2] == (200, "FAILED_OPEN"), (rnd, k)
+            elapsed = time.monotonic() - start
+            if elapsed > 2 * 0.5 + 0.3:  # two requests, each connect_timeout + timeout
+                slow.append((rnd, k, elapsed))
+        for k in live_keys:
+            status, xs, _ = client.get("/closed", k)
+            expected = 200 if rnd < 3 - (k in (live_keys[0], live_keys[-1])) else 429
+            assert status == expected, (rnd, k, status, xs)
+            assert xs == ("PASSED" if status == 200 else "REJECTED")
+    assert slow == []
+    client.close()
+    assert victim.addr in n.log(), "the error log does not name the lost node"
+
+    # A fresh nginx whose first seed is the dead node still finds the cluster.
+    m = nginx_factory(conf(c, locations, redis_args=redis_args,
+                           seeds="%s %s" % (victim.addr, others[0].addr)))
+    fresh = Client(m.port)
+    # live_keys[1] was exhausted through the first nginx: the bucket is shared.
+    assert wait_for(lambda: fresh.get("/closed", live_keys[1])[:2] == (429, "REJECTED"), 5), \
+        m.log()[-2000:]
+    assert fresh.get("/closed", dead_keys[1])[:2] == (503, "FAILED_CLOSED")
+    fresh.close()
+
+
+# --- connections ---------------------------------------------------------------------------
+
+def nginx_connections(master_port, pids):
+    """Established connections to `master_port`, per nginx worker pid (ss -p)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established",
+                          "( dport = :%d )" % master_port],
+                         capture_output=True, text=True).stdout
+    per_pid = {p: 0 for p in pids}
+    for line in out.splitlines():
+        for pid in re.findall(r"pid=(\d+)", line):
+            if int(pid) in per_pid:
+                per_pid[int(pid)] += 1
+    return per_pid
+
+
+def test_one_connection_per_worker_per_master(redis_cluster, nginx_factory):
+    c = redis_cluster
+    n = nginx_factory(conf(c, location("/"), "ratelimit_policy p rate=1r/h burst=1000000;",
+                           listen="reuseport"), workers=2)
+    keys = []
+    for m in c.masters():
+        keys += keys_in(c, "p", 4, on_master(c, m), name="conn-%d-" % m.port)
+
+    # Many short connections: reuseport spreads them over both workers.
+    def burst_of_connections():
+        for _ in range(15):
+            cl = Client(n.port)
+            for k in keys:
+                assert cl.get("/", k)[:2] == (200, "PASSED")
+            cl.close()
+
+    threads = [threading.Thread(target=burst_of_connections) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    pids = n.worker_pids()
+    assert len(pids) == 2
+    for m in c.masters():
+        per_pid = nginx_connections(m.port, pids)
+        assert per_pid == {p: 1 for p in pids}, (m.addr, per_pid)
+        me = m.cmd("CLIENT", "ID")
+        # Not this test's connection, nor a replica's, nor MIGRATE's cached one.
+        clients = [line for line in m.cmd("CLIENT", "LIST").decode().splitlines()
+                   if "flags=N" in line and not line.startswith("id=%d " % me)
+                   and "cmd=restore-asking" not in line]
+        assert len(clients) <= 2, (m.addr, clients)
