@@ -187,7 +187,7 @@ bool resolve_redis_addresses(ngx_conf_t* cf, ngx_command_t* cmd, MainConf* mcf,
                              const ratelimit::RedisConfig& redis)
 {
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    size_t n = redis.mode == ratelimit::RedisMode::sentinel ? redis.addresses.size() : 1;
+    size_t n = redis.mode == ratelimit::RedisMode::standalone ? 1 : redis.addresses.size();
     mcf->redis_addrs = static_cast<ngx_addr_t*>(ngx_pcalloc(cf->pool, n * sizeof(ngx_addr_t)));
     if (mcf->redis_addrs == nullptr) {
         return false;
@@ -322,11 +322,41 @@ bool create_redis_tls(ngx_conf_t* cf, ngx_command_t* cmd, const ratelimit::Redis
 #endif
 
 
+// Redis Cluster has one database, and a '{' in the prefix would make it the hash tag of every
+// key: all buckets of the fleet in one slot, on one master.
+bool check_cluster(ngx_conf_t* cf, ngx_command_t* cmd, const ratelimit::RedisConfig& redis)
+{
+    if (redis.db != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": \"db=%d\" is not possible with mode=cluster (only db 0)",
+                           &cmd->name, redis.db);
+        return false;
+    }
+    if (redis.prefix.find('{') != std::string::npos) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\": \"prefix=%s\" contains \"{\", which with mode=cluster "
+                           "would put every bucket in one hash slot", &cmd->name,
+                           redis.prefix.c_str());
+        return false;
+    }
+    for (const ratelimit::RedisEndpoint& seed : redis.addresses) {
+        if (seed.is_unix()) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%V\": seed \"unix:%s\": mode=cluster needs TCP addresses",
+                               &cmd->name, seed.unix_path.c_str());
+            return false;
+        }
+    }
+    return true;
+}
+
+
 /*
  * ratelimit_redis address ... [mode=] [master=] [user=] [password=] [db=] [prefix=]
  *                 [connect_timeout=] [timeout=] [ssl] [ssl_verify=] ...;
  * Without it the module runs in local mode (buckets in this node's shared memory).
  * mode=sentinel: the addresses are sentinels, asked for master= at each (re)connection.
+ * mode=cluster: the addresses are seeds, asked for the slot map (see cluster_client.h).
  */
 char* set_redis(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 try {
@@ -349,11 +379,13 @@ try {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name, error.c_str());
         return static_cast<char*>(NGX_CONF_ERROR);
     }
-    if (redis->mode == ratelimit::RedisMode::cluster
-        || (redis->mode == ratelimit::RedisMode::sentinel && redis->ssl)) {
+    if (redis->mode == ratelimit::RedisMode::sentinel && redis->ssl) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\": %s is not supported by this version of the module",
-                           &cmd->name, redis->ssl ? "ssl with mode=sentinel" : "mode=cluster");
+                           "\"%V\": ssl with mode=sentinel is not supported by this version "
+                           "of the module", &cmd->name);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    if (redis->mode == ratelimit::RedisMode::cluster && !check_cluster(cf, cmd, *redis)) {
         return static_cast<char*>(NGX_CONF_ERROR);
     }
     if (!redis->ssl && (!redis->ssl_trusted_certificate.empty()

@@ -5,6 +5,7 @@
 #include "ngx_ratelimit_loop.h"
 #include "ngx_ratelimit_nginx.h"
 #include "ratelimit/batcher.h"
+#include "ratelimit/cluster_client.h"
 #include "ratelimit/policy.h"
 #include "ratelimit/redis_client.h"
 #include "ratelimit/redis_config.h"
@@ -102,7 +103,9 @@ Policy* find_policy(MainConf* mcf, const ngx_str_t& name);
 
 // The worker's Redis client and its batcher; nullptr in local mode, in the master, and after
 // exit_process.
-ratelimit::RedisClient* redis_client();
+ratelimit::RedisClient* redis_client();           // standalone and sentinel
+const ratelimit::ClusterClient* redis_cluster();  // mode=cluster
+ratelimit::CallRouter* redis_router();            // either: routes a key's calls
 ratelimit::Batcher* redis_batcher();
 ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf);
 void exit_worker_redis();

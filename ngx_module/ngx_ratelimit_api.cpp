@@ -121,6 +121,40 @@ ngx_int_t send_error(ngx_http_request_t* r, ngx_uint_t status, std::string_view 
 
 // status
 
+// "local", "redis" (one server or sentinel) or "cluster".
+const char* mode_name(const MainConf* mcf)
+{
+    if (mcf->redis == nullptr) {
+        return "local";
+    }
+    return mcf->redis->mode == ratelimit::RedisMode::cluster ? "cluster" : "redis";
+}
+
+
+// mode=cluster: the masters as the worker answering sees them.
+void append_cluster_nodes(std::string& out)
+{
+    const ratelimit::ClusterClient* cluster = redis_cluster();
+    if (cluster == nullptr) {
+        return;
+    }
+    out += ",\"nodes\":[";
+    bool first = true;
+    for (const auto& node : cluster->nodes()) {
+        out += first ? "{\"address\":" : ",{\"address\":";
+        first = false;
+        ratelimit::append_json_string(out, node.address->text());
+        out += ",\"state\":\"";
+        out += node.client->state() == ratelimit::ClientState::down ? "down" : "up";
+        out += "\",\"slots\":" + std::to_string(node.slots);
+        int64_t latency = node.client->last_latency_ms();
+        out += ",\"latency_ms\":" + (latency >= 0 ? std::to_string(latency) : "null");
+        out += '}';
+    }
+    out += ']';
+}
+
+
 void append_redis(std::string& out, MainConf* mcf)
 {
     const NodeStats* node = node_stats();
@@ -155,6 +189,7 @@ void append_redis(std::string& out, MainConf* mcf)
     out += ",\"script_calls\":" + std::to_string(calls);
     out += ",\"decisions_per_script_call\":";
     out += calls ? number(double(read_counter(node->script_decisions)) / double(calls)) : "null";
+    append_cluster_nodes(out);
     out += '}';
 }
 
@@ -195,8 +230,9 @@ std::string status_json(MainConf* mcf, LocConf* lcf)
 {
     std::string out = "{\"version\":";
     ratelimit::append_json_string(out, ratelimit::kVersion);
-    out += ",\"mode\":";
-    out += mcf->redis ? "\"redis\"" : "\"local\"";
+    out += ",\"mode\":\"";
+    out += mode_name(mcf);
+    out += '"';
     out += ",\"write\":";
     out += lcf->api == api_write ? "true" : "false";
     ngx_time_t* tp = ngx_timeofday();
@@ -302,13 +338,37 @@ void append_redis_metrics(std::string& out, const NodeStats& node)
 }
 
 
+// mode=cluster: per master, as the worker answering sees it. Addresses need no escaping.
+void append_cluster_metrics(std::string& out)
+{
+    const ratelimit::ClusterClient* cluster = redis_cluster();
+    if (cluster == nullptr) {
+        return;
+    }
+    auto nodes = cluster->nodes();
+    metric_head(out, "redis_node_up", "gauge",
+                "1 unless the answering worker holds this cluster master down.");
+    for (const auto& node : nodes) {
+        metric(out, "redis_node_up", "node=\"" + node.address->text() + '"',
+               node.client->state() == ratelimit::ClientState::down ? 0 : 1);
+    }
+    metric_head(out, "redis_node_slots", "gauge", "Hash slots each cluster master serves.");
+    for (const auto& node : nodes) {
+        metric(out, "redis_node_slots", "node=\"" + node.address->text() + '"',
+               int64_t(node.slots));
+    }
+}
+
+
 std::string metrics_text(MainConf* mcf)
 {
     std::string out;
     metric_head(out, "info", "gauge", "The module's version and mode.");
     out += "nginx_ratelimit_info{version=\"";
     out += ratelimit::kVersion;
-    out += mcf->redis ? "\",mode=\"redis\"} 1\n" : "\",mode=\"local\"} 1\n";
+    out += "\",mode=\"";
+    out += mode_name(mcf);
+    out += "\"} 1\n";
 
     auto* policies = static_cast<Policy*>(mcf->policies.elts);
     metric_head(out, "requests_total", "counter",
@@ -342,6 +402,7 @@ std::string metrics_text(MainConf* mcf)
         if (node) {
             append_redis_metrics(out, *node);
         }
+        append_cluster_metrics(out);
     }
     return out;
 }
@@ -419,8 +480,8 @@ void detach(BucketRequest* br) noexcept
 {
     if (br->call_pending) {
         br->call_pending = false;
-        if (ratelimit::RedisClient* client = redis_client()) {
-            client->cancel(br->call);
+        if (ratelimit::CallRouter* router = redis_router()) {
+            router->cancel(br->call);
         }
     }
     if (br->done_ev.posted) {
@@ -533,8 +594,8 @@ BucketRequest* create_bucket_request(ngx_http_request_t* r)
 ngx_int_t bucket_in_redis(ngx_http_request_t* r, MainConf* mcf, const Policy& policy,
                           const ngx_str_t& key, bool refill)
 {
-    ratelimit::RedisClient* client = redis_client();
-    if (client == nullptr) {
+    ratelimit::CallRouter* router = redis_router();
+    if (router == nullptr) {
         return send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "Redis unavailable");
     }
     BucketRequest* br = create_bucket_request(r);
@@ -548,9 +609,9 @@ ngx_int_t bucket_in_redis(ngx_http_request_t* r, MainConf* mcf, const Policy& po
                                                   as_view(key));
     std::string command = refill ? ratelimit::format_command({"DEL", redis_key})
                                  : ratelimit::format_bucket_view(redis_key, policy.params);
-    auto submitted = client->submit(
-        std::move(command),
-        [br](const ratelimit::CallResult& result) { on_redis_reply(br, result); });
+    auto submitted = router->submit(
+        router->group_of(redis_key), std::move(command),
+        [br](const ratelimit::CallResult& result) { on_redis_reply(br, result); }, nullptr);
     if (submitted.status != ratelimit::CallStatus::ok) {
         return send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                           std::string("Redis unavailable (")

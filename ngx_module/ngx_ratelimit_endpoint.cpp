@@ -1,5 +1,6 @@
 // The endpoints of ratelimit_redis: a fixed address, a host name re-resolved through nginx's
-// resolver before each connection, and a master found through the sentinels.
+// resolver before each connection, a master found through the sentinels, and the nodes of a
+// Redis Cluster.
 
 #include "ngx_ratelimit_endpoint.h"
 
@@ -728,7 +729,64 @@ bool is_numeric(const std::string& host)
     return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
+
+// An address a cluster announced.
+class AnnouncedEndpoint final : public Endpoint {
+public:
+    AnnouncedEndpoint(const ratelimit::NodeAddress& node, ngx_log_t* log) : log_(log)
+    {
+        ngx_sockaddr_t sa{};
+        socklen_t len = 0;
+        if (inet_pton(AF_INET, node.host.c_str(), &sa.sockaddr_in.sin_addr) == 1) {
+            sa.sockaddr_in.sin_family = AF_INET;
+            sa.sockaddr_in.sin_port = htons(in_port_t(node.port));
+            len = sizeof(sa.sockaddr_in);
+        } else if (inet_pton(AF_INET6, node.host.c_str(), &sa.sockaddr_in6.sin6_addr) == 1) {
+            sa.sockaddr_in6.sin6_family = AF_INET6;
+            sa.sockaddr_in6.sin6_port = htons(in_port_t(node.port));
+            len = sizeof(sa.sockaddr_in6);
+        }
+        peer_.set(&sa.sockaddr, len, node.text());
+    }
+
+    void find(Found found) noexcept override
+    {
+        if (peer_.socklen == 0) {
+            // Names announced by the cluster (cluster-announce-hostname) are not resolved.
+            ngx_log_error(NGX_LOG_ERR, log_, 0,
+                          "ratelimit: cluster node %s is not an IP address; set "
+                          "\"cluster-preferred-endpoint-type ip\" on the cluster",
+                          peer_.text.c_str());
+            found(nullptr);
+            return;
+        }
+        ngx_addr_t addr = peer_.addr();
+        found(&addr);
+    }
+    void cancel() noexcept override {}
+
+private:
+    Peer peer_;
+    ngx_log_t* log_;
+};
+
 }  // namespace
+
+
+std::unique_ptr<Endpoint> make_node_endpoint(const EndpointConfig& config,
+                                             const ratelimit::NodeAddress& node, ngx_log_t* log)
+{
+    const auto& seeds = config.redis->addresses;
+    for (size_t i = 0; i < seeds.size(); i++) {
+        if (seeds[i].host == node.host && seeds[i].port == node.port) {
+            if (config.resolver == nullptr || is_numeric(seeds[i].host)) {
+                return std::make_unique<FixedEndpoint>(config.addrs[i]);
+            }
+            return std::make_unique<HostEndpoint>(config.addrs[i], seeds[i], config, log);
+        }
+    }
+    return std::make_unique<AnnouncedEndpoint>(node, log);
+}
 
 
 std::unique_ptr<Endpoint> make_endpoint(const EndpointConfig& config, ngx_log_t* log)

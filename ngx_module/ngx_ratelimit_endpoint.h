@@ -8,6 +8,7 @@
 #include <string>
 
 #include "ngx_ratelimit_nginx.h"
+#include "ratelimit/cluster_map.h"
 #include "ratelimit/redis_config.h"
 
 namespace ngx_ratelimit {
@@ -47,6 +48,11 @@ struct EndpointConfig {
 };
 
 std::unique_ptr<Endpoint> make_endpoint(const EndpointConfig& config, ngx_log_t* log);
+
+// Where the connections to one node of a cluster go (mode=cluster): a seed as configured, or
+// the IP address the cluster announced.
+std::unique_ptr<Endpoint> make_node_endpoint(const EndpointConfig& config,
+                                             const ratelimit::NodeAddress& node, ngx_log_t* log);
 
 // The http-level `resolver` when one is configured, else nullptr.
 ngx_resolver_t* configured_resolver(ngx_cycle_t* cycle, ngx_msec_t* timeout);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <utility>
 
 namespace ratelimit {
@@ -17,9 +18,40 @@ int64_t monotonic_ms() noexcept
     return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
 }
 
+// A request whose limits span several groups: one part per group, merged when all are back.
+struct Batcher::Part {
+    Split* split;
+    size_t first;  // its limits are split->order[first, end)
+    size_t end;
+};
+
+struct Batcher::Split {
+    uint64_t id = 0;
+    VerdictHandler handler = nullptr;
+    void* owner = nullptr;
+    Batcher* batcher = nullptr;
+    std::vector<size_t> order;    // limit indices, grouped by part
+    std::vector<Part> parts;
+    std::vector<uint64_t> part_ids;
+    std::vector<int64_t> levels;  // per limit of the request
+    size_t remaining = 0;
+    Verdict merged;
+    std::string error;
+};
+
+Batcher::Batcher(EventLoop& loop, CallRouter& router, BatcherOptions options,
+                 BatchObserver on_send)
+    : loop_(loop), router_(router), options_(options), on_send_(on_send)
+{
+    options_.max_requests = std::max<size_t>(options_.max_requests, 1);
+    options_.max_in_flight = std::max<size_t>(options_.max_in_flight, 1);
+    flush_timer_ = loop_.make_timer([this] { flush(); }, EventLoop::TimerKind::request);
+}
+
 Batcher::Batcher(EventLoop& loop, RedisClient& client, BatcherOptions options,
                  BatchObserver on_send)
-    : loop_(loop), client_(client), options_(options), on_send_(on_send)
+    : loop_(loop), own_router_(std::make_unique<SingleRedis>(loop, client)),
+      router_(*own_router_), options_(options), on_send_(on_send)
 {
     options_.max_requests = std::max<size_t>(options_.max_requests, 1);
     options_.max_in_flight = std::max<size_t>(options_.max_in_flight, 1);
@@ -37,13 +69,25 @@ Batcher::Queued Batcher::decide(const ScriptLimit* limits, size_t n, VerdictHand
     if (shut_down_) {
         return {CallStatus::shutdown, 0};
     }
-    if (client_.state() == ClientState::down) {
-        return {CallStatus::down, 0};
-    }
     if (waiting_ >= options_.max_waiting) {
         return {CallStatus::overloaded, 0};
     }
-    Batch& batch = open_batch();
+    int group = n > 0 ? router_.group_of(limits[0].key) : 0;
+    for (size_t i = 1; i < n; i++) {
+        if (router_.group_of(limits[i].key) != group) {
+            return decide_split(limits, n, handler, owner);
+        }
+    }
+    if (!router_.available(group)) {
+        return {CallStatus::down, 0};
+    }
+    return {CallStatus::ok, queue(group, limits, n, handler, owner)};
+}
+
+uint64_t Batcher::queue(int group, const ScriptLimit* limits, size_t n, VerdictHandler handler,
+                        void* owner)
+{
+    Batch& batch = open_batch(group);
     batch.waiters.reserve(options_.max_requests);
     batch.script.add_request(limits, n);
     uint64_t id = next_id_++;
@@ -52,17 +96,106 @@ Batcher::Queued Batcher::decide(const ScriptLimit* limits, size_t n, VerdictHand
     if (!flush_timer_->armed()) {
         flush_timer_->start(0);
     }
+    return id;
+}
+
+Batcher::Queued Batcher::decide_split(const ScriptLimit* limits, size_t n,
+                                      VerdictHandler handler, void* owner)
+{
+    groups_.resize(n);
+    for (size_t i = 0; i < n; i++) {
+        groups_[i] = router_.group_of(limits[i].key);
+        if (!router_.available(groups_[i])) {
+            return {CallStatus::down, 0};
+        }
+    }
+    auto split = std::make_unique<Split>();
+    split->id = next_id_++;
+    split->handler = handler;
+    split->owner = owner;
+    split->batcher = this;
+    split->levels.resize(n);
+    split->merged.decided = true;
+    split->merged.allowed = true;
+    split->merged.sent_ms = INT64_MAX;
+    // Parts in the order of their first limit; within a part, the request's order.
+    std::vector<bool> placed(n, false);
+    for (size_t i = 0; i < n; i++) {
+        if (placed[i]) {
+            continue;
+        }
+        size_t first = split->order.size();
+        for (size_t j = i; j < n; j++) {
+            if (!placed[j] && groups_[j] == groups_[i]) {
+                placed[j] = true;
+                split->order.push_back(j);
+            }
+        }
+        split->parts.push_back(Part{split.get(), first, split->order.size()});
+    }
+    split->remaining = split->parts.size();
+    uint64_t id = split->id;
+    Split& registered = *splits_.emplace(id, std::move(split)).first->second;
+    try {
+        std::vector<ScriptLimit> part_limits;
+        part_limits.reserve(n);
+        registered.part_ids.reserve(registered.parts.size());
+        for (Part& part : registered.parts) {
+            part_limits.clear();
+            for (size_t k = part.first; k < part.end; k++) {
+                part_limits.push_back(limits[registered.order[k]]);
+            }
+            int group = groups_[registered.order[part.first]];
+            registered.part_ids.push_back(
+                queue(group, part_limits.data(), part_limits.size(), on_part, &part));
+        }
+    } catch (...) {
+        cancel(id);  // the parts queued so far
+        throw;
+    }
     return {CallStatus::ok, id};
 }
 
-// The batch new requests join: the last one, unless it left already or is full.
-Batcher::Batch& Batcher::open_batch()
+void Batcher::on_part(void* owner, const Verdict& verdict) noexcept
 {
-    if (!batches_.empty()) {
-        Batch& last = *batches_.back();
-        if (!last.sent && last.waiters.size() < options_.max_requests) {
-            return last;
+    auto* part = static_cast<Part*>(owner);
+    Split* split = part->split;
+    Verdict& merged = split->merged;
+    if (verdict.decided) {
+        for (size_t k = part->first; k < part->end; k++) {
+            split->levels[split->order[k]] = verdict.levels[k - part->first];
         }
+        merged.allowed = merged.allowed && verdict.allowed;
+        merged.now_ms = std::max(merged.now_ms, verdict.now_ms);
+    } else if (merged.decided) {
+        merged.decided = false;
+        merged.status = verdict.status;
+        try {
+            split->error.assign(verdict.error);
+        } catch (...) {
+        }
+    }
+    // The earliest send: the rejection memory's bound then holds for every part.
+    merged.sent_ms = std::min(merged.sent_ms, verdict.sent_ms);
+    if (--split->remaining > 0) {
+        return;
+    }
+    Batcher* self = split->batcher;
+    auto it = self->splits_.find(split->id);
+    std::unique_ptr<Split> done = std::move(it->second);
+    self->splits_.erase(it);
+    merged.error = done->error;
+    merged.levels = merged.decided ? done->levels.data() : nullptr;
+    merged.allowed = merged.decided && merged.allowed;
+    done->handler(done->owner, merged);
+}
+
+// The batch new requests of `group` join: the open one, unless it is full.
+Batcher::Batch& Batcher::open_batch(int group)
+{
+    auto open = open_.find(group);
+    if (open != open_.end() && open->second->waiters.size() < options_.max_requests) {
+        return *open->second;
     }
     std::unique_ptr<Batch> batch;
     if (!spare_.empty()) {
@@ -71,9 +204,12 @@ Batcher::Batch& Batcher::open_batch()
     } else {
         batch = std::make_unique<Batch>();
     }
-    batch->since = RedisClient::Since{loop_.now_ms(), client_.failure_epoch()};
+    batch->group = group;
+    batch->since = router_.since(group);
     batches_.push_back(std::move(batch));
-    return *batches_.back();
+    Batch* added = batches_.back().get();
+    open_[group] = added;
+    return *added;
 }
 
 void Batcher::cancel(uint64_t id) noexcept
@@ -81,6 +217,22 @@ void Batcher::cancel(uint64_t id) noexcept
     if (id == 0) {
         return;
     }
+    if (!splits_.empty()) {
+        auto it = splits_.find(id);
+        if (it != splits_.end()) {
+            std::unique_ptr<Split> split = std::move(it->second);
+            splits_.erase(it);
+            for (uint64_t part : split->part_ids) {
+                cancel_waiter(part);
+            }
+            return;
+        }
+    }
+    cancel_waiter(id);
+}
+
+void Batcher::cancel_waiter(uint64_t id) noexcept
+{
     for (auto& batch : batches_) {
         for (Waiter& waiter : batch->waiters) {
             if (waiter.id == id) {
@@ -102,31 +254,43 @@ void Batcher::shutdown() noexcept
     }
     for (auto& batch : batches_) {
         if (batch->sent) {
-            client_.cancel(batch->call);
+            router_.cancel(batch->call);
         }
     }
     batches_.clear();
     spare_.clear();
+    open_.clear();
+    flying_.clear();
+    splits_.clear();
     waiting_ = 0;
     in_flight_ = 0;
 }
 
-// Sends the batches waiting to leave, as many as may be on the wire at once.
+// Sends the batches waiting to leave, as many per group as may be on the wire at once.
 void Batcher::flush() noexcept
 {
-    while (!shut_down_ && in_flight_ < options_.max_in_flight) {
-        auto it = std::find_if(batches_.begin(), batches_.end(),
-                               [](const auto& b) { return !b->sent; });
-        if (it == batches_.end()) {
-            return;
+    size_t i = 0;
+    while (!shut_down_ && i < batches_.size()) {
+        Batch& batch = *batches_[i];
+        auto flying = flying_.find(batch.group);
+        if (batch.sent || (flying != flying_.end() && flying->second >= options_.max_in_flight)) {
+            i++;
+            continue;
         }
-        send(**it);
+        if (!send(batch)) {
+            continue;  // failed and recycled: the next batch moved to index i
+        }
+        i++;
     }
 }
 
-void Batcher::send(Batch& batch) noexcept
+bool Batcher::send(Batch& batch) noexcept
 {
     Batch* b = &batch;
+    auto open = open_.find(b->group);
+    if (open != open_.end() && open->second == b) {
+        open_.erase(open);
+    }
     try {
         std::string command;
         command.reserve(command_capacity_);
@@ -134,29 +298,36 @@ void Batcher::send(Batch& batch) noexcept
         command_capacity_ = std::max(command_capacity_, command.size());
         b->sent = true;
         b->sent_ms = monotonic_ms();
-        auto submitted = client_.submit(
-            std::move(command), [this, b](const CallResult& result) { on_reply(b, result); },
-            &b->since);
+        auto submitted = router_.submit(
+            b->group, std::move(command),
+            [this, b](const CallResult& result) { on_reply(b, result); }, &b->since);
         if (submitted.status != CallStatus::ok) {
             fail(*b, submitted.status, {});
             recycle(b);
-            return;
+            return false;
         }
         b->call = submitted.id;
         in_flight_++;
+        flying_[b->group]++;
         if (on_send_) {
             on_send_(b->waiters.size());
         }
+        return true;
     } catch (...) {
         b->sent = true;
         fail(*b, CallStatus::overloaded, "out of memory");
         recycle(b);
+        return false;
     }
 }
 
 void Batcher::on_reply(Batch* batch, const CallResult& result) noexcept
 {
     in_flight_--;
+    auto flying = flying_.find(batch->group);
+    if (flying != flying_.end() && --flying->second == 0) {
+        flying_.erase(flying);
+    }
     if (result.status != CallStatus::ok) {
         fail(*batch, result.status, {});
     } else {

@@ -476,11 +476,11 @@ void RedisClient::handle_reply(redisReply* raw)
     calls_.pop_front();
     last_latency_ms_ = now - call.submitted_ms;
     notify(observer_.on_done, CallStatus::ok, last_latency_ms_);
-    bool error = is_error(reply.get()) && !noscript;
+    bool error = is_error(reply.get()) && !noscript && !is_redirect(reply.get());
     if (error) {
         notify(observer_.on_error_reply);
     }
-    if (!call.timed_out && !error && !noscript) {
+    if (!call.timed_out && !error && !noscript) {  // a redirect: the node answered
         failures_ = 0;
     }
     if (calls_.empty()) {

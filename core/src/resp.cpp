@@ -29,4 +29,14 @@ bool is_noscript(const redisReply* reply)
            && reply->len >= prefix.size() && std::string_view(reply->str, prefix.size()) == prefix;
 }
 
+bool is_redirect(const redisReply* reply)
+{
+    if (!reply || reply->type != REDIS_REPLY_ERROR || !reply->str) {
+        return false;
+    }
+    std::string_view text(reply->str, reply->len);
+    return text.substr(0, 6) == "MOVED " || text.substr(0, 4) == "ASK "
+           || text.substr(0, 8) == "TRYAGAIN";
+}
+
 }  // namespace ratelimit

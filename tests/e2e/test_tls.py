@@ -317,7 +317,6 @@ def test_handshake_failure_takes_the_failure_mode(nginx_factory):
      ["ratelimit_redis", "/nonexistent/ca.pem"]),
     ("ssl_trusted_certificate=/etc/ssl/certs/ca-certificates.crt",
      ["ratelimit_redis", "ssl_trusted_certificate=", '"ssl"']),
-    ("mode=cluster ssl ssl_verify=off", ["ratelimit_redis", "not supported"]),
 ])
 def test_bad_tls_configuration_fails_nginx_t(workdir, args, words):
     n = Nginx(workdir / "bad", f"ratelimit_redis 127.0.0.1:6379 {args};")

@@ -255,5 +255,118 @@ TEST_F(BatcherTest, ShutdownDropsEverything)
     EXPECT_EQ(batcher->decide(&limit, 1, record, &b).status, CallStatus::shutdown);
 }
 
+
+// Two groups on one connection: keys ending in 'y' form group 1, the others group 0.
+class TwoGroups final : public CallRouter {
+public:
+    TwoGroups(EventLoop& loop, RedisClient& client) : single(loop, client) {}
+    int group_of(std::string_view key) const noexcept override { return key.back() == 'y'; }
+    bool available(int group) const noexcept override { return group != down_group; }
+    RedisClient::Since since(int group) const noexcept override { return single.since(group); }
+    RedisClient::Submitted submit(int group, std::string command, Callback callback,
+                                  const RedisClient::Since* since) override
+    {
+        groups_sent.push_back(group);
+        return single.submit(group, std::move(command), std::move(callback), since);
+    }
+    void cancel(CallId id) noexcept override { single.cancel(id); }
+
+    SingleRedis single;
+    int down_group = -1;
+    std::vector<int> groups_sent;
+};
+
+class GroupedBatcherTest : public BatcherTest {
+protected:
+    ~GroupedBatcherTest() override { batcher.reset(); }  // before the router it uses
+    void make_grouped(BatcherOptions options = {})
+    {
+        client = std::make_unique<RedisClient>(loop, ClientOptions{});
+        router = std::make_unique<TwoGroups>(loop, *client);
+        batcher = std::make_unique<Batcher>(loop, *router, options);
+    }
+    std::unique_ptr<TwoGroups> router;
+};
+
+TEST_F(GroupedBatcherTest, RequestSpanningGroupsIsDecidedPerGroupAndMerged)
+{
+    make_grouped();
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}, {"rl:p:y", params, 2}, {"rl:q:x", params, 3}});
+    std::string wire = run_and_take();
+    EXPECT_EQ(wire, expected({{{"rl:p:x", params, 1}, {"rl:q:x", params, 3}}})
+                        + expected({{{"rl:p:y", params, 2}}}));
+    EXPECT_EQ(router->groups_sent, (std::vector<int>{0, 1}));
+    loop.transport().feed(reply(5, {{true, {9000, 7000}}}));
+    EXPECT_TRUE(seen.empty());  // one part is still out
+    loop.transport().feed(reply(6, {{false, {1000}}}));
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_TRUE(seen[0].decided);
+    EXPECT_FALSE(seen[0].allowed);  // a request passes only if every part passes
+    EXPECT_EQ(seen[0].levels, (std::vector<int64_t>{9000, 1000, 7000}));  // request order
+    EXPECT_EQ(batcher->waiting(), 0u);
+}
+
+TEST_F(GroupedBatcherTest, APartThatFailsFailsTheRequest)
+{
+    make_grouped();
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}, {"rl:p:y", params, 1}});
+    run_and_take();
+    loop.transport().feed("-CLUSTERDOWN The cluster is down\r\n");
+    loop.transport().feed(reply(6, {{true, {1000}}}));
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_FALSE(seen[0].decided);
+    EXPECT_NE(seen[0].error.find("CLUSTERDOWN"), std::string::npos);
+}
+
+TEST_F(GroupedBatcherTest, GroupsHaveTheirOwnCallsInFlight)
+{
+    BatcherOptions o;
+    o.max_in_flight = 1;
+    make_grouped(o);
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen}, c{3, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}});
+    run_and_take();
+    decide(b, {{"rl:p:y", params, 1}});  // another group: leaves at once
+    decide(c, {{"rl:q:x", params, 1}});  // group 0 waits for its call
+    EXPECT_EQ(run_and_take(), expected({{{"rl:p:y", params, 1}}}));
+    loop.transport().feed(reply(1, {{true, {9000}}}));
+    loop.advance(0);
+    EXPECT_EQ(loop.transport().take(), expected({{{"rl:q:x", params, 1}}}));
+    EXPECT_EQ(router->groups_sent, (std::vector<int>{0, 1, 0}));
+}
+
+TEST_F(GroupedBatcherTest, DownGroupRefusesAtOnceOthersStillQueue)
+{
+    make_grouped();
+    router->down_group = 1;
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen};
+    ScriptLimit split[] = {{"rl:p:x", params, 1}, {"rl:p:y", params, 1}};
+    EXPECT_EQ(batcher->decide(split, 2, record, &a).status, CallStatus::down);
+    EXPECT_EQ(batcher->waiting(), 0u);
+    decide(b, {{"rl:p:x", params, 1}});
+    EXPECT_EQ(run_and_take(), expected({{{"rl:p:x", params, 1}}}));
+}
+
+TEST_F(GroupedBatcherTest, CancellingASplitRequestDropsEveryPart)
+{
+    make_grouped();
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen};
+    uint64_t id = decide(a, {{"rl:p:x", params, 1}, {"rl:p:y", params, 1}});
+    EXPECT_EQ(batcher->waiting(), 2u);
+    batcher->cancel(id);
+    EXPECT_EQ(batcher->waiting(), 0u);
+    run_and_take();
+    loop.transport().feed(reply(5, {{true, {9000}}}));
+    loop.transport().feed(reply(5, {{true, {9000}}}));
+    EXPECT_TRUE(seen.empty());
+}
+
 }  // namespace
 }  // namespace ratelimit

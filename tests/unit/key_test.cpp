@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "ratelimit/cluster_map.h"
 #include "ratelimit/sha1.h"
 
 namespace ratelimit {
@@ -37,6 +38,33 @@ TEST(BucketKey, AppendsToExistingString)
     std::string out = "prefix-kept|";
     append_bucket_key(out, "rl:", "p", "k");
     EXPECT_EQ(out, "prefix-kept|rl:p:k");
+}
+
+
+TEST(BucketKey, LongKeyKeepsItsHashTagInFrontOfTheDigest)
+{
+    std::string key = "{user42}" + std::string(200, 'x');
+    std::string redis_key = bucket_key("rl:", "p", key);
+    EXPECT_EQ(redis_key, "rl:p:{user42}#sha1:" + sha1_hex(key));
+    EXPECT_EQ(key_slot(redis_key), key_slot("rl:q:{user42}"));
+}
+
+TEST(BucketKey, LongKeyWithoutTagOrWithEmptyTagIsDigestOnly)
+{
+    std::string plain(200, 'x');
+    EXPECT_EQ(bucket_key("rl:", "p", plain), "rl:p:#sha1:" + sha1_hex(plain));
+    std::string empty_tag = "{}" + std::string(200, 'x');
+    EXPECT_EQ(bucket_key("rl:", "p", empty_tag), "rl:p:#sha1:" + sha1_hex(empty_tag));
+}
+
+TEST(BucketKey, HugeHashTagIsReplacedByItsDigest)
+{
+    std::string tag(1000, 't');
+    std::string key = "{" + tag + "}rest";
+    std::string redis_key = bucket_key("rl:", "p", key);
+    EXPECT_EQ(redis_key, "rl:p:{#sha1:" + sha1_hex(tag) + "}#sha1:" + sha1_hex(key));
+    EXPECT_LT(redis_key.size(), 120u);
+    EXPECT_EQ(key_slot(redis_key), key_slot(bucket_key("rl:", "q", "{" + tag + "}other")));
 }
 
 }  // namespace

@@ -9,26 +9,10 @@
 #include <vector>
 
 #include "ratelimit/sha1.h"
+#include "read_resp.h"
 
 namespace ratelimit {
 namespace {
-
-struct ReplyDeleter {
-    void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
-
-// Parses one complete RESP value with hiredis, as the client will.
-ReplyPtr read_resp(const std::string& resp)
-{
-    redisReader* reader = redisReaderCreate();
-    redisReaderFeed(reader, resp.data(), resp.size());
-    void* reply = nullptr;
-    int rc = redisReaderGetReply(reader, &reply);
-    redisReaderFree(reader);
-    EXPECT_EQ(rc, REDIS_OK);
-    return ReplyPtr(static_cast<redisReply*>(reply));
-}
 
 std::vector<std::string> command_args(const std::string& resp)
 {

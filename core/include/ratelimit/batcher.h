@@ -2,6 +2,9 @@
 // Redis in one script call, and the ones that arrive while earlier calls are on their way
 // join the next call, which leaves as soon as a call comes back (never later than one round
 // trip). Outcomes are exactly those of deciding the requests one by one, in arrival order.
+// Calls are made per group of the CallRouter (a hash slot in cluster mode): a request whose
+// limits span several groups is decided per group, each part all or nothing, and passes only
+// if every part passes.
 #pragma once
 
 #include <cstddef>
@@ -10,8 +13,10 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
+#include "ratelimit/call_router.h"
 #include "ratelimit/redis_client.h"
 #include "ratelimit/script.h"
 
@@ -19,7 +24,7 @@ namespace ratelimit {
 
 struct BatcherOptions {
     size_t max_requests = 128;   // per script call: keeps one call short for Redis
-    size_t max_in_flight = 2;    // script calls on the wire at once
+    size_t max_in_flight = 2;    // script calls on the wire at once, per group
     size_t max_waiting = 16384;  // requests queued or in flight; beyond: overloaded
 };
 
@@ -46,6 +51,9 @@ int64_t monotonic_ms() noexcept;
 
 class Batcher {
 public:
+    Batcher(EventLoop& loop, CallRouter& router, BatcherOptions options = {},
+            BatchObserver on_send = nullptr);
+    // One Redis.
     Batcher(EventLoop& loop, RedisClient& client, BatcherOptions options = {},
             BatchObserver on_send = nullptr);
     ~Batcher();
@@ -56,8 +64,9 @@ public:
         CallStatus status;  // ok: `handler` will be called exactly once, later
         uint64_t id;
     };
-    // Queues one request (its keys distinct). Any immediate refusal (down, overloaded,
-    // shutdown) is returned instead of calling `handler`. May throw std::bad_alloc.
+    // Queues one request (its keys distinct). Any immediate refusal (down: the node of one of
+    // its groups; overloaded; shutdown) is returned instead of calling `handler`. May throw
+    // std::bad_alloc.
     Queued decide(const ScriptLimit* limits, size_t n, VerdictHandler handler, void* owner);
 
     // The request's handler will never be called. Safe for finished or unknown ids. A request
@@ -77,6 +86,7 @@ private:
         void* owner;
     };
     struct Batch {
+        int group = 0;
         ScriptBatch script;
         std::vector<Waiter> waiters;
         RedisClient::Since since{};  // of its first request
@@ -85,21 +95,35 @@ private:
         bool sent = false;
     };
 
-    Batch& open_batch();
+    struct Split;
+    struct Part;
+
+    uint64_t queue(int group, const ScriptLimit* limits, size_t n, VerdictHandler handler,
+                   void* owner);
+    Queued decide_split(const ScriptLimit* limits, size_t n, VerdictHandler handler,
+                        void* owner);
+    static void on_part(void* part, const Verdict& verdict) noexcept;
+    void cancel_waiter(uint64_t id) noexcept;
+    Batch& open_batch(int group);
     void flush() noexcept;
-    void send(Batch& batch) noexcept;
+    bool send(Batch& batch) noexcept;  // false: it failed at once and was recycled
     void on_reply(Batch* batch, const CallResult& result) noexcept;
     void fail(Batch& batch, CallStatus status, std::string_view error) noexcept;
     void deliver(Waiter& waiter, const Verdict& verdict) noexcept;
     void recycle(Batch* batch) noexcept;
 
     EventLoop& loop_;
-    RedisClient& client_;
+    std::unique_ptr<CallRouter> own_router_;  // one Redis
+    CallRouter& router_;
     BatcherOptions options_;
     BatchObserver on_send_;
     std::unique_ptr<Timer> flush_timer_;  // started with 0: after this iteration's events
     std::deque<std::unique_ptr<Batch>> batches_;  // in flight first, then waiting to leave
     std::vector<std::unique_ptr<Batch>> spare_;   // cleared batches, buffers kept
+    std::unordered_map<int, Batch*> open_;        // per group: the batch new requests join
+    std::unordered_map<int, size_t> flying_;      // per group: calls on the wire
+    std::unordered_map<uint64_t, std::unique_ptr<Split>> splits_;  // by request id
+    std::vector<int> groups_;                     // of the request being queued
     BatchReply reply_;
     size_t command_capacity_ = 256;
     uint64_t next_id_ = 1;

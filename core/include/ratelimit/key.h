@@ -9,8 +9,9 @@ namespace ratelimit {
 constexpr size_t kMaxKeyBytes = 128;
 
 // Appends "<prefix><policy>:<key>" to `out`. A `key` longer than kMaxKeyBytes is replaced
-// by "#sha1:" and its 40-digit SHA-1, so no client controls the length of a Redis key.
-// Binary keys are kept byte for byte.
+// by "#sha1:" and its 40-digit SHA-1, so no client controls the length of a Redis key; its
+// {hash tag}, if any, stays in front of the digest (see cluster_map.h). Binary keys are kept
+// byte for byte.
 void append_bucket_key(std::string& out, std::string_view prefix, std::string_view policy,
                        std::string_view key);
 

@@ -101,6 +101,9 @@ public:
     // called (an exiting nginx worker must not touch its requests).
     void shutdown() noexcept;
 
+    // Replaces ClientOptions::probe_command (a cluster node's probe names a key of its slots).
+    void set_probe_command(std::string command) { options_.probe_command = std::move(command); }
+
     ClientState state() const noexcept { return state_; }
     size_t pending() const noexcept;
     int64_t last_latency_ms() const noexcept { return last_latency_ms_; }

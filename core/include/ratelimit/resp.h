@@ -1,5 +1,5 @@
 // The little of RESP the core writes and recognises itself: commands as arrays of bulk
-// strings (what redisFormatCommandArgv produces) and the NOSCRIPT error reply.
+// strings (what redisFormatCommandArgv produces) and the error replies it acts upon.
 #pragma once
 
 #include <initializer_list>
@@ -18,5 +18,9 @@ std::string format_command(std::initializer_list<std::string_view> args);
 
 // True for a "NOSCRIPT ..." error reply.
 bool is_noscript(const redisReply* reply);
+
+// True for Redis Cluster's "MOVED ...", "ASK ..." and "TRYAGAIN ..." replies: the key is
+// elsewhere for now, which says nothing about the health of the node that answered.
+bool is_redirect(const redisReply* reply);
 
 }  // namespace ratelimit

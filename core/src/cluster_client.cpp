@@ -1,0 +1,409 @@
+#include "ratelimit/cluster_client.h"
+
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "ratelimit/resp.h"
+
+namespace ratelimit {
+
+struct ClusterClient::Node {
+    NodeAddress address;
+    std::unique_ptr<EventLoop> loop;      // its transports connect to `address`
+    std::unique_ptr<RedisClient> client;  // declared after the loop: it goes first
+    size_t slots = 0;                     // served according to the map
+    bool seed = false;
+};
+
+// A call the batcher made: kept until its final reply, for redirections and cancel.
+struct ClusterClient::Pending {
+    int slot = 0;
+    std::string command;
+    Callback callback;
+    RedisClient::Since since{};
+    int redirects = 0;
+    Node* node = nullptr;  // where it was sent last
+    CallId call = 0;       // its id there
+};
+
+ClusterClient::ClusterClient(EventLoop& loop, std::vector<NodeAddress> seeds,
+                             ClusterOptions options, ClusterHost host)
+    : loop_(loop), options_(std::move(options)), host_(std::move(host)),
+      seeds_(std::move(seeds)), slots_(kSlotCount, nullptr)
+{
+    for (const NodeAddress& seed : seeds_) {
+        node_named(seed).seed = true;
+    }
+    fallback_ = nodes_.front().get();
+    retry_timer_ = loop_.make_timer([this] { on_retry_timer(); }, EventLoop::TimerKind::request);
+    refresh_timer_ =
+        loop_.make_timer([this] { on_refresh_timer(); }, EventLoop::TimerKind::background);
+    refresh_timer_->start(0);
+}
+
+ClusterClient::~ClusterClient()
+{
+    shutdown();
+}
+
+void ClusterClient::shutdown() noexcept
+{
+    shut_down_ = true;
+    if (retry_timer_) {
+        retry_timer_->stop();
+        refresh_timer_->stop();
+    }
+    pending_.clear();
+    retry_.clear();
+    for (auto& node : nodes_) {
+        node->client->shutdown();
+    }
+}
+
+// Nodes and routing.
+
+ClusterClient::Node& ClusterClient::node_named(const NodeAddress& address)
+{
+    for (auto& node : nodes_) {
+        if (node->address == address) {
+            return *node;
+        }
+    }
+    auto node = std::make_unique<Node>();
+    node->address = address;
+    node->loop = host_.loop_for(address);
+    ClientObserver observer = host_.observer_for ? host_.observer_for(address) : ClientObserver{};
+    // A master that fails, or loses its connection, may have been replaced: ask the cluster.
+    observer.on_state = [this, inner = std::move(observer.on_state),
+                         was_up = false](ClientState state) mutable {
+        if (inner) {
+            inner(state);
+        }
+        if (state == ClientState::down || (state == ClientState::connecting && was_up)) {
+            refresh_soon();
+        }
+        was_up = state == ClientState::up;
+    };
+    node->client = std::make_unique<RedisClient>(*node->loop, options_.client, std::move(observer));
+    nodes_.push_back(std::move(node));
+    return *nodes_.back();
+}
+
+ClusterClient::Node& ClusterClient::node_for(int slot) const
+{
+    Node* node = slots_[size_t(slot)];
+    return node ? *node : *fallback_;
+}
+
+bool ClusterClient::available(int slot) const noexcept
+{
+    return !shut_down_ && node_for(slot).client->state() != ClientState::down;
+}
+
+RedisClient::Since ClusterClient::since(int slot) const noexcept
+{
+    return RedisClient::Since{loop_.now_ms(), node_for(slot).client->failure_epoch()};
+}
+
+RedisClient::Submitted ClusterClient::submit(int slot, std::string command, Callback callback,
+                                             const RedisClient::Since* since)
+{
+    if (shut_down_) {
+        return {CallStatus::shutdown, 0};
+    }
+    Node& node = node_for(slot);
+    CallId id = next_id_++;
+    Pending pending;
+    pending.slot = slot;
+    pending.callback = std::move(callback);
+    pending.since = since ? *since : this->since(slot);
+    auto submitted = node.client->submit(
+        command, [this, id](const CallResult& result) { on_node_reply(id, result); },
+        &pending.since);
+    if (submitted.status != CallStatus::ok) {
+        return {submitted.status, 0};
+    }
+    pending.command = std::move(command);
+    pending.node = &node;
+    pending.call = submitted.id;
+    pending_.emplace(id, std::move(pending));
+    return {CallStatus::ok, id};
+}
+
+void ClusterClient::cancel(CallId id) noexcept
+{
+    auto it = pending_.find(id);
+    if (it == pending_.end()) {
+        return;
+    }
+    if (it->second.node) {
+        it->second.node->client->cancel(it->second.call);
+    }
+    pending_.erase(it);
+}
+
+// Sends a call again, to `node`; ASK: preceded by ASKING, as EVAL since `node` may not have
+// the script yet (a NOSCRIPT resend would go without ASKING).
+void ClusterClient::send(CallId id, Pending& pending, Node& node, bool asking) noexcept
+{
+    try {
+        RedisClient::Since since{pending.since.ms, node.client->failure_epoch()};
+        std::string command = pending.command;
+        if (asking) {
+            node.client->submit(format_command({"ASKING"}), [](const CallResult&) {}, &since);
+            if (options_.client.noscript_fallback) {
+                std::string eval = options_.client.noscript_fallback(command);
+                if (!eval.empty()) {
+                    command = std::move(eval);
+                }
+            }
+        }
+        auto submitted = node.client->submit(
+            std::move(command), [this, id](const CallResult& result) { on_node_reply(id, result); },
+            &since);
+        if (submitted.status == CallStatus::ok) {
+            pending.node = &node;
+            pending.call = submitted.id;
+            return;
+        }
+        finish(id, CallResult{submitted.status, nullptr});
+    } catch (...) {
+        finish(id, CallResult{CallStatus::overloaded, nullptr});
+    }
+}
+
+void ClusterClient::on_node_reply(CallId id, const CallResult& result) noexcept
+{
+    auto it = pending_.find(id);
+    if (it == pending_.end()) {
+        return;
+    }
+    Pending& pending = it->second;
+    pending.node = nullptr;
+    if (result.status == CallStatus::ok && is_redirect(result.reply)
+        && pending.redirects < options_.max_redirects && follow(id, pending, result)) {
+        return;
+    }
+    finish(id, result);
+}
+
+bool ClusterClient::follow(CallId id, Pending& pending, const CallResult& result) noexcept
+{
+    try {
+        std::string_view text(result.reply->str, result.reply->len);
+        pending.redirects++;
+        if (text.substr(0, 8) == "TRYAGAIN") {  // keys of the slot half moved: soon settled
+            retry_.push_back(id);
+            if (!retry_timer_->armed()) {
+                retry_timer_->start(options_.tryagain_delay_ms);
+            }
+            return true;
+        }
+        auto redirect = parse_redirect(text);
+        if (!redirect) {
+            return false;
+        }
+        Node& target = node_named(redirect->node);
+        if (!redirect->ask) {
+            slots_[size_t(redirect->slot)] = &target;
+            refresh_soon();
+        }
+        send(id, pending, target, redirect->ask);
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+void ClusterClient::finish(CallId id, const CallResult& result) noexcept
+{
+    auto it = pending_.find(id);
+    if (it == pending_.end()) {
+        return;
+    }
+    Callback callback = std::move(it->second.callback);
+    pending_.erase(it);
+    try {
+        callback(result);
+    } catch (...) {
+    }
+}
+
+void ClusterClient::on_retry_timer() noexcept
+{
+    std::vector<CallId> due;
+    due.swap(retry_);
+    for (CallId id : due) {
+        auto it = pending_.find(id);
+        if (it != pending_.end()) {
+            send(id, it->second, node_for(it->second.slot), false);
+        }
+    }
+}
+
+// The slot map.
+
+void ClusterClient::refresh_soon() noexcept
+{
+    if (shut_down_ || refreshing_ || refresh_soon_) {
+        return;
+    }
+    refresh_soon_ = true;  // later changes join this refresh instead of postponing it
+    refresh_timer_->start(options_.refresh_retry_ms);
+}
+
+void ClusterClient::on_refresh_timer() noexcept
+{
+    refresh_soon_ = false;
+    retire_unused_nodes();
+    refreshing_ = true;
+    refresh_round_++;
+    asked_ = 0;
+    ask_next_node();
+}
+
+// Asks the nodes in turn, skipping the ones known down, until one answers.
+void ClusterClient::ask_next_node() noexcept
+{
+    while (asked_ < nodes_.size()) {
+        Node* node = nodes_[next_to_ask_++ % nodes_.size()].get();
+        asked_++;
+        if (node->client->state() == ClientState::down) {
+            continue;
+        }
+        try {
+            uint64_t round = refresh_round_;
+            auto submitted = node->client->submit(
+                format_command({"CLUSTER", "SLOTS"}),
+                [this, node, round](const CallResult& result) { on_slots(node, round, result); });
+            if (submitted.status == CallStatus::ok) {
+                return;
+            }
+        } catch (...) {
+        }
+    }
+    refreshing_ = false;
+    if (host_.on_error) {
+        host_.on_error("no cluster node answered CLUSTER SLOTS");
+    }
+    refresh_timer_->start(std::max<int64_t>(options_.refresh_retry_ms * 10, 1000));
+}
+
+void ClusterClient::on_slots(Node* asked, uint64_t round, const CallResult& result) noexcept
+{
+    if (shut_down_ || round != refresh_round_ || !refreshing_) {
+        return;
+    }
+    std::string error = "CLUSTER SLOTS failed";
+    try {
+        SlotMap map;
+        if (result.status == CallStatus::ok
+            && parse_cluster_slots(result.reply, asked->address.host, map, error)) {
+            use_map(map, asked->address);
+            refreshing_ = false;
+            refresh_timer_->start(options_.refresh_interval_ms);
+            return;
+        }
+        if (result.status != CallStatus::ok) {
+            error += ": ";
+            error += to_string(result.status);
+        }
+    } catch (...) {
+        error = "out of memory";
+    }
+    if (host_.on_error) {
+        host_.on_error(asked->address.text() + ": " + error);
+    }
+    ask_next_node();
+}
+
+void ClusterClient::use_map(const SlotMap& map, const NodeAddress& asked)
+{
+    std::vector<Node*> owners;
+    owners.reserve(map.masters.size());
+    for (const NodeAddress& master : map.masters) {
+        owners.push_back(&node_named(master));
+    }
+    bool changed = !has_map_;
+    for (auto& node : nodes_) {
+        node->slots = 0;
+    }
+    for (int slot = 0; slot < kSlotCount; slot++) {
+        int owner = map.master_of(slot);
+        Node* node = owner >= 0 ? owners[size_t(owner)] : nullptr;
+        changed = changed || slots_[size_t(slot)] != node;
+        slots_[size_t(slot)] = node;
+        if (node) {
+            node->slots++;
+        }
+    }
+    fallback_ = &node_named(asked);
+    has_map_ = true;
+    if (!changed) {
+        return;
+    }
+    for (Node* owner : owners) {
+        owner->client->set_probe_command(probe_for(*owner));
+    }
+    if (host_.on_map) {
+        host_.on_map(owners.size());
+    }
+}
+
+// Nodes that serve no slot any more go once nothing of theirs is pending; seeds stay, to ask.
+void ClusterClient::retire_unused_nodes() noexcept
+{
+    auto unused = [this](const std::unique_ptr<Node>& node) {
+        if (node->seed || node->slots > 0 || node.get() == fallback_ || node->client->pending() > 0) {
+            return false;
+        }
+        for (int slot = 0; slot < kSlotCount; slot++) {
+            if (slots_[size_t(slot)] == node.get()) {
+                return false;  // named by a MOVED since the last map
+            }
+        }
+        for (const auto& [id, pending] : pending_) {
+            if (pending.node == node.get()) {
+                return false;
+            }
+        }
+        if (host_.on_retire) {
+            host_.on_retire(*node->client);
+        }
+        node->client->shutdown();
+        return true;
+    };
+    nodes_.erase(std::remove_if(nodes_.begin(), nodes_.end(), unused), nodes_.end());
+    next_to_ask_ = 0;
+}
+
+// A decision like the ones requests make, on a key of one of the node's slots: a node that
+// answers PING but refuses the script, or no longer serves the slot, stays down.
+std::string ClusterClient::probe_for(const Node& node) const
+{
+    if (!options_.probe_command) {
+        return {};
+    }
+    for (int tag = 0; tag < 1000000; tag++) {
+        std::string key = options_.probe_key_prefix + "{" + std::to_string(tag) + "}";
+        if (slots_[size_t(key_slot(key))] == &node) {
+            return options_.probe_command(key);
+        }
+    }
+    return {};
+}
+
+std::vector<ClusterClient::NodeView> ClusterClient::nodes(bool all) const
+{
+    std::vector<NodeView> out;
+    for (const auto& node : nodes_) {
+        if (all || node->slots > 0 || (!has_map_ && node->seed)) {
+            out.push_back(NodeView{&node->address, node->client.get(), node->slots});
+        }
+    }
+    return out;
+}
+
+}  // namespace ratelimit
