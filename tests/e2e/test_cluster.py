@@ -3,6 +3,7 @@
 under traffic, a replica promoted, a master lost, and the connection count per worker."""
 
 import http.client
+import json
 import re
 import subprocess
 import threading
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from cluster import RedisCluster, key_slot
-from conftest import Nginx, free_port, wait_for
+from conftest import Nginx, Resp, free_port, wait_for
 from test_tls import make_certs
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
@@ -251,8 +252,12 @@ class Traffic:
 def test_resharding_under_traffic_loses_no_decision(redis_cluster, nginx_factory):
     c = redis_cluster
     burst = 1000000  # every request passes; each takes exactly one token
-    n = nginx_factory(conf(c, location("/"), f"ratelimit_policy p rate=1r/h burst={burst};"),
-                      workers=2)
+    policies = (f"ratelimit_policy p rate=1r/h burst={burst};\n"
+                f"    ratelimit_policy p2 rate=1r/h burst={burst};")
+    # Two buckets in one slot: one script call with two keys (CROSSSLOT-free, TRYAGAIN-prone).
+    tagged = location("/tagged", 'ratelimit "{$http_x_key}" policy=p; '
+                                 'ratelimit "{$http_x_key}" policy=p2;')
+    n = nginx_factory(conf(c, location("/") + tagged, policies), workers=2)
     before = c.slot_ranges()
     src = c.by_port(before[0][2])
     dst = next(m for m in c.masters() if m.port != src.port)
@@ -261,9 +266,11 @@ def test_resharding_under_traffic_loses_no_decision(redis_cluster, nginx_factory
                         for s in range(first, last + 1))[:300])
     moved_keys = keys_in(c, "p", 24, lambda s: s in moving, name="mv")
     other_keys = keys_in(c, "p", 12, lambda s: s not in moving, name="st")
+    tags = keys_in(c, "p", 12, lambda s: s in moving, name="tg", tagged=True)
     keys = moved_keys + other_keys
 
     traffic = Traffic(n.port, keys)
+    tagged_traffic = Traffic(n.port, tags, path="/tagged", threads=2)
     try:
         time.sleep(0.7)
         t0 = time.monotonic()
@@ -273,24 +280,108 @@ def test_resharding_under_traffic_loses_no_decision(redis_cluster, nginx_factory
         c.wait_healthy()
         time.sleep(1.0)
     finally:
-        results = traffic.finish()
-    assert traffic.errors == []
+        results = sorted(traffic.finish() + tagged_traffic.finish())
+    assert traffic.errors == [] and tagged_traffic.errors == []
 
     after = c.slot_ranges()
     for k in moved_keys:
         assert c.slot_owner(key_slot(bucket("p", k)), after).port == dst.port, k
         assert dst.cmd("EXISTS", bucket("p", k)) == 1, k
-    during = [r for r in results if t0 <= r[0] <= t1 and r[1] in moved_keys]
-    assert during, "no request on a moving key while the slots moved"
+    for t in tags:
+        assert dst.cmd("EXISTS", bucket("p", "{%s}" % t), bucket("p2", "{%s}" % t)) == 2, t
+    for group in (moved_keys, tags):
+        during = [r for r in results if t0 <= r[0] <= t1 and r[1] in group]
+        assert during, "no request on a moving key while the slots moved"
 
     bad = [r for r in results if r[2] != 200 or r[3] != "PASSED"]
     assert bad == [], "requests failed during the reshard: %r" % bad[:10]
     # Exactness: each key's answers saw burst-1, burst-2, ... each exactly once.
-    for k in keys:
+    for k in keys + tags:
         seen = sorted((int(r[4]) for r in results if r[1] == k), reverse=True)
         assert seen == list(range(burst - 1, burst - 1 - len(seen), -1)), \
             (k, [x for x in seen if seen.count(x) > 1][:5])
     assert len(results) > 200
+
+
+# --- redirections and the API ----------------------------------------------------------
+
+def asking(node, *args):
+    """A command on `node` for a slot it imports (ASKING first, on the same connection)."""
+    conn = Resp(node.port)
+    try:
+        assert conn.call("ASKING") == "OK"
+        return conn.call(*args)
+    finally:
+        conn.close()
+
+
+def test_ask_redirect_during_a_slot_migration(redis_cluster, nginx_factory):
+    """One slot half-migrated by hand: a bucket still on the source is decided there, a new
+    one goes to the target (ASK, then ASKING); when the slot is handed over, MOVED."""
+    c = redis_cluster
+    n = nginx_factory(conf(c, location("/")))
+    ranges = c.slot_ranges()
+    tag = keys_in(c, "p", 1, lambda s: True, name="ask", tagged=True)[0]
+    old, new = "{%s}old" % tag, "{%s}new" % tag
+    slot = key_slot(bucket("p", old))
+    assert slot == key_slot(bucket("p", new))
+    src = c.slot_owner(slot, ranges)
+    dst = next(m for m in c.masters() if m.port != src.port)
+    client = Client(n.port)
+    assert [client.get("/", old)[2] for _ in range(2)] == ["2", "1"]
+
+    assert dst.cmd("CLUSTER", "SETSLOT", slot, "IMPORTING", src.node_id()) == "OK"
+    assert src.cmd("CLUSTER", "SETSLOT", slot, "MIGRATING", dst.node_id()) == "OK"
+    assert client.get("/", new) == (200, "PASSED", "2")  # created on the target
+    assert client.get("/", old) == (200, "PASSED", "0")  # still on the source
+    assert src.cmd("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+    assert asking(dst, "EXISTS", bucket("p", new)) == 1
+
+    # Hand the slot over: the old bucket moves with it, tokens and all.
+    assert src.cmd("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000,
+                   "KEYS", bucket("p", old)) == "OK"
+    for m in c.masters():
+        m.cmd("CLUSTER", "SETSLOT", slot, "NODE", dst.node_id())
+    assert client.get("/", new) == (200, "PASSED", "1")
+    assert client.get("/", old)[:2] == (429, "REJECTED")
+    assert dst.cmd("CLUSTER", "COUNTKEYSINSLOT", slot) == 2
+    assert client.get("/", new) == (200, "PASSED", "0")
+    client.close()
+    c.wait_healthy()
+
+
+def test_api_reads_buckets_on_their_masters_and_lists_the_nodes(redis_cluster, nginx_factory):
+    c = redis_cluster
+    api = "location /rl/ { ratelimit_api write; }"
+    n = nginx_factory(conf(c, location("/") + api))
+    client = Client(n.port)
+    keys = {m.port: keys_in(c, "p", 2, on_master(c, m), name="api-%d-" % m.port)
+            for m in c.masters()}
+    for port, ks in keys.items():
+        for k in ks:
+            assert [client.get("/", k)[0] for _ in range(3)] == [200] * 3
+            b = json.loads(n.get("/rl/buckets/p/" + k).body)
+            assert b["exists"] is True and b["tokens"] < 0.01 and b["capacity"] == 3, b
+        # DELETE refills the bucket on its own master.
+        assert n.get("/rl/buckets/p/" + ks[0], method="DELETE").status == 204
+        owner = c.by_port(port)
+        assert (owner.cmd("EXISTS", bucket("p", ks[0])), owner.cmd("EXISTS", bucket("p", ks[1]))) \
+            == (0, 1)
+        assert client.get("/", ks[0]) == (200, "PASSED", "2")
+
+    status = json.loads(n.get("/rl/status").body)
+    nodes = status["redis"]["nodes"]
+    assert {x["address"] for x in nodes} == {m.addr for m in c.masters()}, nodes
+    assert {x["state"] for x in nodes} == {"up"}
+    assert sum(x["slots"] for x in nodes) == 16384
+
+    # Scripts forgotten by every master (as after a restart): NOSCRIPT, load, decide.
+    for m in c.masters():
+        assert m.cmd("SCRIPT", "FLUSH") == "OK"
+    for ks in keys.values():
+        assert client.get("/", ks[1]) == (429, "REJECTED", "0")
+        assert client.get("/", "fresh-" + ks[1]) == (200, "PASSED", "2")
+    client.close()
 
 
 # --- failover ------------------------------------------------------------------------------
