@@ -490,6 +490,17 @@ def test_lost_master_takes_the_failure_mode_only_for_its_slots(doomed_cluster, n
     assert wait_for(lambda: fresh.get("/closed", live_keys[1])[:2] == (429, "REJECTED"), 5), \
         m.log()[-2000:]
     assert fresh.get("/closed", dead_keys[1])[:2] == (503, "FAILED_CLOSED")
+
+    # The master comes back (empty: nothing was persisted) and gets its slots decided again,
+    # by both nginx, once their background probes find it.
+    victim.start()
+    assert wait_for(lambda: fresh.get("/closed", dead_keys[1])[:2] == (200, "PASSED"), 10, 0.2)
+    client = Client(n.port)
+    assert wait_for(lambda: client.get("/closed", dead_keys[2])[:2] == (200, "PASSED"), 10, 0.2)
+    assert client.get("/open", dead_keys[2]) == (200, "PASSED", "1")
+    assert victim.cmd("EXISTS", bucket("p", dead_keys[2])) == 1
+    assert "ratelimit: Redis %s is up" % victim.addr in n.log().split("is down")[-1]
+    client.close()
     fresh.close()
 
 
@@ -516,30 +527,50 @@ def test_one_connection_per_worker_per_master(redis_cluster, nginx_factory):
     for m in c.masters():
         keys += keys_in(c, "p", 4, on_master(c, m), name="conn-%d-" % m.port)
 
+    failures = []
+
     # Many short connections: reuseport spreads them over both workers.
     def burst_of_connections():
         for _ in range(15):
             cl = Client(n.port)
             for k in keys:
-                assert cl.get("/", k)[:2] == (200, "PASSED")
+                got = cl.get("/", k)
+                if got[:2] != (200, "PASSED"):
+                    failures.append((k, got))
             cl.close()
 
-    threads = [threading.Thread(target=burst_of_connections) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    def traffic():
+        threads = [threading.Thread(target=burst_of_connections) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
 
-    pids = n.worker_pids()
-    assert len(pids) == 2
+    def assert_one_per_worker():
+        pids = n.worker_pids()
+        assert len(pids) == 2
+        for m in c.masters():
+            per_pid = nginx_connections(m.port, pids)
+            assert per_pid == {p: 1 for p in pids}, (m.addr, per_pid)
+            # Not this test's connection, nor a replica's, nor MIGRATE's cached one.
+            clients = [line for line in m.cmd("CLIENT", "LIST").decode().splitlines()
+                       if "flags=N" in line and "cmd=client|list" not in line
+                       and "cmd=restore-asking" not in line]
+            assert len(clients) == 2, (m.addr, clients)
+
+    traffic()
+    assert_one_per_worker()
+
+    # Every master drops its clients (as on a restart): the workers reconnect, one each.
     for m in c.masters():
-        per_pid = nginx_connections(m.port, pids)
-        assert per_pid == {p: 1 for p in pids}, (m.addr, per_pid)
-        # Not this test's connection, nor a replica's, nor MIGRATE's cached one.
-        clients = [line for line in m.cmd("CLIENT", "LIST").decode().splitlines()
-                   if "flags=N" in line and "cmd=client|list" not in line
-                   and "cmd=restore-asking" not in line]
-        assert len(clients) == 2, (m.addr, clients)
+        assert m.cmd("CLIENT", "KILL", "TYPE", "normal") >= 2
+    probe = Client(n.port)
+    for k in keys:
+        assert wait_for(lambda: probe.get("/", k)[:2] == (200, "PASSED"), 5), k
+    probe.close()
+    traffic()
+    assert_one_per_worker()
 
 
 # --- TLS -----------------------------------------------------------------------------------
