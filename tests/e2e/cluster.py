@@ -132,19 +132,31 @@ class RedisCluster:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tls = tls
-        self.nodes = [ClusterNode(self.dir, tls) for _ in range(6)]
-        for n in self.nodes:
-            n.start()
+        self.nodes = []
         try:
-            for n in self.nodes:
-                assert wait_for(lambda: n.try_cmd("PING") == "PONG", 5), \
-                    "redis-server %s did not start" % n.addr
+            for _ in range(6):
+                self.nodes.append(self._start_node())
             self.cli("--cluster", "create", *[n.addr for n in self.nodes],
                      "--cluster-replicas", "1", "--cluster-yes")
             self.wait_healthy()
         except BaseException:
             self.stop()
             raise
+
+    def _start_node(self):
+        """A node on free ports; ports found free can be taken meanwhile: then new ones."""
+        taken = {p for n in self.nodes for p in (n.port, n.bus_port)}
+        for _ in range(3):
+            n = ClusterNode(self.dir, self.tls)
+            if {n.port, n.bus_port} & taken or n.port == n.bus_port:
+                continue
+            n.start()
+            if wait_for(lambda: n.try_cmd("PING") == "PONG" or not n.alive(), 5) and n.alive():
+                return n
+            n.stop()
+        log = self.dir / ("redis-%d.log" % n.port)
+        raise AssertionError("redis-server did not start: %s"
+                             % (log.read_text()[-1000:] if log.exists() else "no log"))
 
     def cli(self, *args, timeout=60):
         tls = ["--tls", "--cacert", str(self.tls["ca"])] if self.tls else []

@@ -245,7 +245,7 @@ class Traffic:
 
     def __init__(self, port, keys, path="/", threads=4):
         self.keys = keys
-        self.results = []  # (time, key, status, x-status, remaining)
+        self.results = []  # (time answered, key, status, x-status, remaining, seconds taken)
         self.errors = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -262,8 +262,10 @@ class Traffic:
             while not self.stop.is_set():
                 k = self.keys[j % len(self.keys)]
                 j += len(self.threads)
+                start = time.monotonic()
                 status, xs, rem = client.get(path, k)
-                mine.append((time.monotonic(), k, status, xs, rem))
+                end = time.monotonic()
+                mine.append((end, k, status, xs, rem, end - start))
         except Exception as e:  # noqa: BLE001 - every failure is a finding
             self.errors.append(repr(e))
         finally:
@@ -412,6 +414,19 @@ def test_api_reads_buckets_on_their_masters_and_lists_the_nodes(redis_cluster, n
         assert client.get("/", "fresh-" + ks[1]) == (200, "PASSED", "2")
     client.close()
 
+    # A replica promoted while nginx is idle: the periodic refresh finds the new master.
+    old = c.masters()[0]
+    promoted = c.replica_of(old)
+    assert wait_synced(old, promoted)
+    assert promoted.cmd("CLUSTER", "FAILOVER") == "OK"
+    assert wait_for(lambda: promoted.info("replication")["role"] == "master", 10, 0.02)
+
+    def listed():
+        nodes = json.loads(n.get("/rl/status").body)["redis"]["nodes"]
+        return {x["address"] for x in nodes} == {m.addr for m in c.masters()}
+    assert wait_for(listed, 10, 0.2), n.get("/rl/status").body
+    c.wait_healthy()
+
 
 # --- failover ------------------------------------------------------------------------------
 
@@ -531,6 +546,51 @@ def test_lost_master_takes_the_failure_mode_only_for_its_slots(doomed_cluster, n
     assert "ratelimit: Redis %s is up" % victim.addr in n.log().split("is down")[-1]
     client.close()
     fresh.close()
+
+
+def test_master_killed_its_replica_takes_over(doomed_cluster, nginx_factory):
+    """SIGKILL, no goodbye: the failure mode while the cluster notices (node timeout 1s) and
+    elects the replica, then decisions on the new master; no request waits longer than
+    connect_timeout + timeout."""
+    c = doomed_cluster
+    policies = "ratelimit_policy big rate=1r/h burst=1000000;"
+    limits = "ratelimit $http_x_key policy=big;"
+    n = nginx_factory(conf(c, location("/", limits), policies,
+                           redis_args="connect_timeout=200ms timeout=300ms"), workers=2)
+    victim = c.masters()[0]
+    replica = c.replica_of(victim)
+    keys = keys_in(c, "big", 6, on_master(c, victim), name="doomed")
+    keys += keys_in(c, "big", 6, lambda s: c.slot_owner(s).port != victim.port, name="safe")
+
+    traffic = Traffic(n.port, keys, threads=3)
+    try:
+        time.sleep(0.5)
+        killed = time.monotonic()
+        victim.kill()
+        assert wait_for(lambda: replica.info("replication")["role"] == "master", 15, 0.05), \
+            "the replica was not elected"
+        promoted = time.monotonic()
+        time.sleep(3.0)
+    finally:
+        results = traffic.finish()
+    assert traffic.errors == []
+    outcomes = {(r[2], r[3]) for r in results}
+    assert outcomes <= {(200, "PASSED"), (503, "FAILED_CLOSED")}, outcomes
+    slow = [r for r in results if r[5] > 0.5 + 0.3]
+    assert slow == [], slow[:5]
+    # The other masters' keys never failed; the victim's resume within 2s of the election.
+    safe = [r for r in results if r[1].startswith("safe")]
+    assert {r[2] for r in safe} == {200}
+    failed = [r[0] for r in results if r[2] == 503]
+    assert failed and min(failed) >= killed, "no failure while the master was away?"
+    assert max(failed) < promoted + 2.0, "503 for %.2fs after the election" % (
+        max(failed) - promoted)
+    assert len([r for r in results if r[0] > promoted + 2.0 and r[1].startswith("doomed")]) > 20
+    assert "%s is down" % victim.addr in n.log()
+    # The old master is out of the slot map: nothing keeps connecting to it.
+    mentions = n.log().count(victim.addr)
+    time.sleep(2.5)
+    assert n.log().count(victim.addr) == mentions, n.log().splitlines()[-4:]
 
 
 # --- connections ---------------------------------------------------------------------------
