@@ -164,6 +164,23 @@ def test_exact_limits_for_keys_spread_over_all_masters(redis_cluster, nginx_fact
         assert all(m.cmd("EXISTS", bucket("p", k)) == 1 for k in mine), m.addr
 
 
+def test_exact_under_concurrency_from_two_nginx(redis_cluster, nginx_factory):
+    """Two nginx of two workers each, four clients: one hot key per master passes exactly
+    burst times."""
+    c = redis_cluster
+    cfg = conf(c, location("/"), "ratelimit_policy p rate=1r/h burst=40;")
+    ports = [nginx_factory(cfg, workers=2).port, nginx_factory(cfg, workers=2).port]
+    hot = [keys_in(c, "p", 1, on_master(c, m), name="hot-%d-" % m.port)[0] for m in c.masters()]
+    traffic = Traffic(ports, hot, threads=4)
+    time.sleep(1.5)
+    results = traffic.finish()
+    assert traffic.errors == []
+    for k in hot:
+        mine = [r for r in results if r[1] == k]
+        assert {(r[2], r[3]) for r in mine} == {(200, "PASSED"), (429, "REJECTED")}, k
+        assert len([r for r in mine if r[2] == 200]) == 40, k
+
+
 # --- hash tags -----------------------------------------------------------------------------
 
 TWO_POLICIES = """
@@ -243,13 +260,15 @@ def test_hash_tags_keep_one_identitys_limits_all_or_nothing(redis_cluster, nginx
 class Traffic:
     """Threads with keep-alive connections cycling over keys, recording every answer."""
 
-    def __init__(self, port, keys, path="/", threads=4):
+    def __init__(self, ports, keys, path="/", threads=4):
+        ports = ports if isinstance(ports, list) else [ports]
         self.keys = keys
         self.results = []  # (time answered, key, status, x-status, remaining, seconds taken)
         self.errors = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(port, path, i), daemon=True)
+        self.threads = [threading.Thread(target=self._run, args=(ports[i % len(ports)], path, i),
+                                         daemon=True)
                         for i in range(threads)]
         for t in self.threads:
             t.start()
