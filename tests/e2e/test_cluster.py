@@ -507,7 +507,8 @@ def test_replica_promoted_decisions_resume_and_tokens_survive(redis_cluster, ngi
 
 def test_lost_master_takes_the_failure_mode_only_for_its_slots(doomed_cluster, nginx_factory):
     c = doomed_cluster
-    locations = location("/closed") + location("/open", mode="open")
+    locations = (location("/closed") + location("/open", mode="open")
+                 + location("/local", mode="local"))
     redis_args = "connect_timeout=200ms timeout=300ms"
     n = nginx_factory(conf(c, locations, redis_args=redis_args))
     victim = c.masters()[0]
@@ -536,6 +537,9 @@ def test_lost_master_takes_the_failure_mode_only_for_its_slots(doomed_cluster, n
             elapsed = time.monotonic() - start
             if elapsed > 2 * 0.5 + 0.3:  # two requests, each connect_timeout + timeout
                 slow.append((rnd, k, elapsed))
+            # `local`: this node's own bucket of the policy (burst 3) decides meanwhile.
+            assert client.get("/local", k)[:2] == \
+                ((200, "LOCAL_PASSED") if rnd < 3 else (429, "LOCAL_REJECTED")), (rnd, k)
         for k in live_keys:
             status, xs, _ = client.get("/closed", k)
             expected = 200 if rnd < 3 - (k in (live_keys[0], live_keys[-1])) else 429
@@ -610,6 +614,44 @@ def test_master_killed_its_replica_takes_over(doomed_cluster, nginx_factory):
     mentions = n.log().count(victim.addr)
     time.sleep(2.5)
     assert n.log().count(victim.addr) == mentions, n.log().splitlines()[-4:]
+
+
+def test_a_stalled_master_holds_up_only_its_own_slots(redis_cluster, nginx_factory):
+    """CLIENT PAUSE on one master: its keys take the failure mode after `timeout`, while one
+    worker keeps deciding the other masters' keys at full speed."""
+    c = redis_cluster
+    n = nginx_factory(conf(c, location("/"), "ratelimit_policy p rate=1r/h burst=1000000;",
+                           redis_args="connect_timeout=200ms timeout=300ms"))
+    stalled = c.masters()[0]
+    stuck = keys_in(c, "p", 3, on_master(c, stalled), name="stuck")
+    free = keys_in(c, "p", 6, lambda s: c.slot_owner(s).port != stalled.port, name="free")
+    client = Client(n.port)
+    for k in stuck + free:
+        assert client.get("/", k)[:2] == (200, "PASSED")
+
+    traffic = Traffic(n.port, free, threads=2)
+    try:
+        pauser = Resp(stalled.port)
+        assert pauser.call("CLIENT", "PAUSE", "1500", "ALL") == "OK"
+        paused = time.monotonic()
+        stuck_results = []
+        for k in stuck:
+            start = time.monotonic()
+            stuck_results.append((client.get("/", k)[:2], time.monotonic() - start))
+        time.sleep(max(0.0, paused + 1.0 - time.monotonic()))
+    finally:
+        results = traffic.finish()
+        pauser.close()
+    assert traffic.errors == []
+    for got, elapsed in stuck_results:
+        assert got == (503, "FAILED_CLOSED") and elapsed < 0.3 + 0.25, stuck_results
+    during = [r for r in results if paused < r[0] < paused + 1.0]
+    assert len(during) > 50
+    assert {(r[2], r[3]) for r in during} == {(200, "PASSED")}
+    assert max(r[5] for r in during) < 0.15, sorted(r[5] for r in during)[-5:]
+    # The pause ends: the stalled master decides again.
+    assert wait_for(lambda: client.get("/", stuck[0])[:2] == (200, "PASSED"), 5)
+    client.close()
 
 
 # --- connections ---------------------------------------------------------------------------
