@@ -424,6 +424,10 @@ def test_api_reads_buckets_on_their_masters_and_lists_the_nodes(redis_cluster, n
     assert {x["address"] for x in nodes} == {m.addr for m in c.masters()}, nodes
     assert {x["state"] for x in nodes} == {"up"}
     assert sum(x["slots"] for x in nodes) == 16384
+    metrics = n.get("/rl/metrics").body.decode()
+    for m in c.masters():
+        assert re.search(r'^nginx_ratelimit_\w+\{[^}]*node="%s"[^}]*\} ' % re.escape(m.addr),
+                         metrics, re.M), (m.addr, metrics[-1500:])
 
     # Scripts forgotten by every master (as after a restart): NOSCRIPT, load, decide.
     for m in c.masters():
