@@ -726,6 +726,13 @@ def test_one_connection_per_worker_per_master(redis_cluster, nginx_factory):
     traffic()
     assert_one_per_worker()
 
+    # A reload: new workers, one connection each per master; the old ones' are gone.
+    old = set(n.worker_pids())
+    n.reload()
+    assert wait_for(lambda: len(n.worker_pids()) == 2 and not old & set(n.worker_pids()), 10)
+    traffic()
+    assert_one_per_worker()
+
 
 # --- TLS -----------------------------------------------------------------------------------
 
