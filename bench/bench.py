@@ -10,6 +10,9 @@ request is decided):
   openresty    access_by_lua + lua-resty-redis + EVALSHA token bucket (bench/peers/)
   ratelimit    this module, Redis mode (shared, exact)
   rl-local     this module, local mode (shared memory)
+  rl-cluster   this module, mode=cluster, on a Redis Cluster of 3 masters (no replicas) started
+               on this machine beside the standalone Redis; besides the totals, per master: its
+               share of the decisions, Redis CPU per decision, decisions per script call
   <v>-w2       the same with worker_processes 2
 Rounds are interleaved (a b c d e, a b c d e, ...) so drift on a noisy machine hits every
 variant alike; the tables show medians over rounds and ratios within the run. Each round also
@@ -29,6 +32,10 @@ none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_B
 core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
 RESULTS (file to write, default bench/RESULTS.md; empty: none).
 A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
+BENCH_ONLY=cluster: the cluster row alone (rl-cluster, beside the standalone ratelimit row and
+the SET PX reference measured alike; no flood, no memory, no micro-benchmarks); it replaces only
+the cluster section of RESULTS (the part between its <!-- cluster --> markers, appended when
+there is none), leaving the full run's tables.
 """
 
 import os
@@ -61,7 +68,11 @@ REF_N = int(os.environ.get("REF_N", "300000"))
 CORE_BENCH = os.environ.get("CORE_BENCH", str(REPO / "build" / "core" / "core_bench"))
 RESULTS = os.environ.get("RESULTS", str(HERE / "RESULTS.md"))
 TICK = os.sysconf("SC_CLK_TCK")
-REDIS_VARIANTS = ("openresty", "ratelimit")  # the variants that talk to Redis
+REDIS_VARIANTS = ("openresty", "ratelimit", "rl-cluster")  # the variants that talk to Redis
+CLUSTER_MASTERS = 3
+ONLY = os.environ.get("BENCH_ONLY", "")
+if ONLY not in ("", "cluster"):
+    sys.exit("BENCH_ONLY=%s: only BENCH_ONLY=cluster is known" % ONLY)
 
 LUA_MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so",
                "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
@@ -90,9 +101,10 @@ def base_variant(variant):
     return (m.group(1), int(m.group(2))) if m else (variant, 1)
 
 
-def limiter(variant, redis_port, scenario="open"):
+def limiter(variant, redis, scenario="open"):
     """(main-level lines, http-level lines, location lines) of each variant."""
     rate, burst, peer_rate, peer_burst = SCENARIOS[scenario]
+    redis_port = redis["port"]
     if variant == "baseline":
         return "", "", ""
     if variant == "limit_req":
@@ -112,11 +124,14 @@ def limiter(variant, redis_port, scenario="open"):
         return (rl[0], "ratelimit_redis 127.0.0.1:%d;\n%s" % (redis_port, policy), rl[2])
     if variant == "rl-local":
         return (rl[0], "ratelimit_zone 16m;\n" + policy, rl[2])
+    if variant == "rl-cluster":
+        seeds = " ".join("127.0.0.1:%d" % p for p in redis["ports"])
+        return (rl[0], "ratelimit_redis %s mode=cluster;\n%s" % (seeds, policy), rl[2])
     raise ValueError(variant)
 
 
-def write_conf(run, variant, port, redis_port, workers=1, scenario="open"):
-    main, http, loc = limiter(variant, redis_port, scenario)
+def write_conf(run, variant, port, redis, workers=1, scenario="open"):
+    main, http, loc = limiter(variant, redis, scenario)
     user = "user root;" if os.geteuid() == 0 else ""
     conf = run / ("%s.conf" % variant)
     conf.write_text(f"""
@@ -189,9 +204,9 @@ def redis_call(port, *args):
 
 
 def redis_info(port):
-    """INFO cpu/memory/commandstats as one dict: floats, and cmd:<name> -> (calls, usec)."""
+    """INFO cpu/memory/stats/commandstats as one dict: floats, and cmd:<name> -> (calls, usec)."""
     info = {}
-    for section in ("cpu", "memory", "commandstats"):
+    for section in ("cpu", "memory", "stats", "commandstats"):
         for line in redis_call(port, "INFO", section).splitlines():
             if line.startswith("cmdstat_"):
                 name, stats = line[len("cmdstat_"):].split(":", 1)
@@ -236,6 +251,22 @@ def script_calls(info):
     return calls, usec
 
 
+def key_reads(info):
+    """Keys looked up for reading (the script's MGET reads each bucket of a call once): the
+    decisions a Redis served, whatever the number of script calls they came in."""
+    return info.get("keyspace_hits", 0) + info.get("keyspace_misses", 0)
+
+
+def redis_ports(redis):
+    """The Redis servers of a variant: the cluster's masters, or the one standalone server."""
+    return redis.get("ports", [redis["port"]])
+
+
+def flush(redis):
+    for port in redis_ports(redis):
+        redis_call(port, "FLUSHALL")
+
+
 def start_redis(run):
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
@@ -252,12 +283,74 @@ def stop_redis(redis):
     redis["proc"].wait()
 
 
+def free_cluster_port():
+    """A port free with its cluster bus port (port + 10000)."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def start_cluster(run, masters=CLUSTER_MASTERS):
+    """A Redis Cluster of `masters` masters, no replicas, on loopback; waits until every node
+    says cluster_state:ok. Returns {"ports", "procs", "port" (the first), "slots" per port}."""
+    ports, procs = [], []
+    try:
+        for _ in range(masters):
+            port = free_cluster_port()
+            home = run / ("cluster-%d" % port)
+            home.mkdir()
+            procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(home), "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"],
+                stdout=subprocess.DEVNULL))
+            ports.append(port)
+            if not wait_port(port):
+                raise RuntimeError("redis-server (cluster node %d) did not start" % port)
+        out = subprocess.run(["redis-cli", "--cluster", "create"]
+                             + ["127.0.0.1:%d" % p for p in ports]
+                             + ["--cluster-replicas", "0", "--cluster-yes"],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError("redis-cli --cluster create failed: " + out.stdout + out.stderr)
+        deadline = time.monotonic() + 30
+        while not all("cluster_state:ok" in redis_call(p, "CLUSTER", "INFO") and
+                      len(redis_call(p, "CLUSTER", "SLOTS")) == masters for p in ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.2)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise
+    slots = {p: 0 for p in ports}
+    for start, end, master, *_ in redis_call(ports[0], "CLUSTER", "SLOTS"):
+        slots[int(master[1])] += end - start + 1
+    return {"ports": ports, "procs": procs, "port": ports[0], "slots": slots}
+
+
+def stop_cluster(cluster):
+    for proc in cluster["procs"]:
+        proc.terminate()
+    for proc in cluster["procs"]:
+        proc.wait()
+
+
 # ---------------------------------------------------------------- nginx and wrk
 
 def start_nginx(run, variant, redis, workers=1, scenario="open"):
     """Starts nginx for `variant`; returns {proc, port, workers: [pid...], worker: first pid}."""
     port = free_port()
-    conf = write_conf(run, variant, port, redis["port"], workers, scenario)
+    conf = write_conf(run, variant, port, redis, workers, scenario)
     proc = subprocess.Popen([NGINX, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if not wait_port(port):
@@ -324,29 +417,35 @@ def errors(r):
 
 
 class Meter:
-    """CPU of nginx's workers and of Redis, and Redis's script calls, over a span of time."""
+    """CPU of nginx's workers and of Redis, and Redis's script calls, over a span of time.
+    With a cluster, the Redis figures are sums over its masters, and "nodes" has each one's."""
 
     def __init__(self, nginx, redis):
-        self.nginx, self.redis = nginx, redis
+        self.nginx, self.ports = nginx, redis_ports(redis)
         self.t0 = time.monotonic()
         self.n0 = sum(cpu_ticks(p) for p in nginx["workers"])
-        self.i0 = redis_info(redis["port"])
+        self.i0 = [redis_info(p) for p in self.ports]
 
     def stop(self):
         secs = time.monotonic() - self.t0
         n1 = sum(cpu_ticks(p) for p in self.nginx["workers"])
-        i1 = redis_info(self.redis["port"])
-        c0, u0 = script_calls(self.i0)
-        c1, u1 = script_calls(i1)
-        return {"secs": secs, "nginx_s": (n1 - self.n0) / TICK,
-                "redis_s": redis_cpu_s(i1) - redis_cpu_s(self.i0),
-                "calls": c1 - c0, "script_s": (u1 - u0) / 1e6}
+        nodes = []
+        for port, i0 in zip(self.ports, self.i0):
+            i1 = redis_info(port)
+            c0, u0 = script_calls(i0)
+            c1, u1 = script_calls(i1)
+            nodes.append({"port": port, "redis_s": redis_cpu_s(i1) - redis_cpu_s(i0),
+                          "calls": c1 - c0, "script_s": (u1 - u0) / 1e6,
+                          "reads": key_reads(i1) - key_reads(i0)})
+        return {"secs": secs, "nginx_s": (n1 - self.n0) / TICK, "nodes": nodes,
+                **{k: sum(n[k] for n in nodes) for k in ("redis_s", "calls", "script_s",
+                                                          "reads")}}
 
 
 def measure(run, variant, redis):
     """One run of a variant: throughput, latency, CPU per request, Redis calls."""
     name, workers = base_variant(variant)
-    redis_call(redis["port"], "FLUSHALL")
+    flush(redis)
     nginx = start_nginx(run, name, redis, workers)
     try:
         wrk(nginx["port"], WARM, latency=False)
@@ -365,13 +464,22 @@ def measure(run, variant, redis):
     result["script_us"] = m["script_s"] * 1e6 / requests
     result["calls_per_req"] = m["calls"] / requests
     result["dec_per_call"] = requests / m["calls"] if m["calls"] else 0.0
+    result["reads_per_req"] = m["reads"] / requests
+    if len(m["nodes"]) > 1:
+        # Per master (in the order of redis["ports"]), with its decisions counted as the bucket
+        # reads it served: its share, Redis CPU per decision, decisions per call, core load.
+        for i, n in enumerate(m["nodes"]):
+            result["n%d_share" % i] = n["reads"] / m["reads"] if m["reads"] else 0.0
+            result["n%d_us" % i] = n["redis_s"] * 1e6 / n["reads"] if n["reads"] else 0.0
+            result["n%d_dpc" % i] = n["reads"] / n["calls"] if n["calls"] else 0.0
+            result["n%d_load" % i] = n["redis_s"] / m["secs"]
     return result
 
 
 def measure_flood(run, variant, redis):
     """Flood + legitimate traffic together, then the flood alone (for its Redis calls)."""
     name, workers = base_variant(variant)
-    redis_call(redis["port"], "FLUSHALL")
+    flush(redis)
     nginx = start_nginx(run, name, redis, workers, scenario="flood")
     port = nginx["port"]
     try:
@@ -495,12 +603,18 @@ def main():
         return 1
     started = datetime.now(timezone.utc)
     load0 = os.getloadavg()[0]
-    micro = run_core_bench()
-    variants = available_variants(os.environ.get(
-        "VARIANTS", "baseline limit_req openresty ratelimit rl-local limit_req-w2 ratelimit-w2"
-    ).split())
-    flooded = available_variants(os.environ.get("FLOOD", "limit_req openresty ratelimit").split())
-    memory_of = available_variants(os.environ.get("MEM", "ratelimit openresty").split())
+    if ONLY == "cluster":  # with the standalone row, measured alike, to compare with
+        micro, variants, flooded, memory_of = "", ["ratelimit", "rl-cluster"], [], []
+    else:
+        micro = run_core_bench()
+        variants = available_variants(os.environ.get(
+            "VARIANTS", "baseline limit_req openresty ratelimit rl-local limit_req-w2 "
+            "ratelimit-w2 rl-cluster").split())
+        flooded = available_variants(os.environ.get("FLOOD",
+                                                    "limit_req openresty ratelimit").split())
+        memory_of = [v for v in available_variants(os.environ.get(
+            "MEM", "ratelimit openresty").split()) if v != "rl-cluster"]  # one server's memory
+    clustered = any(base_variant(v)[0] == "rl-cluster" for v in variants + flooded)
     results = {v: [] for v in variants}
     floods = {v: [] for v in flooded}
     refs, memory = [], {}
@@ -509,10 +623,18 @@ def main():
         os.chmod(run, 0o755)
         (run / "tmp").mkdir()
         redis = start_redis(run)
+        cluster = None
         try:
+            if clustered:
+                cluster = start_cluster(run)
+                print("cluster: %d masters on ports %s" % (
+                    len(cluster["ports"]), " ".join(map(str, cluster["ports"]))), flush=True)
+
+            def server_of(v):
+                return cluster if base_variant(v)[0] == "rl-cluster" else redis
             for rnd in range(ROUNDS):
                 for v in variants:
-                    r = measure(run, v, redis)
+                    r = measure(run, v, server_of(v))
                     results[v].append(r)
                     print("round %d %-13s %8.0f req/s  p99 %6.2f ms  nginx %5.1f us/req  "
                           "redis %5.1f us/req  calls/req %.2f"
@@ -525,7 +647,7 @@ def main():
                 print("round %d SET PX -P16     redis %5.2f us/SET" % (rnd + 1, ref["set_us"]),
                       flush=True)
                 for v in flooded:
-                    f = measure_flood(run, v, redis)
+                    f = measure_flood(run, v, server_of(v))
                     floods[v].append(f)
                     print("round %d flood %-9s legit %7.0f req/s p99 %6.2f ms  flood %7.0f req/s"
                           "  nginx %5.1f us/req  flood-key calls %6.0f/s (admitted %4.0f/s)"
@@ -537,16 +659,28 @@ def main():
                       % (v, memory[v]["keys"], memory[v]["bytes"], memory[v]["sample"]), flush=True)
         finally:
             stop_redis(redis)
+            if cluster:
+                stop_cluster(cluster)
     med = {v: median_of(results[v]) for v in variants}
     fmed = {v: median_of(floods[v]) for v in flooded}
     ref = median_of(refs) if refs else None
-    tables = [table_variants(variants, med, results, ref), table_floods(flooded, fmed),
-              table_memory(memory), table_targets(med, fmed, ref, memory)]
-    text = "\n\n".join(t for t in tables if t)
+    clusters = table_cluster(variants, med, results, ref, cluster)
+    if ONLY == "cluster":
+        tables = []
+    else:
+        tables = [table_variants(variants, med, results, ref), table_floods(flooded, fmed),
+                  table_memory(memory), table_targets(med, fmed, ref, memory)]
+    text = "\n\n".join(t for t in tables + [clusters] if t)
     print()
     print(text)
-    if RESULTS:
-        write_results(started, load0, micro, text)
+    if RESULTS and ONLY == "cluster":
+        write_cluster_section(started, load0, clusters)
+        print("\nthe cluster section of %s replaced" % RESULTS)
+    elif RESULTS:
+        # The cluster table between markers, which a BENCH_ONLY=cluster run replaces.
+        if clusters:
+            tables.append("%s\n%s\n%s" % (CLUSTER_BEGIN, clusters, CLUSTER_END))
+        write_results(started, load0, micro, "\n\n".join(t for t in tables if t))
         print("\nwritten to", RESULTS)
     return 0
 
@@ -615,6 +749,44 @@ def table_memory(memory):
     for v, m in memory.items():
         rows.append("| %s | %d | %.0f | %.0f / %.0f | `%s` |" % (
             v, m["keys"], m["bytes"], m["dataset"], m["overhead"], m["sample"]))
+    return "\n".join(rows)
+
+
+def table_cluster(variants, med, results, ref, cluster):
+    """The cluster rows: totals over the masters, then each master's part."""
+    clustered = [v for v in variants if base_variant(v)[0] == "rl-cluster"]
+    if not clustered or not cluster:
+        return ""
+    alike = [v for v in variants if base_variant(v)[0] == "ratelimit"]  # standalone, same run
+    rows = ["Cluster: this module with `mode=cluster` on %d masters (no replicas, all on this "
+            "machine), under the load of the `ratelimit` row. A master's decisions are the bucket "
+            "reads it served (`INFO stats` keyspace hits + misses: the script reads each bucket of "
+            "a call once), its CPU from `INFO cpu`, its script calls from `INFO commandstats`; "
+            "medians of %d rounds; the standalone rows of the same run beside them." % (
+                len(cluster["ports"]), ROUNDS), "",
+            "| variant | req/s | p50 ms | p99 ms | nginx CPU µs/req | Redis CPU µs/decision "
+            "(all masters) | × SET PX | Redis calls/req | decisions/call | bucket reads/req | "
+            "errors + log lines |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in alike + clustered:
+        m = med[v]
+        errs = sum(errors(r) + r["log_lines"] for r in results[v])
+        rows.append("| %s | %.0f | %.2f | %.2f | %.1f | %.1f | %s | %.2f | %.2f | %.2f | %d |" % (
+            v, m["rps"], m["p50_us"] / 1000, m["p99_us"] / 1000, m["nginx_us"], m["redis_us"],
+            fmt(m["redis_us"] / ref["set_us"] if ref else None, "%.1f×"), m["calls_per_req"],
+            m["dec_per_call"], m["reads_per_req"], errs))
+    rows += ["", "Per master:", "",
+             "| variant | master | slots | share of decisions | Redis CPU µs/decision | × SET PX "
+             "| decisions/call | Redis CPU, share of a core |", "|---|---|---|---|---|---|---|---|"]
+    for v in clustered:
+        m = med[v]
+        for i, port in enumerate(cluster["ports"]):
+            rows.append("| %s | %d | %d | %.0f %% | %.1f | %s | %.2f | %.0f %% |" % (
+                v, i + 1, cluster["slots"][port], 100 * m["n%d_share" % i], m["n%d_us" % i],
+                fmt(m["n%d_us" % i] / ref["set_us"] if ref else None, "%.1f×"),
+                m["n%d_dpc" % i], 100 * m["n%d_load" % i]))
+    if ref:
+        rows += ["", "Reference of this run: one pipelined `SET … PX` cost %.2f µs of Redis CPU "
+                 "(standalone Redis, median of %d)." % (ref["set_us"], ROUNDS)]
     return "\n".join(rows)
 
 
@@ -699,6 +871,29 @@ def machine():
             break
     mem = Path("/proc/meminfo").read_text().split()[1]
     return "%s, %d cores, %.0f GiB RAM" % (model, os.cpu_count(), int(mem) / 2**20)
+
+
+CLUSTER_BEGIN, CLUSTER_END = "<!-- cluster -->", "<!-- /cluster -->"
+
+
+def write_cluster_section(started, load0, clusters):
+    """BENCH_ONLY=cluster: replaces the cluster section of RESULTS, keeping the rest."""
+    path = Path(RESULTS)
+    old = path.read_text() if path.exists() else "# make bench results\n"
+    commit = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+    section = "\n".join([
+        CLUSTER_BEGIN,
+        "Measured alone (`BENCH_ONLY=cluster`, not in the run above): %s (UTC), commit %s, "
+        "load average at start %.1f, at end %.1f; wrk -t1 -c%d, %d s per run after %d s of "
+        "warm-up, %d round(s)." % (started.strftime("%Y-%m-%d %H:%M"), commit, load0,
+                                  os.getloadavg()[0], CONNS, DUR, WARM, ROUNDS),
+        "", clusters, CLUSTER_END])
+    if CLUSTER_BEGIN in old and CLUSTER_END in old:
+        head, rest = old.split(CLUSTER_BEGIN, 1)
+        text = head + section + rest.split(CLUSTER_END, 1)[1]
+    else:
+        text = old.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
 
 
 def write_results(started, load0, micro, text):

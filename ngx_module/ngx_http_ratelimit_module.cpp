@@ -379,12 +379,6 @@ try {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name, error.c_str());
         return static_cast<char*>(NGX_CONF_ERROR);
     }
-    if (redis->mode == ratelimit::RedisMode::sentinel && redis->ssl) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\": ssl with mode=sentinel is not supported by this version "
-                           "of the module", &cmd->name);
-        return static_cast<char*>(NGX_CONF_ERROR);
-    }
     if (redis->mode == ratelimit::RedisMode::cluster && !check_cluster(cf, cmd, *redis)) {
         return static_cast<char*>(NGX_CONF_ERROR);
     }
@@ -879,7 +873,7 @@ ngx_int_t init_module(ngx_cycle_t* cycle) noexcept
     }
     if (!ngx_test_config) {
         ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0, "ngx_http_ratelimit_module %s (%s mode)",
-                      RATELIMIT_VERSION, mcf->redis != nullptr ? "redis" : "local");
+                      RATELIMIT_VERSION, mode_name(mcf));
     }
     return bind_counters(cycle, mcf);
 }

@@ -108,6 +108,8 @@ const ratelimit::ClusterClient* redis_cluster();  // mode=cluster
 ratelimit::CallRouter* redis_router();            // either: routes a key's calls
 ratelimit::Batcher* redis_batcher();
 ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf);
+// "local", "redis" (one server, or the master of sentinels) or "cluster": logs and the API.
+const char* mode_name(const MainConf* mcf);
 void exit_worker_redis();
 
 // ngx_ratelimit_handler.cpp

@@ -121,16 +121,6 @@ ngx_int_t send_error(ngx_http_request_t* r, ngx_uint_t status, std::string_view 
 
 // status
 
-// "local", "redis" (one server or sentinel) or "cluster".
-const char* mode_name(const MainConf* mcf)
-{
-    if (mcf->redis == nullptr) {
-        return "local";
-    }
-    return mcf->redis->mode == ratelimit::RedisMode::cluster ? "cluster" : "redis";
-}
-
-
 // mode=cluster: the masters as the worker answering sees them.
 void append_cluster_nodes(std::string& out)
 {
@@ -610,7 +600,7 @@ ngx_int_t bucket_in_redis(ngx_http_request_t* r, MainConf* mcf, const Policy& po
     std::string command = refill ? ratelimit::format_command({"DEL", redis_key})
                                  : ratelimit::format_bucket_view(redis_key, policy.params);
     auto submitted = router->submit(
-        router->group_of(redis_key), std::move(command),
+        router->slot_group_of(redis_key), std::move(command),
         [br](const ratelimit::CallResult& result) { on_redis_reply(br, result); }, nullptr);
     if (submitted.status != ratelimit::CallStatus::ok) {
         return send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,

@@ -71,6 +71,7 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
   <span class="kv">latency <b id="redis-latency">-</b></span>
   <span class="kv">calls <b id="redis-calls">-</b></span>
   <span class="kv">errors / timeouts <b id="redis-errors">-</b></span>
+  <span class="kv" id="redis-nodes" hidden></span>
   <span class="kv">updated <b id="updated">never</b></span>
   <span class="kv error" id="poll-error"></span>
 </header>
@@ -217,6 +218,22 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
     });
   }
 
+  // Cluster masters: address, state and slots, as text.
+  function renderNodes(nodes) {
+    var box = $("redis-nodes");
+    box.hidden = !nodes;
+    box.textContent = "";
+    if (!nodes) { return; }
+    box.appendChild(document.createTextNode("masters"));
+    nodes.forEach(function (n) {
+      var b = document.createElement("b");
+      b.className = "state-" + n.state;
+      b.textContent = " " + n.address + " " + n.state;
+      box.appendChild(b);
+      box.appendChild(document.createTextNode(" (" + n.slots + " slots)"));
+    });
+  }
+
   function render(s) {
     writable = !!s.write;
     $("inspect-refill").hidden = !writable;
@@ -231,6 +248,7 @@ pre { background: #fbfcfd; border: 1px solid var(--line); border-radius: 4px; pa
     $("redis-errors").textContent = r && r.errors !== undefined
         ? r.errors + " / " + r.timeouts : "-";
     $("redis-address").textContent = r ? "at " + r.address : "";
+    renderNodes(r && r.nodes);
     $("updated").textContent = new Date(s.time * 1000).toLocaleTimeString();
     s.policies.forEach(function (p) {
       var c = card(p);

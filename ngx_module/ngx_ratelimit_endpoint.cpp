@@ -63,21 +63,33 @@ private:
 };
 
 
-// A host name resolved again before each connection. The answer is awaited for half of
-// connect_timeout at most: past that (or on an error) the last address is used, and a late
-// answer still serves the next connection.
+// Half of connect_timeout: what a DNS answer or a sentinel may take.
+ngx_msec_t half_connect_timeout(const EndpointConfig& config)
+{
+    return std::max<ngx_msec_t>(ngx_msec_t(config.redis->connect_timeout_ms / 2), 1);
+}
+
+
+// A host name resolved again before each connection: a configured one, or one a sentinel
+// named for the master. The answer is awaited for half of connect_timeout at most: past that
+// (or on an error) the last address is used (if any: `known`, where the configuration
+// resolved it), and a late answer still serves the next connection.
 class HostEndpoint final : public Endpoint {
 public:
-    HostEndpoint(const ngx_addr_t& configured, const ratelimit::RedisEndpoint& address,
+    HostEndpoint(std::string host, in_port_t port, const ngx_addr_t* known,
                  const EndpointConfig& config, ngx_log_t* log)
-        : host_(address.host), port_(in_port_t(address.port)), resolver_(config.resolver),
-          resolver_timeout_(config.resolver_timeout),
-          budget_(std::max<ngx_msec_t>(ngx_msec_t(config.redis->connect_timeout_ms / 2), 1)),
+        : host_(std::move(host)), port_(port), resolver_(config.resolver),
+          resolver_timeout_(config.resolver_timeout), budget_(half_connect_timeout(config)),
           log_(log)
     {
-        peer_.set(configured.sockaddr, configured.socklen, as_view(configured.name));
+        if (known) {
+            peer_.set(known->sockaddr, known->socklen, as_view(known->name));
+        }
         timer_ = make_ngx_timer([this] { on_budget(); }, true, log);
     }
+
+    const std::string& host() const noexcept { return host_; }
+    in_port_t port() const noexcept { return port_; }
 
     ~HostEndpoint() override
     {
@@ -208,12 +220,18 @@ void HostEndpoint::on_budget() noexcept
 
 void HostEndpoint::failed(const char* why) noexcept
 {
-    if (!failing_) {
-        ngx_log_error(NGX_LOG_WARN, log_, 0,
-                      "ratelimit: cannot resolve Redis host \"%s\" (%s), connecting to %s",
-                      host_.c_str(), why, peer_.text.c_str());
+    if (failing_) {
+        return;
     }
     failing_ = true;
+    if (peer_.socklen == 0) {
+        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: cannot resolve Redis host \"%s\" (%s)",
+                      host_.c_str(), why);
+        return;
+    }
+    ngx_log_error(NGX_LOG_WARN, log_, 0,
+                  "ratelimit: cannot resolve Redis host \"%s\" (%s), connecting to %s",
+                  host_.c_str(), why, peer_.text.c_str());
 }
 
 
@@ -226,7 +244,7 @@ void HostEndpoint::deliver() noexcept
     Found found = std::move(found_);
     found_ = nullptr;
     ngx_addr_t addr = peer_.addr();
-    found(&addr);
+    found(peer_.socklen ? &addr : nullptr);
 }
 
 
@@ -243,8 +261,10 @@ public:
     }
     ~SentinelLink() { close(); }
 
-    // False: it could not even start (nothing follows).
-    bool open(const Peer& peer, const std::string& command) noexcept;
+    // False: it could not even start (nothing follows). With `tls` (its `peer` must stay put),
+    // the command goes once the sentinel is verified; `session` keeps its last TLS session.
+    bool open(const Peer& peer, const std::string& command, const TlsServer* tls = nullptr,
+              TlsSession** session = nullptr) noexcept;
     void close() noexcept;
     bool is_open() const noexcept { return c_ != nullptr; }
 
@@ -253,6 +273,12 @@ private:
     static void on_write(ngx_event_t* ev) noexcept;
     void handle_write() noexcept;
     void handle_read() noexcept;
+    void ready() noexcept;
+#if (NGX_SSL)
+    static void on_handshake(ngx_connection_t* c) noexcept;
+    static void on_new_session(ngx_connection_t* c) noexcept;
+    void handshake_done() noexcept;
+#endif
     bool send() noexcept;
     void failed(std::string_view why) noexcept;
 
@@ -260,7 +286,9 @@ private:
     OnFailed on_failed_;
     ngx_log_t* log_;
     ngx_connection_t* c_ = nullptr;
-    bool connected_ = false;
+    const TlsServer* tls_ = nullptr;   // owned by the endpoint; nullptr: plain TCP
+    TlsSession** session_ = nullptr;
+    bool connected_ = false;           // TCP connected (and TLS verified): the command goes
     const std::string* command_ = nullptr;  // owned by the endpoint, outlives the link
     size_t sent_ = 0;
     redisReader* reader_ = nullptr;
@@ -268,9 +296,12 @@ private:
 };
 
 
-bool SentinelLink::open(const Peer& peer, const std::string& command) noexcept
+bool SentinelLink::open(const Peer& peer, const std::string& command, const TlsServer* tls,
+                        TlsSession** session) noexcept
 {
     close();
+    tls_ = tls && tls->tls && tls->tls->ssl ? tls : nullptr;
+    session_ = session;
     ngx_connection_t* c = nullptr;
     ngx_int_t rc = open_connection(peer.addr(), log_, this, &SentinelLink::on_read,
                                    &SentinelLink::on_write, &c);
@@ -297,7 +328,7 @@ void SentinelLink::close() noexcept
 {
     generation_++;
     if (c_) {
-        ngx_close_connection(c_);
+        close_connection(c_);
         c_ = nullptr;
     }
     if (reader_) {
@@ -357,16 +388,68 @@ void SentinelLink::handle_write() noexcept
             failed("connect() failed");
             return;
         }
-        connected_ = true;
-        if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
-            failed("read event failed");
+#if (NGX_SSL)
+        if (tls_) {
+            ngx_int_t rc = tls_start(c_, *tls_, session_ ? *session_ : nullptr,
+                                     &SentinelLink::on_handshake, &SentinelLink::on_new_session,
+                                     log_);
+            if (rc == NGX_ERROR) {
+                failed("TLS failed");
+            } else if (rc == NGX_OK) {
+                handshake_done();
+            }
             return;
         }
+#endif
+        ready();
+        return;
     }
     if (!send()) {
         failed("send() failed");
     }
 }
+
+
+// Connected (and verified): the command goes, the replies come.
+void SentinelLink::ready() noexcept
+{
+    connected_ = true;
+    if (ngx_handle_read_event(c_->read, 0) != NGX_OK) {
+        failed("read event failed");
+        return;
+    }
+    if (!send()) {
+        failed("send() failed");
+    }
+}
+
+
+#if (NGX_SSL)
+
+void SentinelLink::on_handshake(ngx_connection_t* c) noexcept
+{
+    static_cast<SentinelLink*>(c->data)->handshake_done();
+}
+
+
+void SentinelLink::handshake_done() noexcept
+{
+    c_->read->handler = &SentinelLink::on_read;
+    c_->write->handler = &SentinelLink::on_write;
+    if (const char* why = tls_established(c_, *tls_, session_, log_)) {
+        failed(why);
+        return;
+    }
+    ready();
+}
+
+
+void SentinelLink::on_new_session(ngx_connection_t* c) noexcept
+{
+    tls_keep_session(c, static_cast<SentinelLink*>(c->data)->session_);
+}
+
+#endif
 
 
 void SentinelLink::handle_read() noexcept
@@ -421,7 +504,9 @@ void SentinelLink::handle_read() noexcept
 // connect_timeout. Meanwhile one sentinel is subscribed to `+switch-master`: when it names
 // another master, the watcher (the transport) drops its connection, so the next one asks
 // again. user=/password= are sent to the sentinels too (sentinels with ACLs need them; the
-// AUTH error of a sentinel without a password is ignored).
+// AUTH error of a sentinel without a password is ignored). With `ssl` the sentinels are spoken
+// to over TLS as well, each checked against its own host (or ssl_server_name). A master named
+// by host name (sentinels with announce-hostnames) is resolved through nginx's `resolver`.
 class SentinelEndpoint final : public Endpoint {
 public:
     SentinelEndpoint(const EndpointConfig& config, ngx_log_t* log);
@@ -429,6 +514,11 @@ public:
     {
         cancel();
         sub_.close();
+#if (NGX_SSL)
+        for (TlsSession*& session : sessions_) {
+            tls_free_session(&session);
+        }
+#endif
     }
 
     void find(Found found) noexcept override;
@@ -437,6 +527,9 @@ public:
         found_ = nullptr;
         query_timer_->stop();
         query_.close();
+        if (named_) {
+            named_->cancel();
+        }
     }
     void watch(std::function<void()> on_moved) noexcept override
     {
@@ -445,19 +538,30 @@ public:
         } catch (...) {
         }
     }
+    std::string_view tls_name() const noexcept override
+    {
+        return config_.redis->ssl_server_name.empty() ? std::string_view(master_host_)
+                                                       : std::string_view();
+    }
 
 private:
+    bool open(SentinelLink& link, size_t index, const std::string& command) noexcept;
     void ask(size_t index) noexcept;
     void next(std::string_view why) noexcept;
     void deliver(const ngx_addr_t* addr) noexcept;
     void on_query_reply(const redisReply* reply) noexcept;
     void on_master(const redisReply* reply) noexcept;
+    void found_master(std::string_view host, in_port_t port, const Peer* numeric);
     void subscribe(size_t index) noexcept;
     void on_sub_reply(const redisReply* reply) noexcept;
     void on_sub_failed(std::string_view why) noexcept;
     void switched(std::string_view payload) noexcept;
 
+    EndpointConfig config_;
     std::vector<Peer> sentinels_;
+    std::vector<std::string> tls_names_;   // each sentinel's host (without ssl_server_name)
+    std::vector<TlsServer> tls_;           // empty: plain TCP
+    std::vector<TlsSession*> sessions_;    // each sentinel's last TLS session
     std::string master_;
     std::string auth_;            // AUTH command, or empty
     std::string query_command_;
@@ -473,7 +577,9 @@ private:
     size_t tried_ = 0;
     int seen_ = 0;                // replies read on the query connection
     std::string auth_error_;
-    Peer master_peer_;            // the master last given
+    std::string master_text_;     // the master last given, "host:port" as the sentinels say
+    std::string master_host_;
+    std::unique_ptr<HostEndpoint> named_;  // the master's host name, if not an address
     SentinelLink sub_;
     std::unique_ptr<ratelimit::Timer> sub_timer_;  // resubscribes after a failure
     size_t sub_index_ = 0;
@@ -481,20 +587,28 @@ private:
 
 
 SentinelEndpoint::SentinelEndpoint(const EndpointConfig& config, ngx_log_t* log)
-    : master_(config.redis->master),
-      budget_(std::max<ngx_msec_t>(ngx_msec_t(config.redis->connect_timeout_ms / 2), 1)),
+    : config_(config), master_(config.redis->master), budget_(half_connect_timeout(config)),
       log_(log),
       query_([this](const redisReply* r) { on_query_reply(r); },
              [this](std::string_view why) { next(why); }, log),
       sub_([this](const redisReply* r) { on_sub_reply(r); },
            [this](std::string_view why) { on_sub_failed(why); }, log)
 {
-    for (size_t i = 0; i < config.redis->addresses.size(); i++) {
+    const ratelimit::RedisConfig& redis = *config.redis;
+    for (size_t i = 0; i < redis.addresses.size(); i++) {
         sentinels_.emplace_back();
         sentinels_.back().set(config.addrs[i].sockaddr, config.addrs[i].socklen,
                               as_view(config.addrs[i].name));
+        tls_names_.push_back(redis.addresses[i].host);
     }
-    const ratelimit::RedisConfig& redis = *config.redis;
+    if (config.tls && config.tls->ssl) {
+        // Pointers into the vectors above, which no longer change.
+        for (size_t i = 0; i < sentinels_.size(); i++) {
+            const char* name = redis.ssl_server_name.empty() ? tls_names_[i].c_str() : nullptr;
+            tls_.push_back(TlsServer{config.tls, name, "sentinel", sentinels_[i].text.c_str()});
+        }
+        sessions_.assign(sentinels_.size(), nullptr);
+    }
     if (!redis.password.empty()) {
         auth_ = redis.user.empty()
                     ? ratelimit::format_command({"AUTH", redis.password})
@@ -506,6 +620,15 @@ SentinelEndpoint::SentinelEndpoint(const EndpointConfig& config, ngx_log_t* log)
     query_timer_ = make_ngx_timer([this] { next("timed out"); }, false, log);
     sub_timer_ = make_ngx_timer([this] { subscribe((sub_index_ + 1) % sentinels_.size()); },
                                 true, log);
+}
+
+
+bool SentinelEndpoint::open(SentinelLink& link, size_t index, const std::string& command) noexcept
+{
+    if (tls_.empty()) {
+        return link.open(sentinels_[index], command);
+    }
+    return link.open(sentinels_[index], command, &tls_[index], &sessions_[index]);
 }
 
 
@@ -527,7 +650,7 @@ void SentinelEndpoint::ask(size_t index) noexcept
     current_ = index;
     seen_ = 0;
     auth_error_.clear();
-    if (!query_.open(sentinels_[index], query_command_)) {
+    if (!open(query_, index, query_command_)) {
         next("connect() failed");
         return;
     }
@@ -592,11 +715,19 @@ std::string_view element(const redisReply* reply, size_t i)
 }
 
 
-bool parse_master(std::string_view ip, std::string_view port_text, Peer& out)
+// 0 if not a port.
+in_port_t parse_port(std::string_view text)
 {
-    ngx_int_t port = ngx_atoi(reinterpret_cast<u_char*>(const_cast<char*>(port_text.data())),
-                              port_text.size());
-    if (port < 1 || port > 65535 || ip.empty() || ip.size() >= NGX_SOCKADDR_STRLEN) {
+    ngx_int_t port = ngx_atoi(reinterpret_cast<u_char*>(const_cast<char*>(text.data())),
+                              text.size());
+    return port < 1 || port > 65535 ? 0 : in_port_t(port);
+}
+
+
+// An IP address as the sentinels give it; false for a host name (or nothing valid).
+bool parse_ip(std::string_view ip, in_port_t port, Peer& out)
+{
+    if (ip.empty() || ip.size() >= NGX_SOCKADDR_STRLEN) {
         return false;
     }
     std::string host(ip);
@@ -609,15 +740,36 @@ bool parse_master(std::string_view ip, std::string_view port_text, Peer& out)
         sa.sockaddr_in6.sin6_family = AF_INET6;
         len = sizeof(sockaddr_in6);
     } else {
-        return false;  // a host name (sentinel's announce-hostnames): not followed
+        return false;
     }
-    ngx_inet_set_port(&sa.sockaddr, in_port_t(port));
+    ngx_inet_set_port(&sa.sockaddr, port);
     out.set(&sa.sockaddr, len, sockaddr_text(&sa.sockaddr, len));
     return true;
 }
 
 
-// The reply to get-master-addr-by-name: [ip, port], nil for an unknown master, or an error.
+// What a DNS name may be (RFC 1035 lengths; letters, digits, '-', '.', '_').
+bool is_host_name(std::string_view host)
+{
+    if (host.empty() || host.size() > 253) {
+        return false;
+    }
+    return std::all_of(host.begin(), host.end(), [](char ch) {
+        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')
+               || ch == '-' || ch == '.' || ch == '_';
+    });
+}
+
+
+std::string host_port_text(std::string_view host, std::string_view port)
+{
+    bool v6 = host.find(':') != std::string_view::npos;
+    return (v6 ? "[" : "") + std::string(host) + (v6 ? "]:" : ":") + std::string(port);
+}
+
+
+// The reply to get-master-addr-by-name: [host, port], nil for an unknown master, or an error.
+// The host is an IP address, or a name with announce-hostnames.
 void SentinelEndpoint::on_master(const redisReply* reply) noexcept
 {
     try {
@@ -633,37 +785,68 @@ void SentinelEndpoint::on_master(const redisReply* reply) noexcept
             next("unknown master");
             return;
         }
-        Peer master;
-        if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
-            || !parse_master(element(reply, 0), element(reply, 1), master)) {
-            next("unexpected reply (a numeric master address is needed)");
+        std::string_view host;
+        in_port_t port = 0;
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+            host = element(reply, 0);
+            port = parse_port(element(reply, 1));
+        }
+        Peer numeric;
+        bool is_ip = port && parse_ip(host, port, numeric);
+        if (!is_ip && (port == 0 || !is_host_name(host))) {
+            next("unexpected reply");
             return;
         }
-        query_timer_->stop();
-        query_.close();
-        first_ = current_;
-        if (master.text != master_peer_.text) {
-            ngx_log_error(NGX_LOG_NOTICE, log_, 0,
-                          "ratelimit: sentinel %s gives %s as master \"%s\"",
-                          sentinels_[current_].text.c_str(), master.text.c_str(),
-                          master_.c_str());
+        if (!is_ip && config_.resolver == nullptr) {
+            ngx_log_error(NGX_LOG_ERR, log_, 0,
+                          "ratelimit: sentinel %s names master \"%s\" by the host name "
+                          "\"%*s\", and no \"resolver\" is configured to resolve it",
+                          sentinels_[current_].text.c_str(), master_.c_str(), host.size(),
+                          host.data());
+            next("a host name, and no resolver");
+            return;
         }
-        master_peer_ = std::move(master);
-        if (!sub_.is_open() && !sub_timer_->armed()) {
-            subscribe(current_);
-        }
-        ngx_addr_t addr = master_peer_.addr();
-        deliver(&addr);
+        found_master(host, port, is_ip ? &numeric : nullptr);
     } catch (...) {
         next("out of memory");
     }
 }
 
 
+// A sentinel answered: the master's address goes to the transport, after a DNS query for a
+// host name.
+void SentinelEndpoint::found_master(std::string_view host, in_port_t port, const Peer* numeric)
+{
+    query_timer_->stop();
+    query_.close();
+    first_ = current_;
+    std::string text = host_port_text(host, std::to_string(port));
+    if (text != master_text_) {
+        ngx_log_error(NGX_LOG_NOTICE, log_, 0, "ratelimit: sentinel %s gives %s as master \"%s\"",
+                      sentinels_[current_].text.c_str(), text.c_str(), master_.c_str());
+    }
+    master_text_ = std::move(text);
+    master_host_.assign(host.data(), host.size());
+    if (!sub_.is_open() && !sub_timer_->armed()) {
+        subscribe(current_);
+    }
+    if (numeric) {
+        named_.reset();
+        ngx_addr_t addr = numeric->addr();
+        deliver(&addr);
+        return;
+    }
+    if (!named_ || named_->host() != master_host_ || named_->port() != port) {
+        named_ = std::make_unique<HostEndpoint>(master_host_, port, nullptr, config_, log_);
+    }
+    named_->find([this](const ngx_addr_t* addr) { deliver(addr); });
+}
+
+
 void SentinelEndpoint::subscribe(size_t index) noexcept
 {
     sub_index_ = index;
-    if (!sub_.open(sentinels_[index], sub_command_)) {
+    if (!open(sub_, index, sub_command_)) {
         on_sub_failed("connect() failed");
     }
 }
@@ -707,15 +890,15 @@ void SentinelEndpoint::switched(std::string_view payload) noexcept
             words.push_back(payload.substr(pos, end - pos));
             pos = end + 1;
         }
-        Peer master;
-        if (words.size() != 5 || words[0] != master_
-            || !parse_master(words[3], words[4], master)) {
+        if (words.size() != 5 || words[0] != master_ || parse_port(words[4]) == 0) {
             return;
         }
+        // As get-master-addr-by-name gives it: an address, or a host name.
+        std::string text = host_port_text(words[3], std::to_string(parse_port(words[4])));
         ngx_log_error(NGX_LOG_NOTICE, log_, 0,
                       "ratelimit: sentinel %s: +switch-master \"%s\" to %s",
-                      sentinels_[sub_index_].text.c_str(), master_.c_str(), master.text.c_str());
-        if (master.text != master_peer_.text && on_moved_) {
+                      sentinels_[sub_index_].text.c_str(), master_.c_str(), text.c_str());
+        if (text != master_text_ && on_moved_) {
             on_moved_();
         }
     } catch (...) {
@@ -730,11 +913,21 @@ bool is_numeric(const std::string& host)
 }
 
 
-// An address a cluster announced.
-class AnnouncedEndpoint final : public Endpoint {
+// A cluster node: a seed as the configuration resolved it, or an address the cluster
+// announced. TLS checks the node's own host unless ssl_server_name= is set.
+class NodeEndpoint final : public Endpoint {
 public:
-    AnnouncedEndpoint(const ratelimit::NodeAddress& node, ngx_log_t* log) : log_(log)
+    NodeEndpoint(const ngx_addr_t* configured, const ratelimit::NodeAddress& node,
+                 bool own_tls_name, ngx_log_t* log)
+        : log_(log)
     {
+        if (own_tls_name) {
+            tls_name_ = node.host;
+        }
+        if (configured) {
+            peer_.set(configured->sockaddr, configured->socklen, node.text());
+            return;
+        }
         ngx_sockaddr_t sa{};
         socklen_t len = 0;
         if (inet_pton(AF_INET, node.host.c_str(), &sa.sockaddr_in.sin_addr) == 1) {
@@ -764,9 +957,11 @@ public:
         found(&addr);
     }
     void cancel() noexcept override {}
+    std::string_view tls_name() const noexcept override { return tls_name_; }
 
 private:
     Peer peer_;
+    std::string tls_name_;
     ngx_log_t* log_;
 };
 
@@ -777,15 +972,17 @@ std::unique_ptr<Endpoint> make_node_endpoint(const EndpointConfig& config,
                                              const ratelimit::NodeAddress& node, ngx_log_t* log)
 {
     const auto& seeds = config.redis->addresses;
+    bool own_tls_name = config.redis->ssl_server_name.empty();
     for (size_t i = 0; i < seeds.size(); i++) {
         if (seeds[i].host == node.host && seeds[i].port == node.port) {
             if (config.resolver == nullptr || is_numeric(seeds[i].host)) {
-                return std::make_unique<FixedEndpoint>(config.addrs[i]);
+                return std::make_unique<NodeEndpoint>(&config.addrs[i], node, own_tls_name, log);
             }
-            return std::make_unique<HostEndpoint>(config.addrs[i], seeds[i], config, log);
+            return std::make_unique<HostEndpoint>(seeds[i].host, in_port_t(seeds[i].port),
+                                                  &config.addrs[i], config, log);
         }
     }
-    return std::make_unique<AnnouncedEndpoint>(node, log);
+    return std::make_unique<NodeEndpoint>(nullptr, node, own_tls_name, log);
 }
 
 
@@ -799,7 +996,8 @@ std::unique_ptr<Endpoint> make_endpoint(const EndpointConfig& config, ngx_log_t*
     if (config.resolver == nullptr || address.is_unix() || is_numeric(address.host)) {
         return std::make_unique<FixedEndpoint>(config.addrs[0]);
     }
-    return std::make_unique<HostEndpoint>(config.addrs[0], address, config, log);
+    return std::make_unique<HostEndpoint>(address.host, in_port_t(address.port),
+                                          &config.addrs[0], config, log);
 }
 
 

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "ngx_ratelimit_nginx.h"
 #include "ratelimit/cluster_map.h"
@@ -36,7 +37,12 @@ public:
     // `on_moved` is called when the endpoint learns that the address it gave last is no longer
     // the one to use (a sentinel's +switch-master); nullptr stops it.
     virtual void watch(std::function<void()> on_moved) noexcept { (void) on_moved; }
+    // The name TLS checks on the address given last, where it is not the configured one
+    // (RedisTls::server_name): the host a sentinel named for the master. Empty otherwise.
+    virtual std::string_view tls_name() const noexcept { return {}; }
 };
+
+struct RedisTls;
 
 // What the endpoint of `ratelimit_redis` needs from the configuration. `addrs` holds the
 // addresses of `config.addresses`, resolved when the configuration was read.
@@ -45,6 +51,7 @@ struct EndpointConfig {
     const ngx_addr_t* addrs;
     ngx_resolver_t* resolver;        // nullptr: names are not resolved again
     ngx_msec_t resolver_timeout;
+    const RedisTls* tls;             // `ssl` (to the sentinels as well); nullptr: plain TCP
 };
 
 std::unique_ptr<Endpoint> make_endpoint(const EndpointConfig& config, ngx_log_t* log);

@@ -1,5 +1,7 @@
 #include "ngx_ratelimit_loop.h"
 
+#include <arpa/inet.h>
+
 #include <string>
 
 namespace ngx_ratelimit {
@@ -120,16 +122,16 @@ private:
     static void on_handshake(ngx_connection_t* c) noexcept;
     static void on_new_session(ngx_connection_t* c) noexcept;
     void start_tls();
-    bool set_server_name();
     void handshake_done();
-    bool tls_verified();
 #endif
+    TlsServer tls_server() const;
     bool flush();
     void fail(const char* reason);
     void fail_later(const char* reason);
 
     Endpoint& endpoint_;
     Peer peer_;                  // where the current connection goes
+    std::string tls_name_;       // the name TLS checks there, if the endpoint gave one
     bool finding_ = false;       // inside endpoint_.find() called by connect()
     bool start_failed_ = false;
     ngx_log_t* log_;
@@ -231,6 +233,7 @@ NgxTransport::connect_peer(const ngx_addr_t& peer)
         peer_.set(peer.sockaddr, peer.socklen,
                   std::string_view(reinterpret_cast<const char*>(peer.name.data),
                                    peer.name.len));
+        tls_name_.assign(endpoint_.tls_name());
     } catch (...) {
         return false;
     }
@@ -287,20 +290,7 @@ NgxTransport::close() noexcept
 {
     endpoint_.cancel();
     if (c_) {
-        ngx_pool_t* pool = c_->pool;  // made for TLS only
-#if (NGX_SSL)
-        if (c_->ssl) {
-            c_->ssl->no_wait_shutdown = 1;  // send close_notify, wait for nothing
-            if (ngx_ssl_shutdown(c_) == NGX_AGAIN) {
-                c_->timedout = 1;  // the socket is full: a quiet shutdown frees it now
-                (void) ngx_ssl_shutdown(c_);
-            }
-        }
-#endif
-        ngx_close_connection(c_);
-        if (pool) {
-            ngx_destroy_pool(pool);
-        }
+        close_connection(c_);
         c_ = nullptr;
     }
     if (failure_ev_.posted) {
@@ -495,70 +485,30 @@ NgxTransport::established()
 }
 
 
+TlsServer
+NgxTransport::tls_server() const
+{
+    return TlsServer{tls_, tls_name_.empty() ? nullptr : tls_name_.c_str(), "Redis",
+                     peer_.text.c_str()};
+}
+
+
 #if (NGX_SSL)
 
-// After the TCP connect: the TLS handshake, through nginx's events (ngx_ssl_handshake swaps in
-// its own handlers until it is done, then calls on_handshake). The client's connect timer
+// After the TCP connect: the TLS handshake, through nginx's events. The client's connect timer
 // covers it, since on_connected comes only once the server is verified.
 void
 NgxTransport::start_tls()
 {
-    // ngx_ssl_create_connection allocates from the connection's pool; a plain one has none.
-    c_->pool = ngx_create_pool(256, log_);
-    if (c_->pool == nullptr
-        || ngx_ssl_create_connection(tls_->ssl, c_, NGX_SSL_CLIENT) != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: cannot start TLS to Redis %s",
-                      peer_.text.c_str());
+    ngx_int_t rc = tls_start(c_, tls_server(), *tls_session_, &NgxTransport::on_handshake,
+                             &NgxTransport::on_new_session, log_);
+    if (rc == NGX_ERROR) {
         fail("TLS failed");
         return;
     }
-    c_->ssl->save_session = &NgxTransport::on_new_session;
-    if (!set_server_name()
-        || (*tls_session_ && ngx_ssl_set_session(c_, *tls_session_) != NGX_OK))
-    {
-        fail("TLS failed");
-        return;
+    if (rc == NGX_OK) {
+        handshake_done();
     }
-
-    ngx_int_t rc = ngx_ssl_handshake(c_);
-    if (rc == NGX_AGAIN) {
-        c_->ssl->handler = &NgxTransport::on_handshake;
-        return;
-    }
-    handshake_done();
-}
-
-
-// SNI, and the name the certificate must carry.
-bool
-NgxTransport::set_server_name()
-{
-    SSL* ssl = c_->ssl->connection;
-    const char* name = reinterpret_cast<const char*>(tls_->server_name.data);
-    // SNI carries host names only (RFC 6066).
-    if (tls_->server_name.len && !tls_->name_is_address
-        && SSL_set_tlsext_host_name(ssl, name) == 0)
-    {
-        ngx_ssl_error(NGX_LOG_ERR, log_, 0,
-                      const_cast<char*>("ratelimit: SSL_set_tlsext_host_name(\"%s\") failed"),
-                      name);
-        return false;
-    }
-    if (!tls_->verify) {
-        return true;
-    }
-    // Checked with the chain, so that SSL_get_verify_result tells either failure.
-    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    int ok = tls_->name_is_address ? X509_VERIFY_PARAM_set1_ip_asc(param, name)
-                                   : X509_VERIFY_PARAM_set1_host(param, name, 0);
-    if (ok != 1) {
-        ngx_ssl_error(NGX_LOG_ERR, log_, 0,
-                      const_cast<char*>("ratelimit: cannot check the name \"%s\""), name);
-        return false;
-    }
-    return true;
 }
 
 
@@ -574,43 +524,11 @@ NgxTransport::handshake_done()
 {
     c_->read->handler = &NgxTransport::on_read;
     c_->write->handler = &NgxTransport::on_write;
-    if (!c_->ssl || !c_->ssl->handshaked) {
-        // OpenSSL's reason is in the line nginx logged just before.
-        ngx_log_error(NGX_LOG_ERR, log_, 0, "ratelimit: TLS handshake with Redis %s failed",
-                      peer_.text.c_str());
-        fail("TLS handshake failed");
+    if (const char* why = tls_established(c_, tls_server(), tls_session_, log_)) {
+        fail(why);
         return;
     }
-    if (!tls_verified()) {
-        fail("TLS certificate verification failed");
-        return;
-    }
-    ngx_log_error(NGX_LOG_INFO, log_, 0, "ratelimit: TLS to Redis %s: %s, %s session",
-                  peer_.text.c_str(), SSL_get_version(c_->ssl->connection),
-                  SSL_session_reused(c_->ssl->connection) ? "reused" : "new");
     established();
-}
-
-
-// With ssl_verify=on: the chain against ssl_trusted_certificate, and the name.
-bool
-NgxTransport::tls_verified()
-{
-    if (!tls_->verify) {
-        return true;
-    }
-    long rc = SSL_get_verify_result(c_->ssl->connection);
-    if (rc == X509_V_OK) {
-        return true;
-    }
-    ngx_log_error(NGX_LOG_ERR, log_, 0,
-                  "ratelimit: Redis %s failed TLS verification as \"%V\": %s (%l)",
-                  peer_.text.c_str(), &tls_->server_name, X509_verify_cert_error_string(rc), rc);
-    if (*tls_session_) {
-        ngx_ssl_free_session(*tls_session_);  // never resume what was not verified
-        *tls_session_ = nullptr;
-    }
-    return false;
 }
 
 
@@ -619,20 +537,162 @@ NgxTransport::tls_verified()
 void
 NgxTransport::on_new_session(ngx_connection_t* c) noexcept
 {
-    auto* t = static_cast<NgxTransport*>(c->data);
-    ngx_ssl_session_t* session = ngx_ssl_get_session(c);
-    if (session == nullptr) {
-        return;
+    tls_keep_session(c, static_cast<NgxTransport*>(c->data)->tls_session_);
+}
+
+bool is_ip_address(const char* name)
+{
+    u_char addr[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
+}
+
+
+const char* verified_name(const TlsServer& server)
+{
+    return server.name ? server.name : reinterpret_cast<const char*>(server.tls->server_name.data);
+}
+
+
+// SNI, and the name the certificate must carry.
+bool set_server_name(ngx_connection_t* c, const TlsServer& server, ngx_log_t* log)
+{
+    SSL* ssl = c->ssl->connection;
+    const char* name = verified_name(server);
+    bool is_address = server.name ? is_ip_address(name) : server.tls->name_is_address;
+    // SNI carries host names only (RFC 6066).
+    if (*name && !is_address && SSL_set_tlsext_host_name(ssl, name) == 0) {
+        ngx_ssl_error(NGX_LOG_ERR, log, 0,
+                      const_cast<char*>("ratelimit: SSL_set_tlsext_host_name(\"%s\") failed"),
+                      name);
+        return false;
     }
-    if (*t->tls_session_) {
-        ngx_ssl_free_session(*t->tls_session_);
+    if (!server.tls->verify) {
+        return true;
     }
-    *t->tls_session_ = session;
+    if (*name == '\0') {
+        // A unix: sentinel: OpenSSL would check no name at all.
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "ratelimit: TLS to %s %s: no name to verify (\"ssl_server_name=\")",
+                      server.what, server.peer);
+        return false;
+    }
+    // Checked with the chain, so that SSL_get_verify_result tells either failure.
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    int ok = is_address ? X509_VERIFY_PARAM_set1_ip_asc(param, name)
+                        : X509_VERIFY_PARAM_set1_host(param, name, 0);
+    if (ok != 1) {
+        ngx_ssl_error(NGX_LOG_ERR, log, 0,
+                      const_cast<char*>("ratelimit: cannot check the name \"%s\""), name);
+        return false;
+    }
+    return true;
 }
 
 #endif  // NGX_SSL
 
 }  // namespace
+
+
+#if (NGX_SSL)
+
+ngx_int_t tls_start(ngx_connection_t* c, const TlsServer& server, TlsSession* session,
+                    ngx_connection_handler_pt on_done, ngx_connection_handler_pt on_session,
+                    ngx_log_t* log) noexcept
+{
+    // ngx_ssl_create_connection allocates from the connection's pool; a plain one has none
+    // (close_connection destroys it).
+    c->pool = ngx_create_pool(256, log);
+    if (c->pool == nullptr
+        || ngx_ssl_create_connection(server.tls->ssl, c, NGX_SSL_CLIENT) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, log, 0, "ratelimit: cannot start TLS to %s %s", server.what,
+                      server.peer);
+        return NGX_ERROR;
+    }
+    c->ssl->save_session = on_session;
+    if (!set_server_name(c, server, log)
+        || (session && ngx_ssl_set_session(c, session) != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+    // ngx_ssl_handshake swaps in its own event handlers until it is done.
+    ngx_int_t rc = ngx_ssl_handshake(c);
+    if (rc == NGX_AGAIN) {
+        c->ssl->handler = on_done;
+        return NGX_AGAIN;
+    }
+    return NGX_OK;
+}
+
+
+const char* tls_established(ngx_connection_t* c, const TlsServer& server,
+                            TlsSession** session, ngx_log_t* log) noexcept
+{
+    if (!c->ssl || !c->ssl->handshaked) {
+        // OpenSSL's reason is in the line nginx logged just before.
+        ngx_log_error(NGX_LOG_ERR, log, 0, "ratelimit: TLS handshake with %s %s failed",
+                      server.what, server.peer);
+        return "TLS handshake failed";
+    }
+    long rc = SSL_get_verify_result(c->ssl->connection);
+    if (server.tls->verify && rc != X509_V_OK) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "ratelimit: %s %s failed TLS verification as \"%s\": %s (%l)",
+                      server.what, server.peer, verified_name(server),
+                      X509_verify_cert_error_string(rc), rc);
+        tls_free_session(session);
+        return "TLS certificate verification failed";
+    }
+    ngx_log_error(NGX_LOG_INFO, log, 0, "ratelimit: TLS to %s %s: %s, %s session", server.what,
+                  server.peer, SSL_get_version(c->ssl->connection),
+                  SSL_session_reused(c->ssl->connection) ? "reused" : "new");
+    return nullptr;
+}
+
+
+void tls_keep_session(ngx_connection_t* c, TlsSession** slot) noexcept
+{
+    ngx_ssl_session_t* session = ngx_ssl_get_session(c);
+    if (session == nullptr || slot == nullptr) {
+        if (session) {
+            ngx_ssl_free_session(session);
+        }
+        return;
+    }
+    tls_free_session(slot);
+    *slot = session;
+}
+
+
+void tls_free_session(TlsSession** slot) noexcept
+{
+    if (slot && *slot) {
+        ngx_ssl_free_session(*slot);
+        *slot = nullptr;
+    }
+}
+
+#endif  // NGX_SSL
+
+
+void close_connection(ngx_connection_t* c) noexcept
+{
+    ngx_pool_t* pool = c->pool;  // made for TLS only
+#if (NGX_SSL)
+    if (c->ssl) {
+        c->ssl->no_wait_shutdown = 1;  // send close_notify, wait for nothing
+        if (ngx_ssl_shutdown(c) == NGX_AGAIN) {
+            c->timedout = 1;  // the socket is full: a quiet shutdown frees it now
+            (void) ngx_ssl_shutdown(c);
+        }
+    }
+#endif
+    ngx_close_connection(c);
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+}
 
 
 NgxEventLoop::~NgxEventLoop()

@@ -34,6 +34,38 @@ struct RedisTls {
     bool verify;
 };
 
+// One TLS client connection's server, for the helpers below: the Redis transport's and the
+// sentinel link's. `name` (NUL-terminated, or nullptr for tls->server_name) is sent as SNI and
+// checked against the certificate; `what` and `peer` name the server in logs ("Redis",
+// "127.0.0.1:6380").
+struct TlsServer {
+    const RedisTls* tls;
+    const char* name;
+    const char* what;
+    const char* peer;
+};
+
+#if (NGX_SSL)
+// Starts TLS on the connected `c` (c->data its owner): SNI, the name to verify, `session` (if
+// any) offered for resumption, `on_session` told of each new session. NGX_AGAIN: `on_done` is
+// called when the handshake ends; NGX_OK: it has ended (both: tls_established tells how);
+// NGX_ERROR: logged.
+ngx_int_t tls_start(ngx_connection_t* c, const TlsServer& server, TlsSession* session,
+                    ngx_connection_handler_pt on_done, ngx_connection_handler_pt on_session,
+                    ngx_log_t* log) noexcept;
+// After tls_start: nullptr if the handshake succeeded and, with ssl_verify=on, the
+// certificate is trusted and carries the name. Otherwise logs why, frees *session (never
+// resume what was not verified) and returns a short reason.
+const char* tls_established(ngx_connection_t* c, const TlsServer& server,
+                            TlsSession** session, ngx_log_t* log) noexcept;
+// The session of `c` replaces *slot (from an on_session callback).
+void tls_keep_session(ngx_connection_t* c, TlsSession** slot) noexcept;
+void tls_free_session(TlsSession** slot) noexcept;
+#endif
+
+// Closes a connection made by open_connection (sending TLS's close_notify, if any).
+void close_connection(ngx_connection_t* c) noexcept;
+
 class NgxEventLoop final : public ratelimit::EventLoop {
 public:
     // `endpoint` (where each connection goes) and `tls` (in the cycle's conf) must outlive

@@ -206,10 +206,19 @@ ratelimit::Batcher* redis_batcher()
 }
 
 
+const char* mode_name(const MainConf* mcf)
+{
+    if (mcf->redis == nullptr) {
+        return "local";
+    }
+    return mcf->redis->mode == ratelimit::RedisMode::cluster ? "cluster" : "redis";
+}
+
+
 ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
 {
     try {
-        EndpointConfig where{mcf->redis, mcf->redis_addrs, nullptr, 0};
+        EndpointConfig where{mcf->redis, mcf->redis_addrs, nullptr, 0, &mcf->redis_tls};
         where.resolver = configured_resolver(cycle, &where.resolver_timeout);
         bool cluster = mcf->redis->mode == ratelimit::RedisMode::cluster;
         auto w = std::make_unique<Worker>(

@@ -1,5 +1,7 @@
 #include "ratelimit/batcher.h"
 
+#include <hiredis/hiredis.h>
+
 #include <algorithm>
 #include <chrono>
 #include <climits>
@@ -85,12 +87,14 @@ Batcher::Queued Batcher::decide(const ScriptLimit* limits, size_t n, VerdictHand
 }
 
 uint64_t Batcher::queue(int group, const ScriptLimit* limits, size_t n, VerdictHandler handler,
-                        void* owner)
+                        void* owner, uint64_t id, const RedisClient::Since* since)
 {
-    Batch& batch = open_batch(group);
+    Batch& batch = open_batch(group, since);
     batch.waiters.reserve(options_.max_requests);
     batch.script.add_request(limits, n);
-    uint64_t id = next_id_++;
+    if (id == 0) {
+        id = next_id_++;
+    }
     batch.waiters.push_back(Waiter{id, handler, owner});
     waiting_++;
     if (!flush_timer_->armed()) {
@@ -100,17 +104,19 @@ uint64_t Batcher::queue(int group, const ScriptLimit* limits, size_t n, VerdictH
 }
 
 Batcher::Queued Batcher::decide_split(const ScriptLimit* limits, size_t n,
-                                      VerdictHandler handler, void* owner)
+                                      VerdictHandler handler, void* owner, bool declared,
+                                      uint64_t id, const RedisClient::Since* since)
 {
     groups_.resize(n);
     for (size_t i = 0; i < n; i++) {
-        groups_[i] = router_.group_of(limits[i].key);
+        groups_[i] = declared ? router_.slot_group_of(limits[i].key)
+                              : router_.group_of(limits[i].key);
         if (!router_.available(groups_[i])) {
             return {CallStatus::down, 0};
         }
     }
     auto split = std::make_unique<Split>();
-    split->id = next_id_++;
+    split->id = id ? id : next_id_++;
     split->handler = handler;
     split->owner = owner;
     split->batcher = this;
@@ -134,8 +140,7 @@ Batcher::Queued Batcher::decide_split(const ScriptLimit* limits, size_t n,
         split->parts.push_back(Part{split.get(), first, split->order.size()});
     }
     split->remaining = split->parts.size();
-    uint64_t id = split->id;
-    Split& registered = *splits_.emplace(id, std::move(split)).first->second;
+    Split& registered = *splits_.emplace(split->id, std::move(split)).first->second;
     try {
         std::vector<ScriptLimit> part_limits;
         part_limits.reserve(n);
@@ -146,14 +151,14 @@ Batcher::Queued Batcher::decide_split(const ScriptLimit* limits, size_t n,
                 part_limits.push_back(limits[registered.order[k]]);
             }
             int group = groups_[registered.order[part.first]];
-            registered.part_ids.push_back(
-                queue(group, part_limits.data(), part_limits.size(), on_part, &part));
+            registered.part_ids.push_back(queue(group, part_limits.data(), part_limits.size(),
+                                                on_part, &part, 0, since));
         }
     } catch (...) {
-        cancel(id);  // the parts queued so far
+        cancel(registered.id);  // the parts queued so far
         throw;
     }
-    return {CallStatus::ok, id};
+    return {CallStatus::ok, registered.id};
 }
 
 void Batcher::on_part(void* owner, const Verdict& verdict) noexcept
@@ -190,11 +195,13 @@ void Batcher::on_part(void* owner, const Verdict& verdict) noexcept
     done->handler(done->owner, merged);
 }
 
-// The batch new requests of `group` join: the open one, unless it is full.
-Batcher::Batch& Batcher::open_batch(int group)
+// The batch new requests of `group` join: the open one, unless it is full. Requests that go
+// again (`since`) get one of their own, timed from their first call.
+Batcher::Batch& Batcher::open_batch(int group, const RedisClient::Since* since)
 {
     auto open = open_.find(group);
-    if (open != open_.end() && open->second->waiters.size() < options_.max_requests) {
+    if (since == nullptr && open != open_.end()
+        && open->second->waiters.size() < options_.max_requests) {
         return *open->second;
     }
     std::unique_ptr<Batch> batch;
@@ -205,10 +212,12 @@ Batcher::Batch& Batcher::open_batch(int group)
         batch = std::make_unique<Batch>();
     }
     batch->group = group;
-    batch->since = router_.since(group);
+    batch->since = since ? *since : router_.since(group);
     batches_.push_back(std::move(batch));
     Batch* added = batches_.back().get();
-    open_[group] = added;
+    if (since == nullptr) {
+        open_[group] = added;
+    }
     return *added;
 }
 
@@ -223,7 +232,7 @@ void Batcher::cancel(uint64_t id) noexcept
             std::unique_ptr<Split> split = std::move(it->second);
             splits_.erase(it);
             for (uint64_t part : split->part_ids) {
-                cancel_waiter(part);
+                cancel(part);  // a part that went again per slot may be a split itself
             }
             return;
         }
@@ -294,7 +303,7 @@ bool Batcher::send(Batch& batch) noexcept
     try {
         std::string command;
         command.reserve(command_capacity_);
-        b->script.append_evalsha(command);
+        b->script.append_evalsha(command, router_.form(b->group));
         command_capacity_ = std::max(command_capacity_, command.size());
         b->sent = true;
         b->sent_ms = monotonic_ms();
@@ -338,7 +347,11 @@ void Batcher::on_reply(Batch* batch, const CallResult& result) noexcept
         } catch (...) {
             error = "out of memory";
         }
-        if (!parsed) {
+        if (!parsed && router_.form(batch->group) == ScriptForm::node_wide
+            && result.reply && result.reply->type == REDIS_REPLY_ERROR
+            && router_.retry_declared(batch->group, error)) {
+            requeue_declared(*batch);
+        } else if (!parsed) {
             fail(*batch, CallStatus::ok, error);
         } else {
             Verdict verdict;
@@ -359,6 +372,45 @@ void Batcher::on_reply(Batch* batch, const CallResult& result) noexcept
     recycle(batch);
     if (!flush_timer_->armed()) {
         flush_timer_->start(0);
+    }
+}
+
+// A node-wide call that found a key elsewhere wrote nothing: its requests go again, in calls
+// that declare their keys (one slot each), whose redirections the router follows.
+void Batcher::requeue_declared(Batch& batch) noexcept
+{
+    std::vector<ScriptLimit> limits;
+    for (size_t i = 0; i < batch.waiters.size() && !shut_down_; i++) {
+        Waiter& waiter = batch.waiters[i];
+        if (waiter.handler == nullptr) {
+            continue;
+        }
+        VerdictHandler handler = waiter.handler;
+        waiter.handler = nullptr;
+        waiting_--;
+        CallStatus status = CallStatus::overloaded;
+        try {
+            batch.script.request_limits(i, limits);
+            int group = limits.empty() ? 0 : router_.slot_group_of(limits[0].key);
+            bool one_slot = std::all_of(limits.begin(), limits.end(), [&](const ScriptLimit& l) {
+                return router_.slot_group_of(l.key) == group;
+            });
+            if (one_slot) {
+                queue(group, limits.data(), limits.size(), handler, waiter.owner, waiter.id,
+                      &batch.since);
+                continue;
+            }
+            status = decide_split(limits.data(), limits.size(), handler, waiter.owner, true,
+                                  waiter.id, &batch.since).status;
+            if (status == CallStatus::ok) {
+                continue;
+            }
+        } catch (...) {
+        }
+        Verdict verdict;
+        verdict.status = status;
+        verdict.sent_ms = batch.sent_ms;
+        handler(waiter.owner, verdict);
     }
 }
 

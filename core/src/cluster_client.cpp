@@ -15,11 +15,12 @@ struct ClusterClient::Node {
     std::unique_ptr<RedisClient> client;  // declared after the loop: it goes first
     size_t slots = 0;                     // served according to the map
     bool seed = false;
+    uint32_t id = 0;                      // node-wide group: -1 - id
 };
 
 // A call the batcher made: kept until its final reply, for redirections and cancel.
 struct ClusterClient::Pending {
-    int slot = 0;
+    int slot = 0;          // its group
     std::string command;
     Callback callback;
     RedisClient::Since since{};
@@ -31,7 +32,7 @@ struct ClusterClient::Pending {
 ClusterClient::ClusterClient(EventLoop& loop, std::vector<NodeAddress> seeds,
                              ClusterOptions options, ClusterHost host)
     : loop_(loop), options_(std::move(options)), host_(std::move(host)),
-      seeds_(std::move(seeds)), slots_(kSlotCount, nullptr)
+      seeds_(std::move(seeds)), slots_(kSlotCount, nullptr), node_wide_(options_.node_wide)
 {
     for (const NodeAddress& seed : seeds_) {
         node_named(seed).seed = true;
@@ -73,6 +74,7 @@ ClusterClient::Node& ClusterClient::node_named(const NodeAddress& address)
     }
     auto node = std::make_unique<Node>();
     node->address = address;
+    node->id = next_node_id_++;
     node->loop = host_.loop_for(address);
     ClientObserver observer = host_.observer_for ? host_.observer_for(address) : ClientObserver{};
     // A master that fails, or loses its connection, may have been replaced: ask the cluster.
@@ -97,28 +99,76 @@ ClusterClient::Node& ClusterClient::node_for(int slot) const
     return node ? *node : *fallback_;
 }
 
-bool ClusterClient::available(int slot) const noexcept
+ClusterClient::Node* ClusterClient::node_of_group(int group) const noexcept
 {
-    return !shut_down_ && node_for(slot).client->state() != ClientState::down;
+    if (group >= 0) {
+        return &node_for(group);
+    }
+    for (const auto& node : nodes_) {
+        if (-1 - int64_t(node->id) == group) {
+            return node.get();
+        }
+    }
+    return nullptr;
 }
 
-RedisClient::Since ClusterClient::since(int slot) const noexcept
+int ClusterClient::group_of(std::string_view key) const noexcept
 {
-    return RedisClient::Since{loop_.now_ms(), node_for(slot).client->failure_epoch()};
+    int slot = key_slot(key);
+    return node_wide_ ? -1 - int(node_for(slot).id) : slot;
 }
 
-RedisClient::Submitted ClusterClient::submit(int slot, std::string command, Callback callback,
+// Errors of a node-wide call that wrote nothing and that calls declaring their keys resolve: a
+// key not on the node (a stale map or a slot being moved), a master turned replica (its
+// slots' new master answers a MOVED), or a server before Redis 7.
+bool ClusterClient::retry_declared(int group, std::string_view error) noexcept
+{
+    (void) group;
+    auto has = [error](std::string_view text) { return error.find(text) != error.npos; };
+    if (has("non local key") || has("same slot") || has("CROSSSLOT") || has("TRYAGAIN")
+        || error.substr(0, 8) == "READONLY") {
+        refresh_soon();
+        return true;
+    }
+    if (has("Error compiling script") || has("shebang") || has("flags")) {
+        if (node_wide_ && host_.on_error) {
+            host_.on_error("the server refuses node-wide script calls (Redis 7+): "
+                           "decisions are coalesced per slot");
+        }
+        node_wide_ = false;
+        return true;
+    }
+    return false;
+}
+
+bool ClusterClient::available(int group) const noexcept
+{
+    Node* node = node_of_group(group);
+    return !shut_down_ && node && node->client->state() != ClientState::down;
+}
+
+RedisClient::Since ClusterClient::since(int group) const noexcept
+{
+    Node* node = node_of_group(group);
+    return RedisClient::Since{loop_.now_ms(), node ? node->client->failure_epoch() : 0};
+}
+
+RedisClient::Submitted ClusterClient::submit(int group, std::string command, Callback callback,
                                              const RedisClient::Since* since)
 {
     if (shut_down_) {
         return {CallStatus::shutdown, 0};
     }
-    Node& node = node_for(slot);
+    Node* target = node_of_group(group);
+    if (target == nullptr) {
+        return {CallStatus::disconnected, 0};  // its node left the map since the call queued
+    }
+    Node& node = *target;
     CallId id = next_id_++;
     Pending pending;
-    pending.slot = slot;
+    pending.slot = group;
     pending.callback = std::move(callback);
-    pending.since = since ? *since : this->since(slot);
+    pending.since = since ? *since : this->since(group);
     auto submitted = node.client->submit(
         command, [this, id](const CallResult& result) { on_node_reply(id, result); },
         &pending.since);
@@ -237,8 +287,13 @@ void ClusterClient::on_retry_timer() noexcept
     due.swap(retry_);
     for (CallId id : due) {
         auto it = pending_.find(id);
-        if (it != pending_.end()) {
-            send(id, it->second, node_for(it->second.slot), false);
+        if (it == pending_.end()) {
+            continue;
+        }
+        if (Node* node = node_of_group(it->second.slot)) {
+            send(id, it->second, *node, false);
+        } else {
+            finish(id, CallResult{CallStatus::disconnected, nullptr});
         }
     }
 }
@@ -327,7 +382,11 @@ void ClusterClient::use_map(const SlotMap& map, const NodeAddress& asked)
         owners.push_back(&node_named(master));
     }
     bool changed = !has_map_;
+    std::vector<Node*> before;
     for (auto& node : nodes_) {
+        if (node->slots > 0) {
+            before.push_back(node.get());
+        }
         node->slots = 0;
     }
     for (int slot = 0; slot < kSlotCount; slot++) {
@@ -347,7 +406,11 @@ void ClusterClient::use_map(const SlotMap& map, const NodeAddress& asked)
     for (Node* owner : owners) {
         owner->client->set_probe_command(probe_for(*owner));
     }
-    if (host_.on_map) {
+    // Told when the masters change, not for every slot a resharding moves.
+    std::vector<Node*> after(owners);
+    std::sort(before.begin(), before.end());
+    std::sort(after.begin(), after.end());
+    if (host_.on_map && (before != after || before.empty())) {
         host_.on_map(owners.size());
     }
 }

@@ -36,7 +36,8 @@ bool is_redirect(const redisReply* reply)
     }
     std::string_view text(reply->str, reply->len);
     return text.substr(0, 6) == "MOVED " || text.substr(0, 4) == "ASK "
-           || text.substr(0, 8) == "TRYAGAIN";
+           || text.substr(0, 8) == "TRYAGAIN" || text.substr(0, 9) == "CROSSSLOT"
+           || text.find("non local key") != std::string_view::npos;
 }
 
 }  // namespace ratelimit

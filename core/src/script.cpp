@@ -220,18 +220,42 @@ void append_int(std::string& out, int64_t value)
     out += "\r\n";
 }
 
-}  // namespace
-
-const std::string& script_source()
+// The node-wide variant (Redis Cluster, Redis 7+): keys of several slots of one node in one
+// call. Redis allows that only for undeclared keys of a script flagged allow-cross-slot-keys,
+// read one by one (an MGET may not span slots). So no KEYS: ARGV starts with K and the keys.
+// Every read comes before any write: a key that is not on the node fails the call untouched.
+std::string node_wide_source()
 {
-    static const std::string source = kScript;
-    return source;
+    std::string source = kScript;
+    auto replace = [&source](std::string_view from, std::string_view to) {
+        size_t at = source.find(from);
+        source.replace(at, from.size(), to);
+    };
+    replace("local keys, argv = KEYS, ARGV\n",
+            "local keys, argv = {}, {}\n"
+            "local nkeys = tonumber(ARGV[1]) or 0\n"
+            "for i = 1, nkeys do keys[i] = ARGV[i + 1] end\n"
+            "for i = nkeys + 2, #ARGV do argv[i - nkeys - 1] = ARGV[i] end\n");
+    replace("local stored = redis.call('MGET', unpack(keys))\n",
+            "local stored = {}\n"
+            "for i = 1, nk do stored[i] = redis.call('GET', keys[i]) end\n");
+    return "#!lua flags=allow-cross-slot-keys\n" + source;
 }
 
-const std::string& script_sha1()
+}  // namespace
+
+const std::string& script_source(ScriptForm form)
+{
+    static const std::string source = kScript;
+    static const std::string node_wide = node_wide_source();
+    return form == ScriptForm::node_wide ? node_wide : source;
+}
+
+const std::string& script_sha1(ScriptForm form)
 {
     static const std::string sha = sha1_hex(script_source());
-    return sha;
+    static const std::string node_wide = sha1_hex(script_source(ScriptForm::node_wide));
+    return form == ScriptForm::node_wide ? node_wide : sha;
 }
 
 void ScriptBatch::clear() noexcept
@@ -312,7 +336,7 @@ size_t ScriptBatch::limits_of(size_t request) const noexcept
 // <verb> <script> K keys... R P (count period burst)... (set of each key)... then per request
 // `k` (one limit, cost 1) or `-n (key cost)...`; every index 1-based.
 void ScriptBatch::append_command(std::string& out, std::string_view verb,
-                                 std::string_view script) const
+                                 std::string_view script, ScriptForm form) const
 {
     // Distinct parameter sets, usually one per policy: found by a scan, there are few.
     BucketParams sets[64];
@@ -352,12 +376,16 @@ void ScriptBatch::append_command(std::string& out, std::string_view verb,
         entries += simple(r) ? 1 : 1 + 2 * limits_of(r);
     }
     size_t np = per_key ? nkeys_ : nsets;
-    size_t args = 3 + nkeys_ + 2 + 3 * np + nkeys_ + entries;
+    bool node_wide = form == ScriptForm::node_wide;
+    size_t args = 3 + nkeys_ + (node_wide ? 1 : 0) + 2 + 3 * np + nkeys_ + entries;
     out.reserve(out.size() + script.size() + key_bytes + 16 * args + 64);
 
     append_line(out, '*', args);
     append_bulk(out, verb);
     append_bulk(out, script);
+    if (node_wide) {
+        append_int(out, 0);  // no declared keys: K and the keys lead ARGV
+    }
     append_int(out, int64_t(nkeys_));
     for (size_t k = 0; k < nkeys_; k++) {
         append_bulk(out, keys_[k].name);
@@ -393,14 +421,24 @@ bool ScriptBatch::simple(size_t request) const noexcept
     return limits_of(request) == 1 && limits_[requests_[request]].cost == 1;
 }
 
-void ScriptBatch::append_evalsha(std::string& out) const
+void ScriptBatch::append_evalsha(std::string& out, ScriptForm form) const
 {
-    append_command(out, "EVALSHA", script_sha1());
+    append_command(out, "EVALSHA", script_sha1(form), form);
 }
 
-void ScriptBatch::append_eval(std::string& out) const
+void ScriptBatch::append_eval(std::string& out, ScriptForm form) const
 {
-    append_command(out, "EVAL", script_source());
+    append_command(out, "EVAL", script_source(form), form);
+}
+
+void ScriptBatch::request_limits(size_t request, std::vector<ScriptLimit>& out) const
+{
+    out.clear();
+    size_t first = request < requests_.size() ? requests_[request] : 0;
+    for (size_t j = first; j < first + limits_of(request); j++) {
+        const Key& key = keys_[limits_[j].key];
+        out.push_back(ScriptLimit{key.name, key.params, limits_[j].cost});
+    }
 }
 
 std::string evalsha_to_eval(std::string_view evalsha)
@@ -415,7 +453,13 @@ std::string evalsha_to_eval(std::string_view evalsha)
     }
     auto verb = read_bulk(evalsha, pos);
     auto sha = read_bulk(evalsha, pos);
-    if (!verb || *verb != "EVALSHA" || !sha || *sha != script_sha1()) {
+    if (!verb || *verb != "EVALSHA" || !sha) {
+        return {};
+    }
+    ScriptForm form = ScriptForm::keys_declared;
+    if (*sha == script_sha1(ScriptForm::node_wide)) {
+        form = ScriptForm::node_wide;
+    } else if (*sha != script_sha1()) {
         return {};
     }
     size_t rest = pos;
@@ -429,7 +473,7 @@ std::string evalsha_to_eval(std::string_view evalsha)
     }
     std::string out = "*" + std::to_string(*count) + "\r\n";
     append_bulk(out, "EVAL");
-    append_bulk(out, script_source());
+    append_bulk(out, script_source(form));
     out.append(evalsha.substr(rest));
     return out;
 }

@@ -53,7 +53,8 @@ def wrap_snippet(tmp, snippet_text):
 def test_there_are_snippets():
     names = {p.name for p in SNIPPETS}
     for expected in ("api-roles.conf", "allowlist.conf", "user-and-global.conf", "cost.conf",
-                     "dry-run.conf", "local-mode.conf", "sentinel.conf"):
+                     "dry-run.conf", "local-mode.conf", "sentinel.conf", "tls.conf",
+                     "cluster.conf"):
         assert expected in names
 
 

@@ -193,7 +193,8 @@ def test_resolver_failure_keeps_the_last_address(workdir, nginx_factory, answer,
 
 
 class Sentinel:
-    def __init__(self, workdir, master_port, password=None):
+    def __init__(self, workdir, master_port, password=None, master_host="127.0.0.1",
+                 quorum=2, options=""):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.password = password
@@ -203,7 +204,8 @@ class Sentinel:
 bind 127.0.0.1
 dir {workdir}
 logfile {workdir}/sentinel.log
-sentinel monitor m 127.0.0.1 {master_port} 2
+{options}
+sentinel monitor m {master_host} {master_port} {quorum}
 sentinel down-after-milliseconds m 500
 sentinel failover-timeout m 2000
 {auth}""")
@@ -378,4 +380,52 @@ def test_sentinel_switch_master_moves_a_healthy_connection(workdir, nginx_factor
         for s in sentinels:
             s.stop()
         replica.stop()
+        master.stop()
+
+
+def test_sentinel_naming_the_master_by_host_name(workdir, nginx_factory):
+    """A sentinel with announce-hostnames names the master "localhost" (which it resolved
+    itself, to 127.0.0.1): nginx resolves the name through its `resolver`, the test's DNS
+    responder, which answers 127.0.0.2, an address of the same master. Without a `resolver`
+    the error line says so and the failure mode applies."""
+    port = free_port()
+    master = RedisProcess(workdir / "master", "127.0.0.1", port,
+                          "--bind", "127.0.0.1", "127.0.0.2")
+    dns = DnsResponder({"localhost": "127.0.0.2"})
+    sentinel = None
+    try:
+        sentinel = Sentinel(workdir / "s", port, master_host="localhost", quorum=1,
+                            options="sentinel resolve-hostnames yes\n"
+                                    "sentinel announce-hostnames yes")
+        assert sentinel.call("SENTINEL", "get-master-addr-by-name", "m") == \
+            [b"localhost", str(port).encode()]
+        redis_line = f"ratelimit_redis 127.0.0.1:{sentinel.port} mode=sentinel master=m;"
+        n = nginx_factory(location_conf(redis_line, f"resolver 127.0.0.1:{dns.port} valid=1s;"))
+        assert status_of(n, "k")[0] == "PASSED"
+        assert master.call("EXISTS", "rl:p:k") == 1
+        clients = master.call("CLIENT", "LIST").decode()
+        assert "laddr=127.0.0.2:%d" % port in clients, clients  # nginx, at the DNS answer
+        assert dns.queries > 0
+        assert 'gives localhost:%d as master "m"' % port in n.log()
+        assert 'Redis host "localhost" resolves to 127.0.0.2:%d now' % port in n.log()
+
+        no_resolver = nginx_factory(location_conf(redis_line))
+        assert status_of(no_resolver, "k")[0] == "FAILED_OPEN"
+        assert wait_for(lambda: 'names master "m" by the host name "localhost", and no '
+                        '"resolver" is configured' in no_resolver.log(), 2), no_resolver.log()
+
+        # A name the resolver does not know: no address to fall back on, the failure mode.
+        nxdomain = DnsResponder({})
+        try:
+            unknown = nginx_factory(location_conf(
+                redis_line, f"resolver 127.0.0.1:{nxdomain.port} valid=1s;"))
+            assert status_of(unknown, "k")[0] == "FAILED_OPEN"
+            assert wait_for(lambda: 'cannot resolve Redis host "localhost" (Host not found)'
+                            in unknown.log(), 2), unknown.log()
+        finally:
+            nxdomain.close()
+    finally:
+        dns.close()
+        if sentinel:
+            sentinel.stop()
         master.stop()

@@ -342,3 +342,181 @@ def test_good_tls_configuration_passes_nginx_t(workdir, certs):
                                 f"ssl_trusted_certificate={certs['ca']};")
     t = n.test_config()
     assert t.returncode == 0, t.stderr
+
+
+# --- sentinel over TLS ----------------------------------------------------------------------
+
+class TlsSentinel:
+    """A sentinel with only a TLS port, watching a TLS master (tls-replication: it speaks TLS
+    to the master too)."""
+
+    def __init__(self, workdir, certs, master_port):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.certs = certs
+        self.port = free_port()
+        conf = workdir / "sentinel.conf"
+        conf.write_text(f"""port 0
+tls-port {self.port}
+bind 127.0.0.1
+dir {workdir}
+logfile {workdir}/sentinel.log
+tls-cert-file {certs['cert']}
+tls-key-file {certs['key']}
+tls-ca-cert-file {certs['ca']}
+tls-auth-clients no
+tls-replication yes
+sentinel monitor m 127.0.0.1 {master_port} 1
+""")
+        self.proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert wait_for(self._knows_master), "sentinel (TLS) did not start"
+
+    def _knows_master(self):
+        try:
+            c = TlsResp(self.port, self.certs["ca"])
+            try:
+                return c.call("SENTINEL", "get-master-addr-by-name", "m") is not None
+            finally:
+                c.close()
+        except (OSError, RuntimeError):
+            return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+
+
+def test_sentinel_over_tls_and_a_wrong_ca(workdir, tls_redis, certs, nginx_factory):
+    """`ssl` with mode=sentinel: the sentinel and the master it names are both spoken to over
+    TLS, each checked against its own address; a CA that signed neither fails on the sentinel,
+    with the error line naming it, and the failure mode applies."""
+    sentinel = TlsSentinel(workdir / "sentinel-tls", certs, tls_redis.port)
+    try:
+        redis_line = f"mode=sentinel master=m ssl ssl_trusted_certificate={certs['ca']}"
+        n = nginx_factory(conf(sentinel.port, redis_line, mode="closed",
+                               extra="connect_timeout=300ms timeout=2s"))
+        assert_decides_exactly(n, tls_redis)
+        log = n.log()
+        assert "ratelimit: TLS to sentinel 127.0.0.1:%d: TLSv1.3, new session" % sentinel.port \
+            in log, log
+        assert "ratelimit: TLS to Redis 127.0.0.1:%d: TLSv1.3" % tls_redis.port in log
+        assert "failed" not in log
+        # Reconnecting asks the sentinel again, resuming its TLS session.
+        assert tls_redis.cmd("CLIENT", "KILL", "TYPE", "normal") >= 1
+        assert wait_for(lambda: n.get("/", {"X-Key": "b"}).header("X-Status") == "PASSED", 5)
+        assert wait_for(lambda: "ratelimit: TLS to sentinel 127.0.0.1:%d: TLSv1.3, reused "
+                        "session" % sentinel.port in n.log(), 3), n.log()
+
+        wrong = nginx_factory(conf(sentinel.port, "mode=sentinel master=m ssl "
+                                   f"ssl_trusted_certificate={certs['other_ca']}"))
+        r, elapsed = timed_get(wrong)
+        assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+        assert elapsed < 0.5 + 0.3
+        line = f"ratelimit: sentinel 127.0.0.1:{sentinel.port} failed TLS verification as "
+        errors = [l for l in wrong.log().splitlines() if line in l]
+        assert errors, wrong.log()
+        assert "[error]" in errors[0]
+        assert '"127.0.0.1": self-signed certificate in certificate chain' in errors[0]
+        assert 'no sentinel gave the address of master "m"' in wrong.log()
+        assert "TLS to Redis" not in wrong.log()  # the master was never reached
+    finally:
+        sentinel.stop()
+
+
+# --- a cluster over TLS --------------------------------------------------------------------
+
+class TlsCluster:
+    """Three masters speaking only TLS, between themselves too (`tls-cluster yes`)."""
+
+    def __init__(self, workdir, certs):
+        self.certs = certs
+        self.nodes = []
+        tls = ["--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"]),
+               "--tls-ca-cert-file", str(certs["ca"])]
+        for i in range(3):
+            port = free_port()
+            while port + 10000 > 65535:  # the cluster bus listens 10000 higher
+                port = free_port()
+            d = workdir / f"tls-cluster-{port}"
+            d.mkdir(parents=True)
+            proc = subprocess.Popen(
+                ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                 *tls, "--tls-auth-clients", "no", "--tls-cluster", "yes",
+                 "--tls-replication", "yes", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout", "1000",
+                 "--save", "", "--appendonly", "no", "--dir", str(d),
+                 "--logfile", str(d / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.nodes.append((port, proc))
+        for port, _ in self.nodes:
+            assert wait_for(lambda: self._pings(port)), "TLS cluster node did not start"
+        subprocess.run(["redis-cli", "--tls", "--cacert", str(certs["ca"]), "--cluster",
+                        "create", *[f"127.0.0.1:{p}" for p, _ in self.nodes], "--cluster-yes"],
+                       check=True, capture_output=True, timeout=30)
+        assert wait_for(lambda: all(b"cluster_state:ok" in self.cmd(p, "CLUSTER", "INFO")
+                                    for p, _ in self.nodes), 10)
+
+    def _pings(self, port):
+        try:
+            return self.cmd(port, "PING") == "PONG"
+        except (OSError, RuntimeError):
+            return False
+
+    def cmd(self, port, *args):
+        c = TlsResp(port, self.certs["ca"])
+        try:
+            return c.call(*args)
+        finally:
+            c.close()
+
+    def master_of(self, key):
+        """The port of the master serving `key`, from its own CLUSTER NODES line."""
+        slot = self.cmd(self.nodes[0][0], "CLUSTER", "KEYSLOT", key)
+        for port, _ in self.nodes:
+            for line in self.cmd(port, "CLUSTER", "NODES").decode().splitlines():
+                fields = line.split()
+                if "myself" not in fields[2] or "master" not in fields[2]:
+                    continue
+                for r in fields[8:]:
+                    lo, _, hi = r.partition("-")
+                    if r[0] != "[" and int(lo) <= slot <= int(hi or lo):
+                        return port
+        return None
+
+    def stop(self):
+        for _, proc in self.nodes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=10)
+
+
+def test_cluster_over_tls_decides_on_every_master(workdir, certs, nginx_factory):
+    cluster = TlsCluster(workdir, certs)
+    try:
+        seed = cluster.nodes[0][0]
+        n = nginx_factory(conf(seed, f"mode=cluster ssl ssl_trusted_certificate={certs['ca']}",
+                               extra="connect_timeout=1s timeout=1s"))
+        keys = [f"k{i}" for i in range(12)]
+        masters = {cluster.master_of(f"rl:p:{k}") for k in keys}
+        assert len(masters) == 3  # the keys are spread over every master
+        for key in keys:
+            statuses = [n.get("/", {"X-Key": key}).status for _ in range(4)]
+            assert statuses == [200, 200, 200, 429], key
+            owner = cluster.master_of(f"rl:p:{key}")
+            assert cluster.cmd(owner, "GET", f"rl:p:{key}").startswith(b"v2 ")
+        log = n.log()
+        for port, _ in cluster.nodes:
+            assert f"ratelimit: TLS to Redis 127.0.0.1:{port}: TLSv1.3" in log, log
+        assert "failed" not in log and "Redis error" not in log, log
+        assert not n.bad_log_lines()
+
+        # Another CA: every master fails verification, and the failure mode applies.
+        bad = nginx_factory(conf(seed, f"mode=cluster ssl "
+                                       f"ssl_trusted_certificate={certs['other_ca']}",
+                                 extra="connect_timeout=300ms timeout=200ms"))
+        r = bad.get("/", {"X-Key": "k0"})
+        assert (r.status, r.header("X-Status")) == (503, "FAILED_CLOSED")
+        assert wait_for(lambda: "failed TLS verification" in bad.log(), 3), bad.log()
+    finally:
+        cluster.stop()

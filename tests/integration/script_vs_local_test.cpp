@@ -65,7 +65,7 @@ protected:
             batch_.add_request(r.data(), r.size());
         }
         std::string command;
-        evalsha ? batch_.append_evalsha(command) : batch_.append_eval(command);
+        evalsha ? batch_.append_evalsha(command, form_) : batch_.append_eval(command, form_);
         auto reply = send_raw(command);
         if (evalsha && is_noscript(reply.get())) {
             reply = send_raw(evalsha_to_eval(command));
@@ -83,6 +83,7 @@ protected:
     }
 
     ScriptBatch batch_;
+    ScriptForm form_ = ScriptForm::keys_declared;
 };
 
 // Tracks the stored state of each key as the caller of decide_all would.
@@ -176,6 +177,8 @@ TEST_F(ScriptVsLocal, RandomBatchesMatchLocalMathsOneByOne)
         for (const auto& k : keys) {
             before[k] = get(k);
         }
+        // Both forms of the script, each by EVALSHA and by EVAL, against one mirror.
+        form_ = (step / 2) % 2 ? ScriptForm::node_wide : ScriptForm::keys_declared;
         BatchReply reply = run(requests, step % 2 == 0);
         mirror.check(requests, reply);
         auto wrote = written(requests, reply);

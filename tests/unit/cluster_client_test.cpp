@@ -55,9 +55,10 @@ std::string two_masters(int upper)
 
 class ClusterClientTest : public ::testing::Test {
 protected:
-    ClusterClientTest()
+    explicit ClusterClientTest(bool node_wide = false)
     {
         ClusterOptions options;
+        options.node_wide = node_wide;
         options.client.noscript_fallback = [](std::string_view command) {
             return "EVAL:" + std::string(command);
         };
@@ -199,6 +200,40 @@ TEST_F(ClusterClientTest, RedirectsDoNotOpenTheBreaker)
     }
     EXPECT_EQ(replies.size(), 5u);
     EXPECT_TRUE(cluster->available(100));
+}
+
+class NodeWideTest : public ClusterClientTest {
+protected:
+    NodeWideTest() : ClusterClientTest(true) {}
+};
+
+TEST_F(NodeWideTest, KeysOfOneMasterShareAGroupAndTheNodeWideForm)
+{
+    load_map();
+    int upper = cluster->group_of("foo");  // slot 12182
+    EXPECT_LT(upper, 0);
+    EXPECT_EQ(cluster->group_of("rl:p:{foo}"), upper);
+    EXPECT_EQ(cluster->group_of("rl:p:{foo}x"), upper);
+    EXPECT_EQ(cluster->form(upper), ScriptForm::node_wide);
+    EXPECT_NE(cluster->group_of("bar"), upper);  // slot 5061: the other master
+    EXPECT_EQ(cluster->slot_group_of("foo"), 12182);
+    EXPECT_EQ(cluster->form(12182), ScriptForm::keys_declared);
+    send(upper, "node-wide");
+    EXPECT_EQ(node("127.0.0.1:7001").take(), "node-wide");
+}
+
+TEST_F(NodeWideTest, KeyNotOnTheNodeGoesAgainDeclaredAndAnOldServerEndsNodeWideCalls)
+{
+    load_map();
+    int upper = cluster->group_of("foo");
+    EXPECT_TRUE(cluster->retry_declared(
+        upper, "ERR Script attempted to access a non local key in a cluster node script"));
+    EXPECT_TRUE(cluster->retry_declared(upper, "READONLY You can't write against a replica."));
+    EXPECT_FALSE(cluster->retry_declared(upper, "OOM command not allowed"));
+    EXPECT_EQ(cluster->group_of("foo"), upper);
+    EXPECT_TRUE(cluster->retry_declared(
+        upper, "ERR Error compiling script (new function): user_script:1: unexpected symbol"));
+    EXPECT_EQ(cluster->group_of("foo"), 12182);  // per slot from now on
 }
 
 }  // namespace

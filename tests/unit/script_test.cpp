@@ -171,6 +171,48 @@ TEST(Script, EvalshaToEvalRoundTrip)
     EXPECT_EQ(evalsha_to_eval(evalsha), eval);
 }
 
+TEST(Script, NodeWideFormDeclaresNoKeysAndLeadsArgvWithThem)
+{
+    ScriptBatch batch;
+    add_two_requests(batch);
+    std::string declared;
+    std::string node_wide;
+    batch.append_evalsha(declared);
+    batch.append_evalsha(node_wide, ScriptForm::node_wide);
+    std::vector<std::string> a = command_args(declared);
+    std::vector<std::string> b = command_args(node_wide);
+    ASSERT_EQ(b.size(), a.size() + 1);
+    EXPECT_EQ(b[1], script_sha1(ScriptForm::node_wide));
+    EXPECT_NE(b[1], a[1]);
+    EXPECT_EQ(b[2], "0");
+    EXPECT_TRUE(std::equal(a.begin() + 2, a.end(), b.begin() + 3));  // K, keys, ARGV as before
+    EXPECT_EQ(script_source(ScriptForm::node_wide).rfind("#!lua flags=allow-cross-slot-keys\n", 0),
+              0u);
+    std::string eval;
+    batch.append_eval(eval, ScriptForm::node_wide);
+    EXPECT_EQ(evalsha_to_eval(node_wide), eval);
+}
+
+TEST(Script, RequestLimitsGiveBackWhatWasAdded)
+{
+    ScriptBatch batch;
+    BucketParams p{10, 1000, 5};
+    ScriptLimit first[] = {{"rl:a:x", p, 1}};
+    ScriptLimit second[] = {{"rl:a:y", p, 2}, {"rl:a:x", p, 3}};
+    batch.add_request(first, 1);
+    batch.add_request(second, 2);
+    std::vector<ScriptLimit> out;
+    batch.request_limits(1, out);
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_EQ(out[0].key, "rl:a:y");
+    EXPECT_EQ(out[0].cost, 2);
+    EXPECT_EQ(out[1].key, "rl:a:x");
+    EXPECT_EQ(out[1].params.burst, 5);
+    batch.request_limits(0, out);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].key, "rl:a:x");
+}
+
 TEST(Script, EvalshaToEvalRejectsOtherCommands)
 {
     ScriptBatch batch;

@@ -98,13 +98,17 @@ private:
     struct Split;
     struct Part;
 
+    // `id` 0: a new one. `since`: of an earlier call whose requests go again, in a batch of
+    // their own.
     uint64_t queue(int group, const ScriptLimit* limits, size_t n, VerdictHandler handler,
-                   void* owner);
+                   void* owner, uint64_t id = 0, const RedisClient::Since* since = nullptr);
     Queued decide_split(const ScriptLimit* limits, size_t n, VerdictHandler handler,
-                        void* owner);
+                        void* owner, bool declared = false, uint64_t id = 0,
+                        const RedisClient::Since* since = nullptr);
+    void requeue_declared(Batch& batch) noexcept;
     static void on_part(void* part, const Verdict& verdict) noexcept;
     void cancel_waiter(uint64_t id) noexcept;
-    Batch& open_batch(int group);
+    Batch& open_batch(int group, const RedisClient::Since* since = nullptr);
     void flush() noexcept;
     bool send(Batch& batch) noexcept;  // false: it failed at once and was recycled
     void on_reply(Batch* batch, const CallResult& result) noexcept;

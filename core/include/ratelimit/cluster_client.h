@@ -1,5 +1,6 @@
-// Redis Cluster as the batcher sees it: one group per hash slot, routed to the master that
-// serves it over one pipelined RedisClient per master. The slot map comes from CLUSTER SLOTS
+// Redis Cluster as the batcher sees it: one group per master (node-wide calls, Redis 7+), or
+// per hash slot where the server takes no node-wide calls, over one pipelined RedisClient per
+// master. The slot map comes from CLUSTER SLOTS
 // through any known node (the seeds first) and is refreshed periodically, when a node fails
 // and when a MOVED reply shows it stale. MOVED and ASK (with ASKING) are followed, and
 // TRYAGAIN retried shortly, within the call's timeout. Each master has its own breaker.
@@ -22,6 +23,7 @@ struct ClusterOptions {
     int64_t refresh_interval_ms = 5000;   // slot map refresh while nothing seems to change
     int64_t refresh_retry_ms = 100;       // after a change, or when no node answered
     int max_redirects = 3;                // MOVED, ASK and TRYAGAIN followed per call
+    bool node_wide = true;                // coalesce per master; off: per slot
     int64_t tryagain_delay_ms = 10;
     // The probe a master's breaker sends while it is down, given a key of one of its slots.
     std::function<std::string(const std::string& key)> probe_command;
@@ -34,7 +36,7 @@ struct ClusterHost {
     std::function<std::unique_ptr<EventLoop>(const NodeAddress&)> loop_for;
     std::function<ClientObserver(const NodeAddress&)> observer_for;
     std::function<void(std::string_view message)> on_error;  // slot map problems
-    std::function<void(size_t masters)> on_map;              // a new slot map is in use
+    std::function<void(size_t masters)> on_map;              // the masters changed
     std::function<void(const RedisClient&)> on_retire;       // before a node's client goes
 };
 
@@ -46,10 +48,18 @@ public:
     ClusterClient(const ClusterClient&) = delete;
     ClusterClient& operator=(const ClusterClient&) = delete;
 
-    int group_of(std::string_view key) const noexcept override { return key_slot(key); }
-    bool available(int slot) const noexcept override;
-    RedisClient::Since since(int slot) const noexcept override;
-    RedisClient::Submitted submit(int slot, std::string command, Callback callback,
+    // Groups: a slot (0..16383) for calls that declare their keys, or -1 - a node's id for
+    // node-wide calls.
+    int group_of(std::string_view key) const noexcept override;
+    int slot_group_of(std::string_view key) const noexcept override { return key_slot(key); }
+    ScriptForm form(int group) const noexcept override
+    {
+        return group < 0 ? ScriptForm::node_wide : ScriptForm::keys_declared;
+    }
+    bool retry_declared(int group, std::string_view error) noexcept override;
+    bool available(int group) const noexcept override;
+    RedisClient::Since since(int group) const noexcept override;
+    RedisClient::Submitted submit(int group, std::string command, Callback callback,
                                   const RedisClient::Since* since) override;
     void cancel(CallId id) noexcept override;
 
@@ -71,6 +81,7 @@ private:
 
     Node& node_named(const NodeAddress& address);
     Node& node_for(int slot) const;
+    Node* node_of_group(int group) const noexcept;  // nullptr: a node gone since
     void send(CallId id, Pending& pending, Node& node, bool asking) noexcept;
     void on_node_reply(CallId id, const CallResult& result) noexcept;
     bool follow(CallId id, Pending& pending, const CallResult& result) noexcept;
@@ -103,6 +114,8 @@ private:
     bool refreshing_ = false;
     bool refresh_soon_ = false;
     bool has_map_ = false;
+    bool node_wide_ = true;             // off once a server refused a node-wide call
+    uint32_t next_node_id_ = 0;
     bool shut_down_ = false;
 };
 

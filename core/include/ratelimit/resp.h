@@ -19,8 +19,9 @@ std::string format_command(std::initializer_list<std::string_view> args);
 // True for a "NOSCRIPT ..." error reply.
 bool is_noscript(const redisReply* reply);
 
-// True for Redis Cluster's "MOVED ...", "ASK ..." and "TRYAGAIN ..." replies: the key is
-// elsewhere for now, which says nothing about the health of the node that answered.
+// True for Redis Cluster's "MOVED ...", "ASK ...", "TRYAGAIN ...", "CROSSSLOT ..." and a
+// script's "... non local key ..." replies: a key is elsewhere for now, which says nothing
+// about the health of the node that answered.
 bool is_redirect(const redisReply* reply);
 
 }  // namespace ratelimit

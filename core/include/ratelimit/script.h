@@ -22,8 +22,13 @@ namespace ratelimit {
 // the reader's own period. A level written under another period is converted, tokens kept,
 // capped at the reader's burst (see convert_level in token_bucket.h). PX is the time until the
 // bucket is full again; a bucket that is full is deleted.
-const std::string& script_source();
-const std::string& script_sha1();  // 40 lowercase hex digits
+//
+// Two forms of one script: keys declared (KEYS, all of one slot in Redis Cluster), and
+// node-wide (Redis Cluster on Redis 7+: no declared keys, so one call may read and write keys
+// of several slots served by one node).
+enum class ScriptForm { keys_declared, node_wide };
+const std::string& script_source(ScriptForm form = ScriptForm::keys_declared);
+const std::string& script_sha1(ScriptForm form = ScriptForm::keys_declared);  // 40 hex digits
 
 struct BatchReply;
 
@@ -49,9 +54,13 @@ public:
     size_t limits_of(size_t request) const noexcept;
 
     // The RESP-encoded command for everything added, appended to `out`:
-    // EVALSHA <sha1> <K> <keys...> <argv...>   (or EVAL <source> ...).
-    void append_evalsha(std::string& out) const;
-    void append_eval(std::string& out) const;
+    // EVALSHA <sha1> <K> <keys...> <argv...>   (or EVAL <source> ...); node-wide:
+    // EVALSHA <sha1> 0 <K> <keys...> <argv...>.
+    void append_evalsha(std::string& out, ScriptForm form = ScriptForm::keys_declared) const;
+    void append_eval(std::string& out, ScriptForm form = ScriptForm::keys_declared) const;
+
+    // The limits of one request as added (merged per key); valid until the batch changes.
+    void request_limits(size_t request, std::vector<ScriptLimit>& out) const;
 
 private:
     // Layout is the implementer's (see script.cpp).
@@ -78,7 +87,8 @@ private:
 
     uint32_t key_index(std::string_view name, const BucketParams& params);
     void grow_slots();
-    void append_command(std::string& out, std::string_view verb, std::string_view script) const;
+    void append_command(std::string& out, std::string_view verb, std::string_view script,
+                        ScriptForm form) const;
     bool simple(size_t request) const noexcept;
     mutable std::vector<uint32_t> key_sets_;  // per key: its parameter set, while encoding
     friend bool parse_batch_reply(const redisReply*, const ScriptBatch&, BatchReply&,
