@@ -2,8 +2,6 @@
 processes on free loopback ports), created with `redis-cli --cluster create`, stopped by PID."""
 
 import signal
-import socket
-import ssl
 import subprocess
 from pathlib import Path
 
@@ -44,34 +42,16 @@ def key_slot(key):
     return crc16(key) % SLOTS
 
 
-class TlsResp(Resp):
-    def __init__(self, port, ca, timeout=2.0):
-        ctx = ssl.create_default_context(cafile=str(ca))
-        ctx.check_hostname = False
-        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port),
-                                                             timeout=timeout))
-        self.buf = b""
-
-
 class ClusterNode:
-    def __init__(self, workdir, tls=None):
+    def __init__(self, workdir):
         self.port = free_port()
         self.bus_port = free_port()
         self.dir = Path(workdir)
-        self.tls = tls
         self.proc = None
 
     def start(self):
-        if self.tls:  # TLS only: clients, the cluster bus and replication
-            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cluster", "yes",
-                     "--tls-replication", "yes", "--tls-auth-clients", "no",
-                     "--tls-cert-file", str(self.tls["cert"]),
-                     "--tls-key-file", str(self.tls["key"]),
-                     "--tls-ca-cert-file", str(self.tls["ca"])]
-        else:
-            ports = ["--port", str(self.port)]
         self.proc = subprocess.Popen(
-            ["redis-server", *ports, "--bind", "127.0.0.1",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--cluster-enabled", "yes", "--cluster-port", str(self.bus_port),
              "--cluster-config-file", str(self.dir / ("nodes-%d.conf" % self.port)),
              "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
@@ -84,7 +64,7 @@ class ClusterNode:
         return self.proc is not None and self.proc.poll() is None
 
     def cmd(self, *args, timeout=2.0):
-        c = TlsResp(self.port, self.tls["ca"], timeout) if self.tls else Resp(self.port, timeout)
+        c = Resp(self.port, timeout=timeout)
         try:
             return c.call(*args)
         finally:
@@ -127,11 +107,9 @@ class RedisCluster:
     """Six nodes; `masters()` and `slot_map()` always ask the cluster, since tests reshard,
     fail over and kill nodes."""
 
-    def __init__(self, workdir, tls=None):
-        """`tls`: the certificates of test_tls.make_certs, for a cluster that speaks only TLS."""
+    def __init__(self, workdir):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.tls = tls
         self.nodes = []
         try:
             for _ in range(6):
@@ -147,7 +125,7 @@ class RedisCluster:
         """A node on free ports; ports found free can be taken meanwhile: then new ones."""
         taken = {p for n in self.nodes for p in (n.port, n.bus_port)}
         for _ in range(3):
-            n = ClusterNode(self.dir, self.tls)
+            n = ClusterNode(self.dir)
             if {n.port, n.bus_port} & taken or n.port == n.bus_port:
                 continue
             n.start()
@@ -159,8 +137,7 @@ class RedisCluster:
                              % (log.read_text()[-1000:] if log.exists() else "no log"))
 
     def cli(self, *args, timeout=60):
-        tls = ["--tls", "--cacert", str(self.tls["ca"])] if self.tls else []
-        r = subprocess.run(["redis-cli", *tls, *args], capture_output=True, text=True,
+        r = subprocess.run(["redis-cli", *args], capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=timeout)
         assert r.returncode == 0 and "[ERR]" not in r.stdout, \
             "redis-cli %s failed:\n%s\n%s" % (" ".join(args), r.stdout, r.stderr)
@@ -215,7 +192,7 @@ class RedisCluster:
         for n in self.live():
             try:
                 info = n.info("replication")
-            except (OSError, RuntimeError, ValueError):
+            except (OSError, RuntimeError):
                 return False
             if info.get("role") == "slave" and (info.get("master_link_status") != "up"
                                                 or info.get("master_sync_in_progress") != "0"):

@@ -13,7 +13,6 @@ import pytest
 
 from cluster import RedisCluster, key_slot
 from conftest import Nginx, Resp, free_port, wait_for
-from test_tls import make_certs
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
 TIMEOUTS = "connect_timeout=300ms timeout=1s"
@@ -733,37 +732,3 @@ def test_one_connection_per_worker_per_master(redis_cluster, nginx_factory):
     traffic()
     assert_one_per_worker()
 
-
-# --- TLS -----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("cluster-tls"))
-
-
-def test_cluster_over_tls(workdir, certs, nginx_factory):
-    c = RedisCluster(workdir / "tls-cluster", tls=certs)
-    try:
-        n = nginx_factory(conf(c, location("/"), redis_args="%s ssl ssl_trusted_certificate=%s"
-                                                             % (TIMEOUTS, certs["ca"])))
-        client = Client(n.port)
-        for m in c.masters():
-            for k in keys_in(c, "p", 2, on_master(c, m), name="tls-%d-" % m.port):
-                got = [client.get("/", k)[:2] for _ in range(4)]
-                assert got == [(200, "PASSED")] * 3 + [(429, "REJECTED")], (k, got)
-                assert m.cmd("EXISTS", bucket("p", k)) == 1
-            assert "ratelimit: TLS to Redis %s: TLSv1.3" % m.addr in n.log(), m.addr
-        client.close()
-
-        # A CA that did not sign the nodes' certificates: nothing is decided, nothing written.
-        bad = nginx_factory(conf(c, location("/"), redis_args="%s ssl ssl_trusted_certificate=%s"
-                                                               % (TIMEOUTS, certs["other_ca"])))
-        start = time.monotonic()
-        assert bad.get("/", {"X-Key": "tls-bad"}).header("X-Status") == "FAILED_CLOSED"
-        assert time.monotonic() - start < 0.3 + 1.0 + 0.5
-        lines = [line for line in bad.log().splitlines() if "failed TLS verification" in line]
-        assert lines and any(s in lines[0] for s in c.seeds.split()), bad.log()
-        assert "self-signed certificate in certificate chain" in lines[0], lines[0]
-        assert sum(m.cmd("DBSIZE") for m in c.masters()) == 6
-    finally:
-        c.stop()
