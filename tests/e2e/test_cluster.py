@@ -132,6 +132,46 @@ def test_nginx_t_accepts_cluster_mode(workdir, args):
     assert t.returncode == 0, t.stderr
 
 
+# --- an ACL user -----------------------------------------------------------------------------
+
+README_ACL = ("on >s3cret ~rl:* +evalsha +eval +ping +select +mget +psetex +get +del +time "
+              "+cluster|slots +asking").split()
+
+
+def test_acl_user_of_the_readme_on_every_node(redis_cluster, nginx_factory):
+    """user=/password= go to every master; the README's ACL for cluster mode is enough."""
+    c = redis_cluster
+    for node in c.live():
+        assert node.cmd("ACL", "SETUSER", "nginx", *README_ACL) == "OK"
+    try:
+        good = nginx_factory(conf(c, location("/"), redis_args=TIMEOUTS
+                                  + " user=nginx password=s3cret"))
+        client = Client(good.port)
+        for m in c.masters():
+            for k in keys_in(c, "p", 2, on_master(c, m), name="acl-%d-" % m.port):
+                got = [client.get("/", k) for _ in range(4)]
+                assert [g[:2] for g in got] == [(200, "PASSED")] * 3 + [(429, "REJECTED")], got
+            users = re.findall(r"user=(\S+)", "\n".join(
+                line for line in m.cmd("CLIENT", "LIST").decode().splitlines()
+                if "cmd=client|list" not in line and "flags=N" in line))
+            assert users == ["nginx"], (m.addr, users)
+        # The NOSCRIPT path too (EVAL under the same ACL).
+        for m in c.masters():
+            m.cmd("SCRIPT", "FLUSH")
+        assert client.get("/", "acl-after-flush")[:2] == (200, "PASSED")
+        client.close()
+        assert "NOPERM" not in good.log() and "s3cret" not in good.log()
+
+        bad = nginx_factory(conf(c, location("/"), redis_args=TIMEOUTS
+                                 + " user=nginx password=wrong"))
+        assert bad.get("/", {"X-Key": "acl-bad"}).header("X-Status") == "FAILED_CLOSED"
+        assert wait_for(lambda: "WRONGPASS" in bad.log(), 3), bad.log()[-1500:]
+        assert "password=wrong" not in bad.log()
+    finally:
+        for node in c.live():
+            node.cmd("ACL", "DELUSER", "nginx")
+
+
 # --- exact limits over all slots -----------------------------------------------------------
 
 def test_exact_limits_for_keys_spread_over_all_masters(redis_cluster, nginx_factory):
