@@ -432,6 +432,7 @@ void ClusterClient::use_map(const SlotMap& map, const NodeAddress& asked)
     for (Node* owner : owners) {
         owner->client->set_probe_command(probe_for(*owner));
     }
+    retire_unused_nodes();  // the asked node is the fallback: it stays
     // Told when the masters change, not for every slot a resharding moves.
     std::vector<Node*> after(owners);
     std::sort(before.begin(), before.end());
