@@ -18,7 +18,7 @@ PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgt
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
 
 .PHONY: all deps core module test run bench profile soak clean \
-        asan-core test-asan test-valgrind fuzz fuzz-build
+        asan-core test-asan test-asan-core test-asan-e2e test-valgrind fuzz fuzz-build
 
 all: core module
 
@@ -67,12 +67,13 @@ $(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
 	@# A new inode: a running nginx keeps mapping the old file instead of crashing.
 	cp $(NGX_BUILD)/ngx_http_ratelimit_module.so $@.tmp && mv -f $@.tmp $@
 
-test: deps all
-	$(CORE_BUILD)/unit_tests --gtest_brief=1
-	$(CORE_BUILD)/integration_tests --gtest_brief=1
+# The core's unit and integration tests run once, built with ASan+UBSan (test-asan-core): a
+# second, plain build of them would only add minutes of compiling to the suite.
+test: deps module
+	$(MAKE) --no-print-directory test-asan-core
 	/usr/bin/python3 -m pytest -q tests/e2e
 	$(MAKE) --no-print-directory test-pkg
-	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory test-asan-e2e
 	$(MAKE) --no-print-directory test-valgrind
 	$(MAKE) --no-print-directory fuzz
 
@@ -126,9 +127,13 @@ $(ASAN_NGINX): Makefile
 	    'exec $${NGINX_BIN:-/usr/sbin/nginx} "$$@"' >$@
 	@chmod +x $@
 
-test-asan: deps asan-core $(ASAN_MODULE) $(ASAN_NGINX)
+test-asan: test-asan-core test-asan-e2e
+
+test-asan-core: deps asan-core
 	$(ASAN_CORE_BUILD)/unit_tests --gtest_brief=1
 	$(ASAN_CORE_BUILD)/integration_tests --gtest_brief=1
+
+test-asan-e2e: deps $(ASAN_MODULE) $(ASAN_NGINX)
 	@rm -rf $(ASAN_LOGS) && mkdir -p $(ASAN_LOGS)
 	RL_MODULE=$(ASAN_MODULE) NGINX=$(ASAN_NGINX) /usr/bin/python3 -m pytest -q tests/e2e \
 	    $(ASAN_DESELECT); \
