@@ -43,17 +43,21 @@ struct Batcher::Split {
 
 Batcher::Batcher(EventLoop& loop, CallRouter& router, BatcherOptions options,
                  BatchObserver on_send)
-    : loop_(loop), router_(router), options_(options), on_send_(on_send)
+    : Batcher(loop, nullptr, &router, options, on_send)
 {
-    options_.max_requests = std::max<size_t>(options_.max_requests, 1);
-    options_.max_in_flight = std::max<size_t>(options_.max_in_flight, 1);
-    flush_timer_ = loop_.make_timer([this] { flush(); }, EventLoop::TimerKind::request);
 }
 
 Batcher::Batcher(EventLoop& loop, RedisClient& client, BatcherOptions options,
                  BatchObserver on_send)
-    : loop_(loop), own_router_(std::make_unique<SingleRedis>(loop, client)),
-      router_(*own_router_), options_(options), on_send_(on_send)
+    : Batcher(loop, std::make_unique<SingleRedis>(loop, client), nullptr, options, on_send)
+{
+}
+
+// `router`, or else `own`, which the batcher keeps.
+Batcher::Batcher(EventLoop& loop, std::unique_ptr<CallRouter> own, CallRouter* router,
+                 BatcherOptions options, BatchObserver on_send)
+    : loop_(loop), own_router_(std::move(own)), router_(router ? *router : *own_router_),
+      options_(options), on_send_(on_send)
 {
     options_.max_requests = std::max<size_t>(options_.max_requests, 1);
     options_.max_in_flight = std::max<size_t>(options_.max_in_flight, 1);
@@ -74,16 +78,28 @@ Batcher::Queued Batcher::decide(const ScriptLimit* limits, size_t n, VerdictHand
     if (waiting_ >= options_.max_waiting) {
         return {CallStatus::overloaded, 0};
     }
-    int group = n > 0 ? router_.group_of(limits[0].key) : 0;
+    return route(limits, n, handler, owner, false, 0, nullptr);
+}
+
+// Queues a request into the call of its group, or splits it over several. `declared`: by
+// slot (calls that declare their keys), else by the router's groups.
+Batcher::Queued Batcher::route(const ScriptLimit* limits, size_t n, VerdictHandler handler,
+                               void* owner, bool declared, uint64_t id,
+                               const RedisClient::Since* since)
+{
+    auto group_of = [this, declared](std::string_view key) {
+        return declared ? router_.slot_group_of(key) : router_.group_of(key);
+    };
+    int group = n > 0 ? group_of(limits[0].key) : 0;
     for (size_t i = 1; i < n; i++) {
-        if (router_.group_of(limits[i].key) != group) {
-            return decide_split(limits, n, handler, owner);
+        if (group_of(limits[i].key) != group) {
+            return decide_split(limits, n, handler, owner, declared, id, since);
         }
     }
     if (!router_.available(group)) {
         return {CallStatus::down, 0};
     }
-    return {CallStatus::ok, queue(group, limits, n, handler, owner)};
+    return {CallStatus::ok, queue(group, limits, n, handler, owner, id, since)};
 }
 
 uint64_t Batcher::queue(int group, const ScriptLimit* limits, size_t n, VerdictHandler handler,
@@ -391,17 +407,8 @@ void Batcher::requeue_declared(Batch& batch) noexcept
         CallStatus status = CallStatus::overloaded;
         try {
             batch.script.request_limits(i, limits);
-            int group = limits.empty() ? 0 : router_.slot_group_of(limits[0].key);
-            bool one_slot = std::all_of(limits.begin(), limits.end(), [&](const ScriptLimit& l) {
-                return router_.slot_group_of(l.key) == group;
-            });
-            if (one_slot) {
-                queue(group, limits.data(), limits.size(), handler, waiter.owner, waiter.id,
-                      &batch.since);
-                continue;
-            }
-            status = decide_split(limits.data(), limits.size(), handler, waiter.owner, true,
-                                  waiter.id, &batch.since).status;
+            status = route(limits.data(), limits.size(), handler, waiter.owner, true, waiter.id,
+                           &batch.since).status;
             if (status == CallStatus::ok) {
                 continue;
             }

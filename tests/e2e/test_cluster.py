@@ -498,6 +498,27 @@ def wait_synced(master, replica, timeout=5):
         lambda: int(replica.info("replication")["master_repl_offset"]) >= target, timeout)
 
 
+def promotion_under_traffic(port, keys, replica, cause, path="/", timeout=10, step=0.02):
+    """Traffic on `keys` while `cause()` (true when done) gets `replica` promoted, and 3 s
+    after; every answer is a decision or the closed failure mode. Returns the results, when
+    the cause came and when the replica was master."""
+    traffic = Traffic(port, keys, path=path, threads=3)
+    try:
+        time.sleep(0.5)
+        caused = time.monotonic()
+        assert cause()
+        assert wait_for(lambda: replica.info("replication")["role"] == "master", timeout,
+                        step), "the replica was not promoted"
+        promoted = time.monotonic()
+        time.sleep(3.0)
+    finally:
+        results = traffic.finish()
+    assert traffic.errors == []
+    outcomes = {(r[2], r[3]) for r in results}
+    assert outcomes <= {(200, "PASSED"), (503, "FAILED_CLOSED")}, outcomes
+    return results, caused, promoted
+
+
 def test_replica_promoted_decisions_resume_and_tokens_survive(redis_cluster, nginx_factory):
     c = redis_cluster
     burst = 1000000
@@ -513,20 +534,9 @@ def test_replica_promoted_decisions_resume_and_tokens_survive(redis_cluster, ngi
     assert [client.get("/", "survivor")[2] for _ in range(2)] == ["4", "3"]
     assert wait_synced(master, replica), "the replica did not catch up"
 
-    traffic = Traffic(n.port, probes, path="/probe", threads=3)
-    try:
-        time.sleep(0.5)
-        asked = time.monotonic()
-        assert replica.cmd("CLUSTER", "FAILOVER") == "OK"
-        assert wait_for(lambda: replica.info("replication")["role"] == "master", 10, 0.02), \
-            "the replica was not promoted"
-        promoted = time.monotonic()
-        time.sleep(3.0)
-    finally:
-        results = traffic.finish()
-    assert traffic.errors == []
-    outcomes = {(r[2], r[3]) for r in results}
-    assert outcomes <= {(200, "PASSED"), (503, "FAILED_CLOSED")}, outcomes
+    results, asked, promoted = promotion_under_traffic(
+        n.port, probes, replica, lambda: replica.cmd("CLUSTER", "FAILOVER") == "OK",
+        path="/probe", timeout=10, step=0.02)
     # Decisions resume within a few seconds of the promotion, and stay.
     failed = [r[0] for r in results if r[2] != 200]
     assert not failed or max(failed) < promoted + 2.0, \
@@ -628,20 +638,8 @@ def test_master_killed_its_replica_takes_over(doomed_cluster, nginx_factory):
     keys = keys_in(c, "big", 6, on_master(c, victim), name="doomed")
     keys += keys_in(c, "big", 6, lambda s: c.slot_owner(s).port != victim.port, name="safe")
 
-    traffic = Traffic(n.port, keys, threads=3)
-    try:
-        time.sleep(0.5)
-        killed = time.monotonic()
-        victim.kill()
-        assert wait_for(lambda: replica.info("replication")["role"] == "master", 15, 0.05), \
-            "the replica was not elected"
-        promoted = time.monotonic()
-        time.sleep(3.0)
-    finally:
-        results = traffic.finish()
-    assert traffic.errors == []
-    outcomes = {(r[2], r[3]) for r in results}
-    assert outcomes <= {(200, "PASSED"), (503, "FAILED_CLOSED")}, outcomes
+    results, killed, promoted = promotion_under_traffic(
+        n.port, keys, replica, lambda: victim.kill() or True, timeout=15, step=0.05)
     slow = [r for r in results if r[5] > 0.5 + 0.3]
     assert slow == [], slow[:5]
     # The other masters' keys never failed; the victim's resume within 2s of the election.

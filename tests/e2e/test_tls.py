@@ -14,8 +14,8 @@ import pytest
 
 from conftest import Nginx, Resp, free_port, wait_for
 from test_exactness import hammer
+from test_failures import conf as failures_conf, timed_get
 
-BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
 SERVER_NAME = "redis.test"  # the certificate's DNS name; its IP entry is 127.0.0.1
 
 
@@ -113,25 +113,7 @@ def tls_redis(workdir, certs):
 
 
 def conf(port, tls_args, mode="closed", extra="connect_timeout=300ms timeout=200ms"):
-    return f"""
-    ratelimit_redis 127.0.0.1:{port} {extra} {tls_args};
-    ratelimit_policy p rate=1r/h burst=3;
-    server {{
-        listen 127.0.0.1:@PORT@;
-        location / {{
-            ratelimit $http_x_key policy=p;
-            ratelimit_failure_mode {mode};
-            add_header X-Status $ratelimit_status always;
-            {BACKEND}
-        }}
-    }}
-"""
-
-
-def timed_get(n, key="k"):
-    start = time.monotonic()
-    r = n.get("/", {"X-Key": key})
-    return r, time.monotonic() - start
+    return failures_conf(port, mode, redis_args=f"{extra} {tls_args}", burst=3)
 
 
 def assert_decides_exactly(n, redis, key="k"):

@@ -98,13 +98,18 @@ private:
     struct Split;
     struct Part;
 
+    Batcher(EventLoop& loop, std::unique_ptr<CallRouter> own, CallRouter* router,
+            BatcherOptions options, BatchObserver on_send);
+    Queued route(const ScriptLimit* limits, size_t n, VerdictHandler handler, void* owner,
+                 bool declared, uint64_t id, const RedisClient::Since* since);
+
     // `id` 0: a new one. `since`: of an earlier call whose requests go again, in a batch of
     // their own.
     uint64_t queue(int group, const ScriptLimit* limits, size_t n, VerdictHandler handler,
                    void* owner, uint64_t id = 0, const RedisClient::Since* since = nullptr);
     Queued decide_split(const ScriptLimit* limits, size_t n, VerdictHandler handler,
-                        void* owner, bool declared = false, uint64_t id = 0,
-                        const RedisClient::Since* since = nullptr);
+                        void* owner, bool declared, uint64_t id,
+                        const RedisClient::Since* since);
     void requeue_declared(Batch& batch) noexcept;
     static void on_part(void* part, const Verdict& verdict) noexcept;
     void cancel_waiter(uint64_t id) noexcept;
