@@ -1,7 +1,7 @@
 // The module's version: reported by the status API and written to the error log at start.
 #pragma once
 
-#define RATELIMIT_VERSION "0.3.0"
+#define RATELIMIT_VERSION "0.4.0"
 
 namespace ratelimit {
 
