@@ -10,6 +10,7 @@
 #include "ngx_ratelimit.h"
 #include "ngx_ratelimit_loop.h"
 #include "ngx_ratelimit_zone.h"
+#include "ratelimit/lease.h"
 #include "ratelimit/version.h"
 
 using namespace ngx_ratelimit;
@@ -412,7 +413,8 @@ try {
 }
 
 
-// ratelimit_policy name rate=Nr/s|m|h|d [burst=N];
+// ratelimit_policy name rate=Nr/s|m|h|d [burst=N] [lease=time];
+// lease=: a time from 1ms to 10s (ratelimit/lease.h), the longest a node holds a lease.
 char* set_policy(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 try {
     auto* mcf = static_cast<MainConf*>(conf);
@@ -432,6 +434,7 @@ try {
 
     std::optional<ratelimit::Rate> rate;
     std::optional<int64_t> burst;
+    int64_t lease_ms = 0;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         std::string_view arg = as_view(value[i]);
         if (arg.substr(0, 5) == "rate=") {
@@ -452,6 +455,17 @@ try {
                                    "integer)", &cmd->name, &value[i]);
                 return static_cast<char*>(NGX_CONF_ERROR);
             }
+            continue;
+        }
+        if (arg.substr(0, 6) == "lease=") {
+            auto lease = ratelimit::parse_lease_ms(arg.substr(6));
+            if (!lease) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"%V\": invalid lease \"%V\" (expected a time from 1ms to "
+                                   "10s)", &cmd->name, &value[i]);
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
+            lease_ms = *lease;
             continue;
         }
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": invalid parameter \"%V\"",
@@ -479,6 +493,7 @@ try {
     policy->name = value[1];
     policy->rate = *rate;
     policy->params = params;
+    policy->lease_ms = lease_ms;
     return NGX_CONF_OK;
 } catch (...) {
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": out of memory", &cmd->name);

@@ -27,6 +27,7 @@ struct Policy {
     ngx_str_t name;
     ratelimit::Rate rate;
     ratelimit::BucketParams params;
+    int64_t lease_ms;    // lease=: 0, none
     PolicyStats* stats;  // its counters in the zone, bound by name; nullptr: not counted
 };
 

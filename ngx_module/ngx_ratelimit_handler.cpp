@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "ngx_ratelimit_lease.h"
 #include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_request.h"
 #include "ngx_ratelimit_zone.h"
@@ -289,6 +290,51 @@ bool rejected_on_node(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, Main
 }
 
 
+// The Redis keys of the request's buckets, in key_scratch (valid until it is next filled).
+void redis_keys(RequestCtx* ctx, MainConf* mcf, std::string_view* keys)
+{
+    size_t ends[kMaxLimitsPerRequest];
+    key_scratch.clear();
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        ratelimit::append_bucket_key(key_scratch, mcf->redis->prefix,
+                                     as_view(limit.policy->name), as_view(limit.key));
+        ends[i] = key_scratch.size();
+    }
+    for (ngx_uint_t i = 0, start = 0; i < ctx->nlimits; start = ends[i], i++) {
+        keys[i] = std::string_view(key_scratch).substr(start, ends[i] - start);
+    }
+}
+
+
+// Token leases (ngx_ratelimit_lease.cpp): a request whose every limit holds a lease with its
+// cost passes on the node; any other request counts toward its keys' rates (a hot key gets a
+// lease) and goes on to Redis.
+bool passed_on_lease(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf)
+{
+    bool any = false;
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        any = any || ctx->limits[i].policy->lease_ms > 0;
+    }
+    if (!any) {
+        return false;
+    }
+    std::string_view keys[kMaxLimitsPerRequest];
+    redis_keys(ctx, mcf, keys);
+    LeaseLimit limits[kMaxLimitsPerRequest];
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        limits[i] = LeaseLimit{keys[i], limit.policy->params, limit.cost, limit.policy->lease_ms};
+    }
+    ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
+    if (!lease_decide(mcf->zone, redis_router(), limits, ctx->nlimits, outcomes)) {
+        return false;
+    }
+    apply_outcomes(r, ctx, lcf, outcomes, true, false);
+    return true;
+}
+
+
 void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
                    const ratelimit::Verdict& verdict)
 {
@@ -377,19 +423,12 @@ void on_verdict(void* owner, const ratelimit::Verdict& verdict) noexcept
 ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf,
                     ratelimit::Batcher* batcher)
 {
-    size_t ends[kMaxLimitsPerRequest];
-    key_scratch.clear();
-    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        const RequestLimit& limit = ctx->limits[i];
-        ratelimit::append_bucket_key(key_scratch, mcf->redis->prefix,
-                                     as_view(limit.policy->name), as_view(limit.key));
-        ends[i] = key_scratch.size();
-    }
+    std::string_view keys[kMaxLimitsPerRequest];
+    redis_keys(ctx, mcf, keys);
     ratelimit::ScriptLimit limits[kMaxLimitsPerRequest];
-    for (ngx_uint_t i = 0, start = 0; i < ctx->nlimits; start = ends[i], i++) {
-        limits[i] = ratelimit::ScriptLimit{
-            std::string_view(key_scratch).substr(start, ends[i] - start),
-            ctx->limits[i].policy->params, ctx->limits[i].cost};
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        limits[i] = ratelimit::ScriptLimit{keys[i], ctx->limits[i].policy->params,
+                                           ctx->limits[i].cost};
     }
 
     auto queued = batcher->decide(limits, ctx->nlimits, on_verdict, ctx);
@@ -448,7 +487,7 @@ ngx_int_t start_deciding(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
         apply_failure(r, ctx, lcf);
         return ctx->rc;
     }
-    if (rejected_on_node(r, ctx, lcf, mcf)) {
+    if (passed_on_lease(r, ctx, lcf, mcf) || rejected_on_node(r, ctx, lcf, mcf)) {
         return ctx->rc;
     }
     return ask_redis(r, ctx, lcf, mcf, batcher);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ngx_ratelimit_counters.h"
+#include "ngx_ratelimit_lease.h"
 #include "ratelimit/key.h"
 
 namespace ngx_ratelimit {
@@ -27,6 +28,7 @@ struct ZoneShared {
     ngx_queue_t queue;      // most recently used first
     ngx_atomic_t memories;  // rejection-memory nodes: none, and requests skip the lookup
     ApiShared* api;         // counters and top keys (ngx_ratelimit_counters.cpp)
+    void* leases;           // the node's token leases (ngx_ratelimit_lease.cpp), or nullptr
 };
 
 // The bucket ids of one request: "<space><policy>:<key or digest>", built in a buffer the
@@ -66,6 +68,7 @@ bool same_params(const ratelimit::BucketParams& a, const ratelimit::BucketParams
 struct Zone {
     ZoneShared* sh;
     ngx_slab_pool_t* shpool;
+    bool leases_wanted;  // some policy has lease=
 };
 
 
@@ -203,6 +206,22 @@ BucketNode* create_node(Zone* zone, ngx_uint_t hash, std::string_view id,
 }
 
 
+// The lease table is made the first time a configuration has a policy with lease=.
+void add_leases(Zone* zone)
+{
+    if (!zone->leases_wanted || zone->sh->leases) {
+        return;
+    }
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    zone->sh->leases = create_lease_table(zone->shpool);
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+    if (zone->sh->leases == nullptr) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "ratelimit: no room for the lease table in ratelimit_zone, leases off");
+    }
+}
+
+
 ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
 {
     auto* old = static_cast<Zone*>(data);
@@ -211,11 +230,13 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
         // Same name and size as before the reload: keep every bucket.
         zone->sh = old->sh;
         zone->shpool = old->shpool;
+        add_leases(zone);
         return NGX_OK;
     }
     zone->shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
     if (shm_zone->shm.exists) {
         zone->sh = static_cast<ZoneShared*>(zone->shpool->data);
+        add_leases(zone);
         return NGX_OK;
     }
     zone->sh = static_cast<ZoneShared*>(ngx_slab_alloc(zone->shpool, sizeof(ZoneShared)));
@@ -226,10 +247,12 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel, rbtree_insert);
     ngx_queue_init(&zone->sh->queue);
     zone->sh->memories = 0;
+    zone->sh->leases = nullptr;
     zone->sh->api = create_api_shared(zone->shpool);
     if (zone->sh->api == nullptr) {
         return NGX_ERROR;
     }
+    add_leases(zone);
 
     static const char ctx[] = " in ratelimit_zone";
     zone->shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(zone->shpool, sizeof(ctx)));
@@ -251,7 +274,7 @@ int64_t zone_now_ms()
 }  // namespace
 
 
-ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf*, size_t size)
+ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf* mcf, size_t size)
 {
     // Named after the module: an operator's own zones ("ratelimit", say) never clash with it.
     static ngx_str_t name = ngx_string("ngx_http_ratelimit_module");
@@ -262,6 +285,10 @@ ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf*, size_t size)
     auto* zone = static_cast<Zone*>(ngx_pcalloc(cf->pool, sizeof(Zone)));
     if (zone == nullptr) {
         return nullptr;
+    }
+    auto* policies = static_cast<Policy*>(mcf->policies.elts);
+    for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
+        zone->leases_wanted = zone->leases_wanted || policies[i].lease_ms > 0;
     }
     shm_zone->init = init_zone;
     shm_zone->data = zone;
@@ -469,6 +496,14 @@ std::string bucket_id(BucketSpace space, const ngx_str_t& policy, const ngx_str_
 }
 
 }  // namespace
+
+
+void* zone_leases(ngx_shm_zone_t* shm_zone, ngx_slab_pool_t** shpool)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    *shpool = zone->shpool;
+    return zone->sh ? zone->sh->leases : nullptr;
+}
 
 
 ApiShared* zone_api(ngx_shm_zone_t* shm_zone)

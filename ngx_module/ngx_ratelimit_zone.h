@@ -53,6 +53,9 @@ void zone_forget_rejections(ngx_shm_zone_t* zone, const ngx_str_t& policy, const
 // burst/N (rounded up) and rate/N: this node's share of the fleet's limit.
 ratelimit::BucketParams node_share(const ratelimit::BucketParams& params, int64_t nodes);
 
+// The lease table (ngx_ratelimit_lease.cpp) and the pool whose mutex guards it; nullptr: none.
+void* zone_leases(ngx_shm_zone_t* zone, ngx_slab_pool_t** shpool);
+
 // The zone's counters block (ngx_ratelimit_counters.h), allocated with the zone.
 struct ApiShared;
 ApiShared* zone_api(ngx_shm_zone_t* zone);
