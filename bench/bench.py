@@ -32,6 +32,14 @@ none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_B
 core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
 RESULTS (file to write, default bench/RESULTS.md; empty: none).
 A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
+BENCH_ONLY=moderate: the moderate-load rows alone (not in the full run yet): a paced client
+(wrk with a delay() hook of random exponential waits, 20 connections: about MODERATE_RPS
+requests/s in all, default 1000; a slow answer delays its connection's next request)
+against nginx proxying each request to an upstream (another server of the same nginx);
+limit_req and this module on random keys (1 worker), then one global key on 2 instances
+(1 worker each, half the rate each) with lease= off and on (lease=50ms). Rows: achieved rate,
+p50/p99, p99 added vs limit_req, script calls per decision (decisions per call), Redis CPU per
+decision. It replaces only the section between <!-- moderate --> markers of RESULTS.
 BENCH_ONLY=cluster: the cluster row alone (rl-cluster, beside the standalone ratelimit row and
 the SET PX reference measured alike; no flood, no memory, no micro-benchmarks); it replaces only
 the cluster section of RESULTS (the part between its <!-- cluster --> markers, appended when
@@ -71,8 +79,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 REDIS_VARIANTS = ("openresty", "ratelimit", "rl-cluster")  # the variants that talk to Redis
 CLUSTER_MASTERS = 3
 ONLY = os.environ.get("BENCH_ONLY", "")
-if ONLY not in ("", "cluster"):
-    sys.exit("BENCH_ONLY=%s: only BENCH_ONLY=cluster is known" % ONLY)
+if ONLY not in ("", "cluster", "moderate"):
+    sys.exit("BENCH_ONLY=%s: only BENCH_ONLY=cluster or moderate is known" % ONLY)
+# BENCH_ONLY=moderate: the offered rate (requests/s) of the moderate-load rows.
+MODERATE_RPS = int(os.environ.get("MODERATE_RPS", "1000"))
 
 LUA_MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so",
                "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
@@ -601,6 +611,8 @@ def main():
     if not shutil.which("wrk"):
         print("wrk is missing (apt-get install wrk)")
         return 1
+    if ONLY == "moderate":
+        return moderate_main()
     started = datetime.now(timezone.utc)
     load0 = os.getloadavg()[0]
     if ONLY == "cluster":  # with the standalone row, measured alike, to compare with
@@ -682,6 +694,163 @@ def main():
             tables.append("%s\n%s\n%s" % (CLUSTER_BEGIN, clusters, CLUSTER_END))
         write_results(started, load0, micro, "\n\n".join(t for t in tables if t))
         print("\nwritten to", RESULTS)
+    return 0
+
+
+# ---------------------------------------------------------------- moderate load
+
+MODERATE_CONNS = 20
+MODERATE_ROWS = (  # name, limiter, instances, lease
+    ("limit_req, random keys", "limit_req", 1, ""),
+    ("ratelimit, random keys", "ratelimit", 1, ""),
+    ("global key, 2 instances, leases off", "ratelimit", 2, ""),
+    ("global key, 2 instances, leases on (50ms)", "ratelimit", 2, "50ms"),
+)
+
+
+def moderate_conf(run, name, port, backend, redis, limiter_name, lease):
+    """nginx proxying every request to an upstream server of its own, with the limiter."""
+    user = "user root;" if os.geteuid() == 0 else ""
+    if limiter_name == "limit_req":
+        main, http = "", ("limit_req_zone $http_x_api_key zone=z:10m rate=100000r/s;\n"
+                          "limit_req_status 429;")
+        loc = "limit_req zone=z burst=100000 nodelay;"
+    else:
+        main = "load_module %s;" % MODULE
+        http = ("ratelimit_redis 127.0.0.1:%d;\nratelimit_policy bench rate=100000r/s "
+                "burst=100000 %s;" % (redis["port"], "lease=" + lease if lease else ""))
+        loc = "ratelimit $http_x_api_key policy=bench;"
+    conf = run / ("%s.conf" % name)
+    conf.write_text(f"""
+{main}
+{user}
+worker_processes 1;
+error_log {run}/error-{name}.log warn;
+pid {run}/nginx-{name}.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {run}/tmp;
+    proxy_temp_path {run}/tmp;
+    fastcgi_temp_path {run}/tmp;
+    uwsgi_temp_path {run}/tmp;
+    scgi_temp_path {run}/tmp;
+    {http}
+    upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{backend};
+        location / {{ empty_gif; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            {loc}
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://backend;
+        }}
+    }}
+}}
+""")
+    return conf
+
+
+def moderate_start(run, name, redis, limiter_name, lease):
+    port, backend = free_port(), free_port()
+    conf = moderate_conf(run, name, port, backend, redis, limiter_name, lease)
+    proc = subprocess.Popen([NGINX, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if not wait_port(port):
+        proc.kill()
+        raise RuntimeError("nginx (%s) did not start: %s" % (name, proc.stderr.read()))
+    return {"proc": proc, "port": port}
+
+
+def moderate_row(run, redis, row):
+    """One row: paced wrk per instance (the rate split between them) after a warm-up."""
+    title, limiter_name, instances, lease = row
+    flush(redis)
+    nginxes = [moderate_start(run, "mod%d" % i, redis, limiter_name, lease)
+               for i in range(instances)]
+    delay = MODERATE_CONNS * 1000.0 * instances / MODERATE_RPS
+    env = {"DELAY_MS": "%.3f" % delay}
+    if instances > 1:
+        env["KEY"] = "global"
+    try:
+        for n in nginxes:
+            wrk_start(n["port"], WARM, MODERATE_CONNS, False, **env).communicate()
+        i0 = redis_info(redis["port"])
+        procs = [wrk_start(n["port"], DUR, MODERATE_CONNS, True, **env) for n in nginxes]
+        results = [wrk_result(p) for p in procs]
+        i1 = redis_info(redis["port"])
+    finally:
+        for n in nginxes:
+            stop_nginx(n)
+    problems = []
+    for i in range(instances):
+        problems += log_problems(run, "mod%d" % i)
+    requests = sum(r["requests"] for r in results)
+    c0, _ = script_calls(i0)
+    c1, _ = script_calls(i1)
+    calls = c1 - c0
+    return {"title": title, "rps": sum(r["rps"] for r in results),
+            "p50_us": max(r["p50_us"] for r in results), "p99_us": max(r["p99_us"] for r in results),
+            "calls_per_dec": calls / requests if requests else 0.0,
+            "calls_s": calls / DUR, "redis_us": (redis_cpu_s(i1) - redis_cpu_s(i0)) * 1e6
+            / max(requests, 1), "errors": sum(errors(r) for r in results) + len(problems)}
+
+
+def moderate_main():
+    started = datetime.now(timezone.utc)
+    load0 = os.getloadavg()[0]
+    rows = {r[0]: [] for r in MODERATE_ROWS}
+    with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
+        run = Path(d)
+        os.chmod(run, 0o755)
+        (run / "tmp").mkdir()
+        redis = start_redis(run)
+        try:
+            for rnd in range(ROUNDS):
+                for row in MODERATE_ROWS:
+                    r = moderate_row(run, redis, row)
+                    rows[row[0]].append(r)
+                    print("round %d %-44s %6.0f req/s  p99 %5.2f ms  calls/decision %.2f  "
+                          "redis %5.1f us/decision  errors %d"
+                          % (rnd + 1, row[0], r["rps"], r["p99_us"] / 1000, r["calls_per_dec"],
+                             r["redis_us"], r["errors"]), flush=True)
+        finally:
+            stop_redis(redis)
+    med = {k: {f: statistics.median(r[f] for r in v) for f in v[0] if f != "title"}
+           for k, v in rows.items()}
+    lreq = med[MODERATE_ROWS[0][0]]["p99_us"]
+    table = ["| row (paced, about %d req/s offered, proxied) | req/s | p50 ms | p99 ms | "
+             "p99 added vs limit_req ms | script calls/decision | decisions/call | "
+             "script calls/s | Redis CPU µs/decision | errors |" % MODERATE_RPS,
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for title, _, _, _ in MODERATE_ROWS:
+        m = med[title]
+        redis_row = title != MODERATE_ROWS[0][0]
+        table.append("| %s | %.0f | %.2f | %.2f | %s | %s | %s | %s | %s | %d |" % (
+            title, m["rps"], m["p50_us"] / 1000, m["p99_us"] / 1000,
+            fmt((m["p99_us"] - lreq) / 1000, "%+.2f") if redis_row else "-",
+            fmt(m["calls_per_dec"], "%.3f") if redis_row else "-",
+            fmt(1 / m["calls_per_dec"], "%.1f") if redis_row and m["calls_per_dec"] else "-",
+            fmt(m["calls_s"], "%.0f") if redis_row else "-",
+            fmt(m["redis_us"]) if redis_row else "-", m["errors"]))
+    text = "\n".join(table)
+    print()
+    print(text)
+    if RESULTS:
+        commit = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+        replace_section(MODERATE_BEGIN, MODERATE_END, "\n".join([
+            MODERATE_BEGIN,
+            "Moderate load, measured alone (`BENCH_ONLY=moderate`): %s (UTC), commit %s, load "
+            "average at start %.1f, at end %.1f; wrk -t1 -c%d paced by its delay() hook, %d s "
+            "per run after %d s of warm-up, medians of %d round(s)."
+            % (started.strftime("%Y-%m-%d %H:%M"), commit, load0, os.getloadavg()[0],
+               MODERATE_CONNS, DUR, WARM, ROUNDS), "", text, MODERATE_END]))
+        print("\nthe moderate section of %s replaced" % RESULTS)
     return 0
 
 
@@ -874,12 +1043,23 @@ def machine():
 
 
 CLUSTER_BEGIN, CLUSTER_END = "<!-- cluster -->", "<!-- /cluster -->"
+MODERATE_BEGIN, MODERATE_END = "<!-- moderate -->", "<!-- /moderate -->"
+
+
+def replace_section(begin, end, section):
+    """Replaces the part of RESULTS between `begin` and `end` (appended when there is none)."""
+    path = Path(RESULTS)
+    old = path.read_text() if path.exists() else "# make bench results\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = old.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
 
 
 def write_cluster_section(started, load0, clusters):
     """BENCH_ONLY=cluster: replaces the cluster section of RESULTS, keeping the rest."""
-    path = Path(RESULTS)
-    old = path.read_text() if path.exists() else "# make bench results\n"
     commit = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
     section = "\n".join([
         CLUSTER_BEGIN,
@@ -888,12 +1068,7 @@ def write_cluster_section(started, load0, clusters):
         "warm-up, %d round(s)." % (started.strftime("%Y-%m-%d %H:%M"), commit, load0,
                                   os.getloadavg()[0], CONNS, DUR, WARM, ROUNDS),
         "", clusters, CLUSTER_END])
-    if CLUSTER_BEGIN in old and CLUSTER_END in old:
-        head, rest = old.split(CLUSTER_BEGIN, 1)
-        text = head + section + rest.split(CLUSTER_END, 1)[1]
-    else:
-        text = old.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    replace_section(CLUSTER_BEGIN, CLUSTER_END, section)
 
 
 def write_results(started, load0, micro, text):
