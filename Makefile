@@ -194,7 +194,8 @@ run: deps module
 # then baseline, limit_req, OpenResty + Redis and this module interleaved in one run, the flood,
 # the SET PX reference and the memory per bucket, checked against issue 8's targets and written
 # to bench/RESULTS.md (~10 min; DUR, ROUNDS, VARIANTS... shorten it, see bench/bench.py), and
-# mode=cluster on 3 local masters (BENCH_ONLY=cluster: that row alone).
+# mode=cluster on 3 local masters (BENCH_ONLY=cluster: that row alone), and rows at a moderate
+# paced rate, proxied, with a global key leased or not (BENCH_ONLY=moderate: those alone).
 # Its peers need packages of their own.
 BENCH_PACKAGES := wrk libnginx-mod-http-lua lua-resty-core lua-nginx-redis
 

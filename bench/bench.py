@@ -32,7 +32,7 @@ none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_B
 core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
 RESULTS (file to write, default bench/RESULTS.md; empty: none).
 A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
-BENCH_ONLY=moderate: the moderate-load rows alone (not in the full run yet): a paced client
+Last, the moderate-load rows (BENCH_ONLY=moderate: those alone): a paced client
 (wrk with a delay() hook of random exponential waits, 20 connections: about MODERATE_RPS
 requests/s in all, default 1000; a slow answer delays its connection's next request)
 against nginx proxying each request to an upstream (another server of the same nginx);
@@ -694,6 +694,8 @@ def main():
             tables.append("%s\n%s\n%s" % (CLUSTER_BEGIN, clusters, CLUSTER_END))
         write_results(started, load0, micro, "\n\n".join(t for t in tables if t))
         print("\nwritten to", RESULTS)
+    if not ONLY:
+        return moderate_main()
     return 0
 
 
