@@ -140,16 +140,16 @@ def limiter(variant, redis, scenario="open"):
     raise ValueError(variant)
 
 
-def write_conf(run, variant, port, redis, workers=1, scenario="open"):
-    main, http, loc = limiter(variant, redis, scenario)
+def nginx_conf(run, name, main, workers, http):
+    """Writes <run>/<name>.conf: `main` lines, then an http block with `http` in it."""
     user = "user root;" if os.geteuid() == 0 else ""
-    conf = run / ("%s.conf" % variant)
+    conf = run / ("%s.conf" % name)
     conf.write_text(f"""
 {main}
 {user}
 worker_processes {workers};
-error_log {run}/error-{variant}.log warn;
-pid {run}/nginx-{variant}.pid;
+error_log {run}/error-{name}.log warn;
+pid {run}/nginx-{name}.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -159,14 +159,20 @@ http {{
     fastcgi_temp_path {run}/tmp;
     uwsgi_temp_path {run}/tmp;
     scgi_temp_path {run}/tmp;
+{http}
+}}
+""")
+    return conf
+
+
+def write_conf(run, variant, port, redis, workers=1, scenario="open"):
+    main, http, loc = limiter(variant, redis, scenario)
+    return nginx_conf(run, variant, main, workers, f"""
     {http}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{ {loc} empty_gif; }}
-    }}
-}}
-""")
-    return conf
+    }}""")
 
 
 def cpu_ticks(pid):
@@ -712,7 +718,6 @@ MODERATE_ROWS = (  # name, limiter, instances, lease
 
 def moderate_conf(run, name, port, backend, redis, limiter_name, lease):
     """nginx proxying every request to an upstream server of its own, with the limiter."""
-    user = "user root;" if os.geteuid() == 0 else ""
     if limiter_name == "limit_req":
         main, http = "", ("limit_req_zone $http_x_api_key zone=z:10m rate=100000r/s;\n"
                           "limit_req_status 429;")
@@ -722,22 +727,7 @@ def moderate_conf(run, name, port, backend, redis, limiter_name, lease):
         http = ("ratelimit_redis 127.0.0.1:%d;\nratelimit_policy bench rate=100000r/s "
                 "burst=100000 %s;" % (redis["port"], "lease=" + lease if lease else ""))
         loc = "ratelimit $http_x_api_key policy=bench;"
-    conf = run / ("%s.conf" % name)
-    conf.write_text(f"""
-{main}
-{user}
-worker_processes 1;
-error_log {run}/error-{name}.log warn;
-pid {run}/nginx-{name}.pid;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {run}/tmp;
-    proxy_temp_path {run}/tmp;
-    fastcgi_temp_path {run}/tmp;
-    uwsgi_temp_path {run}/tmp;
-    scgi_temp_path {run}/tmp;
+    return nginx_conf(run, name, main, 1, f"""
     {http}
     upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}
     server {{
@@ -752,10 +742,7 @@ http {{
             proxy_set_header Connection "";
             proxy_pass http://backend;
         }}
-    }}
-}}
-""")
-    return conf
+    }}""")
 
 
 def moderate_start(run, name, redis, limiter_name, lease):
