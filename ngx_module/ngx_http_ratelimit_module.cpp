@@ -65,6 +65,14 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept
     if (mcf->zone_size == ssize_t(NGX_CONF_UNSET_SIZE)) {
         mcf->zone_size = kDefaultZoneSize;
     }
+    auto* policies = static_cast<Policy*>(mcf->policies.elts);
+    for (ngx_uint_t i = 0; i < mcf->policies.nelts && mcf->redis == nullptr; i++) {
+        if (policies[i].lease_ms > 0) {
+            // Local mode decides every request in the zone already: nothing to lease from.
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "ratelimit_policy \"%V\": lease= has no "
+                               "effect without ratelimit_redis", &policies[i].name);
+        }
+    }
     mcf->zone = add_zone(cf, mcf, size_t(mcf->zone_size));
     return mcf->zone ? NGX_CONF_OK : static_cast<char*>(NGX_CONF_ERROR);
 }

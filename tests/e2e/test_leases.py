@@ -112,6 +112,14 @@ def test_lease_directive_is_checked(nginx_factory, redis):
         assert n.test_config().returncode == 0
 
 
+def test_lease_without_redis_is_said_to_do_nothing(nginx_factory, redis):
+    local = conf(redis.port, "10r/s", 10, "50ms").replace(
+        "ratelimit_redis 127.0.0.1:%d timeout=200ms connect_timeout=200ms;" % redis.port, "")
+    t = nginx_factory(local, start=False).test_config()
+    assert t.returncode == 0
+    assert 'ratelimit_policy "g": lease= has no effect without ratelimit_redis' in t.stderr
+
+
 def test_exact_with_leases_under_three_times_the_rate(nginx_factory, redis):
     """4 instances x 2 workers, one global key, burst 1,000, load above 3x the rate: passes
     stay within burst + rate x t and reach at least 90 % of it."""
