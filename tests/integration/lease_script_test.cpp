@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
+#include "ratelimit/bucket_view.h"
 #include "ratelimit/lease.h"
 #include "ratelimit/script.h"
 #include "raw_redis.h"
@@ -113,6 +115,24 @@ TEST_F(LeaseScript, NeverMoreThanTheBucketGaveOut)
     }
     EXPECT_LE(out, 1000);
     EXPECT_GE(out, 990);  // grants stop under 8 tokens; decisions take the rest
+}
+
+TEST_F(LeaseScript, ReadsEveryStoredFormatAsTheCppReader)
+{
+    // lease.lua reads a bucket as view.lua does (a Redis script cannot share code with
+    // another): a lease of nothing shows the level as view_stored computes it.
+    const BucketParams params{60, 60000, 100};
+    int64_t now = lease("rl:probe", params, 0, 0).now_ms;
+    std::string recent = std::to_string(now - 500);  // a partial refill
+    for (const std::string& text : std::vector<std::string>{"60000 " + recent, "v2 60000 60000 " + recent, "v2 150000 1000 " + recent, "v2 1500 1000 " + recent,
+          "v3 7 3600000 " + recent + " more fields", "v2 999999999 1000 0", "v1 1 2 3", "garbage",
+          "v2 1 0 3", "v2 12 60000 " + std::to_string(now + 10000)}) {
+        ReplyPtr(static_cast<redisReply*>(
+            redisCommand(ctx_, "SET rl:f %b", text.data(), text.size())));
+        LeaseReply r = lease("rl:f", params, 0, 0);
+        std::optional<std::string_view> stored(text);
+        EXPECT_EQ(r.level_units, view_stored(stored, params, r.now_ms).level_units) << text;
+    }
 }
 
 TEST_F(LeaseScript, BadArgumentsAreAnErrorReply)
