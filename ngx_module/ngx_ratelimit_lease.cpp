@@ -269,6 +269,12 @@ void sweep(ngx_shm_zone_t* zone, ratelimit::CallRouter* router) noexcept
 }  // namespace
 
 
+size_t lease_table_bytes() noexcept
+{
+    return sizeof(LeaseTable);
+}
+
+
 void* create_lease_table(ngx_slab_pool_t* shpool) noexcept
 {
     auto* t = static_cast<LeaseTable*>(ngx_slab_calloc_locked(shpool, sizeof(LeaseTable)));

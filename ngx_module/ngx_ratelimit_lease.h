@@ -26,6 +26,9 @@ struct LeaseLimit {
 // without tokens gives its place to a new one).
 constexpr size_t kLeaseSlots = 512;
 
+// The table's size in the zone.
+size_t lease_table_bytes() noexcept;
+
 // The table in the zone's slab pool, made once per zone; nullptr when out of memory (leases
 // are then off, logged).
 void* create_lease_table(ngx_slab_pool_t* shpool) noexcept;

@@ -252,7 +252,6 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     if (zone->sh->api == nullptr) {
         return NGX_ERROR;
     }
-    add_leases(zone);
 
     static const char ctx[] = " in ratelimit_zone";
     zone->shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(zone->shpool, sizeof(ctx)));
@@ -261,6 +260,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     }
     ngx_memcpy(zone->shpool->log_ctx, ctx, sizeof(ctx));
     zone->shpool->log_nomem = 0;
+    add_leases(zone);
     return NGX_OK;
 }
 
@@ -289,6 +289,12 @@ ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf* mcf, size_t size)
     auto* policies = static_cast<Policy*>(mcf->policies.elts);
     for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
         zone->leases_wanted = zone->leases_wanted || policies[i].lease_ms > 0;
+    }
+    // The table takes a part of the zone; in a zone not twice its size, leases are off.
+    if (zone->leases_wanted && mcf->redis && size < 2 * lease_table_bytes()) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "ratelimit_zone %uz is too small for the "
+                           "lease table (%uz bytes), leases off", size, lease_table_bytes());
+        zone->leases_wanted = false;
     }
     shm_zone->init = init_zone;
     shm_zone->data = zone;

@@ -120,6 +120,16 @@ def test_lease_without_redis_is_said_to_do_nothing(nginx_factory, redis):
     assert 'ratelimit_policy "g": lease= has no effect without ratelimit_redis' in t.stderr
 
 
+def test_a_zone_too_small_for_the_lease_table_turns_leases_off(nginx_factory, redis):
+    n = nginx_factory("ratelimit_zone 64k;\n" + conf(redis.port, "10r/s", 10, "50ms"),
+                      start=False)
+    t = n.test_config()
+    assert t.returncode == 0
+    assert "ratelimit_zone 65536 is too small for the lease table" in t.stderr, t.stderr
+    n.start()
+    assert [n.get("/").status for _ in range(12)].count(200) == 10
+
+
 def test_exact_with_leases_under_three_times_the_rate(nginx_factory, redis):
     """4 instances x 2 workers, one global key, burst 1,000, load above 3x the rate: passes
     stay within burst + rate x t and reach at least 90 % of it."""
