@@ -187,31 +187,48 @@ def test_load_under_the_rate_is_never_rejected_and_calls_fall(nginx_factory, red
     assert sum(calls_with) < sum(calls_without) / 2
 
 
-def test_redis_lost_during_a_lease(nginx_factory, redis):
-    """A node holding a lease keeps passing the lease's tokens without Redis; once they are
-    spent (or the lease ended) the failure mode (closed here) applies."""
-    n = nginx_factory(conf(redis.port, "1r/m", 1000, "1s", mode="closed"), workers=1)
+def lose_redis_holding_a_lease(n, redis):
+    """Makes the key hot, kills Redis at once, and sends 200 requests; returns the answers."""
+    redis.start()
+    assert wait_for(lambda: n.get("/").status == 200, timeout=10), "Redis not back in use"
     # About 40 r/s for 5 s: hot (more than 2 requests per lease period over 4 s).
     results, _ = load([n.port], seconds=5, threads=2, pace=40)
     assert {s for _, s, _ in results} == {200}
+    redis.proc.kill()
+    redis.proc.wait()
+    redis.proc = None
+    return [n.get("/") for _ in range(200)]
+
+
+def test_redis_lost_during_a_lease(nginx_factory, redis):
+    """A node holding a lease keeps passing the lease's tokens without Redis; once they are
+    spent (or the lease ended) the failure mode (closed here) applies. Redis is killed at a
+    random point of the lease: in the rare instant its next lease is on its way the node holds
+    none, so up to 3 tries."""
+    n = nginx_factory(conf(redis.port, "1r/m", 1000, "1s", mode="closed"), workers=1)
     redis.stop()
-    after = [n.get("/") for _ in range(200)]
-    statuses = [r.status for r in after]
-    from_lease = statuses.count(200)
-    print("after Redis was lost: %d passed from the lease, then %s"
-          % (from_lease, sorted(set(statuses))))
-    assert from_lease >= 1, "the lease's tokens were not spent"
-    assert from_lease <= 1000 // 8, "more passed than a lease holds"
-    # The lease's passes come first, then the failure mode, and nothing passes after it.
-    assert statuses[:from_lease] == [200] * from_lease
-    assert set(statuses[from_lease:]) == {503}
-    assert after[0].header("X-Status") == "PASSED"
-    assert after[-1].header("X-Status") == "FAILED_CLOSED"
-    # Under the lease, Remaining counts down what the node holds on top of what the bucket
-    # showed when the lease was granted: within the burst, one less per request.
-    remaining = [int(r.header("X-RateLimit-Remaining")) for r in after[:from_lease]]
-    assert all(0 <= x <= 1000 for x in remaining)
-    assert remaining == list(range(remaining[0], remaining[0] - from_lease, -1))
+    spent = []
+    for _ in range(3):
+        after = lose_redis_holding_a_lease(n, redis)
+        statuses = [r.status for r in after]
+        from_lease = statuses.count(200)
+        spent.append(from_lease)
+        print("after Redis was lost: %d passed from the lease, then %s"
+              % (from_lease, sorted(set(statuses))))
+        assert from_lease <= 1000 // 8, "more passed than a lease holds"
+        # The lease's passes come first, then the failure mode, and nothing passes after it.
+        assert statuses[:from_lease] == [200] * from_lease
+        assert set(statuses[from_lease:]) == {503}
+        assert after[-1].header("X-Status") == "FAILED_CLOSED"
+        if from_lease:
+            assert after[0].header("X-Status") == "PASSED"
+            # Under the lease, Remaining counts down what the node holds on top of what the
+            # bucket showed when the lease was granted: within the burst, one less a request.
+            remaining = [int(r.header("X-RateLimit-Remaining")) for r in after[:from_lease]]
+            assert all(0 <= x <= 1000 for x in remaining)
+            assert remaining == list(range(remaining[0], remaining[0] - from_lease, -1))
+            break
+    assert max(spent) >= 1, "the lease's tokens were not spent"
 
 
 def bucket_tokens(redis, key="rl:g:global"):
