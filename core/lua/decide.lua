@@ -24,7 +24,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stored = redis.call('MGET', unpack(keys))
-local kp, levels = {}, {}
+local kp, levels, stamps = {}, {}, {}
 local a = 2 + 3 * np
 for i = 1, nk do
   local p = tonumber(argv[a + i])
@@ -32,7 +32,7 @@ for i = 1, nk do
   if not cap then
     return redis.error_reply('ratelimit: bad arguments')
   end
-  local period, level = periods[p], cap
+  local period, level, stamp = periods[p], cap, now
   local v = stored[i]
   if v then
     local ver, l, per, s, after = smatch(v, '^v(%d+) (%d+) (%d+) (%d+)(.?)')
@@ -45,6 +45,8 @@ for i = 1, nk do
     if l then
       l, per, s = tonumber(l), tonumber(per), tonumber(s)
       if l < 9007199254740992 and per > 0 and per <= 86400000 then
+        -- A stamp ahead of this clock keeps: the level is as of it (stored_state in C++).
+        if s > now then stamp = s end
         if per ~= period then
           local frac = fmod(l, per)
           local tokens = (l - frac) / per
@@ -66,7 +68,7 @@ for i = 1, nk do
       end
     end
   end
-  kp[i], levels[i] = p, level
+  kp[i], levels[i], stamps[i] = p, level, stamp
 end
 a = a + nk + 1
 local out, o = {now}, 1
@@ -126,8 +128,9 @@ end
 for _, k in ipairs(order) do
   local level, p = levels[k], kp[k]
   if level < caps[p] then
-    redis.call('PSETEX', keys[k], ceil_div(caps[p] - level, counts[p]),
-               sformat('v2 %d %d %d', level, periods[p], now))
+    -- Expires when readers see it full: refilling starts at its stamp.
+    redis.call('PSETEX', keys[k], stamps[k] - now + ceil_div(caps[p] - level, counts[p]),
+               sformat('v2 %d %d %d', level, periods[p], stamps[k]))
   end
 end
 if big then
