@@ -363,6 +363,7 @@ bool parse_batch_reply(const redisReply* reply, const ScriptBatch& batch, BatchR
     }
     size_t nreq = batch.requests_.size();
     size_t nlimits = batch.limits_.size();
+    const char* token = reply->str;  // where the number being read starts
     out.allowed.resize(nreq);
     out.first.resize(nreq);
     out.levels.resize(nlimits);
@@ -376,6 +377,7 @@ bool parse_batch_reply(const redisReply* reply, const ScriptBatch& batch, BatchR
             }
             p++;
         }
+        token = p;
         auto [stop, ec] = std::from_chars(p, end, value);
         if (ec != std::errc() || stop == p || value < 0) {
             return false;
@@ -397,7 +399,15 @@ bool parse_batch_reply(const redisReply* reply, const ScriptBatch& batch, BatchR
         }
     }
     if (!ok || p != end) {
-        error = "unexpected reply to the ratelimit script";
+        // Never taken as a decision (a negative or past-full level is no bucket's): the whole
+        // call fails, and the log shows where, bounded and printable.
+        size_t at = size_t((ok ? p : token) - reply->str);
+        error = "unexpected reply to the ratelimit script at byte " + std::to_string(at) + ": \"";
+        for (size_t i = at; i < reply->len && i < at + 32; i++) {
+            char c = reply->str[i];
+            error += c >= 0x20 && c < 0x7f && c != '"' ? c : '?';
+        }
+        error += '"';
         return false;
     }
     return true;

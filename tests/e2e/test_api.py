@@ -261,6 +261,10 @@ def test_bucket_get_reads_v1_and_v2_stored_formats(redis, nginx_factory):
     # Legacy v1 is in the reader's own period (3600000 units per token).
     redis.cmd("SET", "rl:h:v1", "%d %d" % (4 * 3600000, now_ms))
     assert 4 <= json.loads(n.get("/rl/buckets/h/v1").body)["tokens"] < 4.1
+    # A value no bucket can hold is an error, never a full bucket (as 0.3 read it).
+    redis.cmd("SET", "rl:h:bad", "v2 -3600000 3600000 %d" % now_ms)
+    assert n.get("/rl/buckets/h/bad").status == 503
+    assert "ratelimit: unreadable bucket value" in n.log()
 
 
 def test_buckets_in_local_mode(nginx_factory):

@@ -16,7 +16,9 @@
 #include <thread>
 #include <vector>
 
+#include "ratelimit/key.h"
 #include "ratelimit/script.h"
+#include "ratelimit/sha1.h"
 #include "ratelimit/token_bucket.h"
 #include "raw_redis.h"
 
@@ -282,6 +284,40 @@ TEST_F(ScriptVsLocal, StampsAheadOfRedisTimeMatchLocalMaths)
     EXPECT_GT(ahead, 20);  // writes that kept a stamp ahead of the call's time
 }
 
+// Two limits of one request that become one Redis key: a long key and the text of its digest.
+// The caller merges them (summed cost, ngx_ratelimit_handler.cpp); the script refuses them
+// unmerged, which before 0.4 it checked against one level and took twice (a negative level).
+TEST_F(ScriptVsLocal, TwoLimitsOnOneRedisKey)
+{
+    const BucketParams p{1, 60000, 5};
+    std::string long_key(200, 'k');
+    std::string redis_key = bucket_key("rl:", "p", long_key);
+    ASSERT_EQ(redis_key, bucket_key("rl:", "p", "#sha1:" + sha1_hex(long_key)));
+    ASSERT_TRUE(same_bucket_key(long_key, "#sha1:" + sha1_hex(long_key)));
+
+    for (auto form : {ScriptForm::keys_declared, ScriptForm::node_wide}) {
+        form_ = form;
+        argv({"DEL", redis_key});
+        batch_.clear();
+        ScriptLimit both[2] = {{redis_key, p, 3}, {redis_key, p, 2}};
+        batch_.add_request(both, 2);
+        std::string command;
+        batch_.append_eval(command, form);
+        auto refused = send_raw(command);
+        ASSERT_EQ(refused->type, REDIS_REPLY_ERROR);
+        EXPECT_NE(std::string(refused->str).find("ratelimit: bad arguments"), std::string::npos);
+        EXPECT_EQ(argv({"EXISTS", redis_key})->integer, 0);
+
+        // Merged, as the handler sends them: 5 of 5, then 5 more refused; never below empty.
+        Mirror mirror;
+        Requests merged = {{{redis_key, p, 5}}, {{redis_key, p, 5}}, {{redis_key, p, 1}}};
+        BatchReply reply = run(merged);
+        mirror.check(merged, reply);
+        EXPECT_EQ(reply.allowed, (std::vector<uint8_t>{1, 0, 0}));
+        EXPECT_EQ(get(redis_key), stored(0, 60000, reply.now_ms));
+    }
+}
+
 TEST_F(ScriptVsLocal, ManyRequestsOnOneKeyInOneBatch)
 {
     const std::string key = "rl:one:k";
@@ -465,20 +501,36 @@ TEST_F(ScriptVsLocal, LargeValuesStayIntegers)
     mirror.check(small, reply);
 }
 
-TEST_F(ScriptVsLocal, MalformedStoredValueCountsAsFull)
+// A value no bucket can hold (junk, a negative level as two limits on one key wrote before
+// 0.4) fails the call with an error naming the key: never read as a full bucket, and left as
+// it is (it expires, or the API's DELETE refills it).
+TEST_F(ScriptVsLocal, UnreadableStoredValueIsAnErrorNeverFull)
 {
     const BucketParams p{10, 1000, 3};
     for (const char* junk :
          {"garbage", "-5 100", "1e+15 100", "12", "1 2 3", "v1 100 1000 5", "v2 100 0 5",
           "v2 100 86400001 5", "v2 99999999999999999 1000 5", "v2 100 1000 5x", "v2 100 1000",
-          "vx 100 1000 5", "v2 -1 1000 5", " 1 2"}) {
-        argv({"SET", "rl:p:bad", junk});
-        BatchReply reply = run({{{"rl:p:bad", p, 1}}, {{"rl:p:bad", p, 0}}});
-        EXPECT_TRUE(reply.allowed[0]) << junk;
-        EXPECT_EQ(reply.levels[0], 2000) << junk;
-        EXPECT_EQ(reply.levels[1], 2000) << junk;
-        EXPECT_EQ(get("rl:p:bad"), stored(2000, 1000, reply.now_ms)) << junk;
+          "vx 100 1000 5", "v2 -1 1000 5", " 1 2", "v2 -3000 1000 5", "v2 100 1000 -5",
+          "v2 100 1000 9007199254740992"}) {
+        argv({"SET", "rl:p:bad\r\n\xff", junk});
+        for (auto form : {ScriptForm::keys_declared, ScriptForm::node_wide}) {
+            batch_.clear();
+            ScriptLimit ok{"rl:p:good", p, 1};
+            ScriptLimit bad{"rl:p:bad\r\n\xff", p, 1};
+            batch_.add_request(&ok, 1);
+            batch_.add_request(&bad, 1);
+            std::string command;
+            batch_.append_eval(command, form);
+            auto reply = send_raw(command);
+            BatchReply result;
+            std::string error;
+            EXPECT_FALSE(parse_batch_reply(reply.get(), batch_, result, error)) << junk;
+            EXPECT_EQ(error, "ratelimit: unreadable bucket value at rl:p:bad???") << junk;
+            EXPECT_EQ(get("rl:p:bad\r\n\xff"), junk);
+            EXPECT_EQ(argv({"EXISTS", "rl:p:good"})->integer, 0);  // nothing written
+        }
     }
+    // A key of another type reads as missing (GET/MGET cannot tell it from no key).
     argv({"HSET", "rl:p:hash", "f", "v"});
     BatchReply reply = run({{{"rl:p:hash", p, 0}}});
     EXPECT_TRUE(reply.allowed[0]);

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 #include "ratelimit/cluster_map.h"
 #include "ratelimit/sha1.h"
 
@@ -31,6 +34,32 @@ TEST(BucketKey, LongKeysAreHashed)
     std::string huge(100000, 'z');
     EXPECT_EQ(bucket_key("rl:", "p", huge).size(), std::string("rl:p:#sha1:").size() + 40);
     EXPECT_NE(bucket_key("rl:", "p", huge), bucket_key("rl:", "p", huge + "z"));
+}
+
+// Whatever two keys of one policy become in Redis, same_bucket_key says whether it is one key.
+TEST(BucketKey, SameBucketKeyIsTheFinalRedisKey)
+{
+    std::string long_key(200, 'k');
+    std::string tagged = "{user}" + std::string(200, 'x');
+    std::string huge_tag = "{" + std::string(300, 't') + "}x";
+    std::vector<std::string> keys = {
+        "a", "b", "#sha1:", long_key, long_key + "y", tagged, huge_tag,
+        "#sha1:" + sha1_hex(long_key), "#sha1:" + sha1_hex(long_key + "y"),
+        std::string(kMaxKeyBytes, 'k'), std::string(kMaxKeyBytes + 1, 'k'),
+    };
+    // The texts the long keys become, sent as keys of their own.
+    for (const std::string& k : {tagged, huge_tag}) {
+        keys.push_back(bucket_key("", "p", k).substr(2));
+    }
+    int same = 0;
+    for (const std::string& a : keys) {
+        for (const std::string& b : keys) {
+            bool one = bucket_key("rl:", "p", a) == bucket_key("rl:", "p", b);
+            EXPECT_EQ(same_bucket_key(a, b), one) << a << " | " << b;
+            same += one && a != b ? 1 : 0;
+        }
+    }
+    EXPECT_EQ(same, 8);  // each of the four long keys with its text, both ways
 }
 
 TEST(BucketKey, AppendsToExistingString)
