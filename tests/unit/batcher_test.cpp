@@ -4,9 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <new>
 #include <string>
 #include <vector>
 
+#include "fail_alloc.h"
 #include "fake_loop.h"
 
 namespace ratelimit {
@@ -84,14 +86,15 @@ protected:
         }
         return loop.transport().take();
     }
-    static std::string expected(const std::vector<std::vector<ScriptLimit>>& requests)
+    static std::string expected(const std::vector<std::vector<ScriptLimit>>& requests,
+                                ScriptForm form = ScriptForm::keys_declared)
     {
         ScriptBatch batch;
         for (const auto& r : requests) {
             batch.add_request(r.data(), r.size());
         }
         std::string out;
-        batch.append_evalsha(out);
+        batch.append_evalsha(out, form);
         return out;
     }
 
@@ -255,6 +258,58 @@ TEST_F(BatcherTest, ShutdownDropsEverything)
     EXPECT_EQ(batcher->decide(&limit, 1, record, &b).status, CallStatus::shutdown);
 }
 
+
+// Out of memory while queueing: the request is queued whole (script and waiter) or not at all,
+// whichever allocation fails; the verdicts of the requests around it stay theirs.
+TEST_F(BatcherTest, OutOfMemoryInQueueIsAllOrNothing)
+{
+    const std::vector<ScriptLimit> a = {{"rl:policy-a:first-key", params, 1}};
+    const std::vector<ScriptLimit> b = {{"rl:policy-b:second-key", params, 2},
+                                        {"rl:policy-b:third-key-of-b", params, 3}};
+    const std::vector<ScriptLimit> c = {{"rl:policy-c:fourth-key", params, 1}};
+    int refused = 0;
+    int queued = 0;
+    for (size_t n = 0; n < 40; n++) {
+        batcher.reset();  // each round from cold: every buffer allocated anew
+        client.reset();
+        loop.transports.clear();
+        make();
+        std::vector<Seen> seen;
+        Req ra{1, 0, &seen}, rb{2, b.size(), &seen}, rc{3, 0, &seen};
+        decide(ra, a);
+        bool threw = false;
+        testing_fakes::fail_allocation_after(n);
+        try {
+            batcher->decide(b.data(), b.size(), record, &rb);
+        } catch (const std::bad_alloc&) {
+            threw = true;
+        }
+        bool failed = testing_fakes::allocation_failed();
+        testing_fakes::allow_allocations();
+        EXPECT_EQ(threw, failed) << n;
+        (threw ? refused : queued)++;
+        decide(rc, c);
+        EXPECT_EQ(batcher->waiting(), threw ? 2u : 3u) << n;
+        std::string wire = run_and_take();
+        if (threw) {
+            EXPECT_EQ(wire, expected({a, c})) << n;
+            loop.transport().feed(reply(1, {{true, {9001}}, {true, {9003}}}));
+        } else {
+            EXPECT_EQ(wire, expected({a, b, c})) << n;
+            loop.transport().feed(reply(1, {{true, {9001}}, {true, {8002, 7002}}, {true, {9003}}}));
+        }
+        ASSERT_EQ(seen.size(), threw ? 2u : 3u) << n;
+        EXPECT_EQ(seen[0].levels, (std::vector<int64_t>{9001})) << n;
+        EXPECT_EQ(seen.back().request, 3) << n;
+        EXPECT_EQ(seen.back().levels, (std::vector<int64_t>{9003})) << n;
+        EXPECT_EQ(batcher->waiting(), 0u);
+        if (HasFailure()) {
+            FAIL() << "failing allocation " << n;
+        }
+    }
+    EXPECT_GT(refused, 3);  // several allocations of queue() failed in turn
+    EXPECT_GT(queued, 0);   // and past them all, the request queued
+}
 
 // Two groups on one connection: keys ending in 'y' form group 1, the others group 0.
 class TwoGroups final : public CallRouter {
