@@ -43,11 +43,13 @@ bool zone_recall(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n, int64
                  ratelimit::LimitOutcome* outcomes);
 
 // Keeps what a reply showed of each limit's bucket (`levels` after the decision) while the
-// same request would not fit in it; forgets buckets the reply shows able to take it.
+// same request would not fit in it; forgets buckets the reply shows able to take it. A bucket
+// the API forgot after `sent_ms` (monotonic_ms() when the call was sent) is left alone.
 void zone_remember(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n,
                    const int64_t* levels, bool allowed, int64_t sent_ms);
 
-// Forgets one bucket (refilled through the API).
+// Forgets one bucket (refilled through the API), and what replies to calls sent until now
+// would show of it.
 void zone_forget_rejections(ngx_shm_zone_t* zone, const ngx_str_t& policy, const ngx_str_t& key);
 
 // burst/N (rounded up) and rate/N: this node's share of the fleet's limit.

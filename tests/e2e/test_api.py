@@ -1,6 +1,7 @@
 """ratelimit_api: status, metrics, buckets and the dashboard's headers, against real traffic,
 a real Redis and several nginx workers; counters checked to the request."""
 
+import http.client
 import json
 import re
 import socket
@@ -246,6 +247,119 @@ def test_bucket_get_reads_without_consuming_and_delete_refills(redis, nginx_fact
     assert redis.cmd("EXISTS", "rl:a:u") == 0
     assert json.loads(n.get("/rl/buckets/a/u").body)["tokens"] == 5
     assert n.get("/one?k=u").header("X-RateLimit-Remaining") == "4"
+
+
+class HoldingProxy:
+    """A TCP proxy to Redis that, while `hold` is set, holds back the script replies (bulk
+    strings) on every connection until released; other replies (DEL's integer) pass."""
+
+    def __init__(self, redis_port):
+        self.redis_port = redis_port
+        self.port = free_port()
+        self.hold = threading.Event()
+        self.released = threading.Event()
+        self.held = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        self.stopped = False
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.sock.settimeout(0.1)
+        while not self.stopped:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                continue
+            server = socket.create_connection(("127.0.0.1", self.redis_port))
+            self.conns += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, replies):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if replies and self.hold.is_set() and data.startswith(b"$"):
+                    self.held += 1
+                    self.released.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.stopped = True
+        self.released.set()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def connections_to_two_workers(n, tries=40):
+    """Two keep-alive connections that different workers accepted (reuseport spreads them)."""
+    by_pid = {}
+    for _ in range(tries):
+        c = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+        c.request("GET", "/pid")
+        pid = c.getresponse().read()
+        if pid in by_pid:
+            c.close()
+        else:
+            by_pid[pid] = c
+        if len(by_pid) == 2:
+            return list(by_pid.values())
+    pytest.fail("every connection went to one worker")
+
+
+def get_on(conn, path, method="GET"):
+    conn.request(method, path)
+    r = conn.getresponse()
+    r.read()
+    return r
+
+
+# A decision call sent before the API's DELETE and answered after it (here: by another worker,
+# its reply held back) must not make the node remember the level from before the refill: the
+# refilled bucket would be rejected on the node for up to its refill time (an hour here).
+def test_reply_sent_before_a_refill_does_not_remember_the_old_level(redis, nginx_factory):
+    proxy = HoldingProxy(redis.port)
+    try:
+        conf = api_conf(None, "ratelimit_policy a rate=1r/h burst=2;", f"""
+            location /one {{ ratelimit $arg_k policy=a; {BACKEND} }}
+            location /pid {{ return 200 $pid; }}
+        """, http_extra=f"ratelimit_redis 127.0.0.1:{proxy.port} timeout=10s;")
+        n = nginx_factory(conf, workers=2)
+        a, b = connections_to_two_workers(n)
+        # Both workers connected, the script loaded.
+        assert get_on(a, "/one?k=warm-a").status == 200
+        assert get_on(b, "/one?k=warm-b").status == 200
+        assert get_on(a, "/one?k=u").getheader("X-RateLimit-Remaining") == "1"
+
+        proxy.hold.set()
+        result = {}
+        taker = threading.Thread(target=lambda: result.setdefault("r", get_on(a, "/one?k=u")))
+        taker.start()
+        # Redis took the last token (less than one left); its reply is held on the way back.
+        def took_last():
+            stored = re.fullmatch(rb"v2 (\d+) 3600000 \d+", redis.cmd("GET", "rl:a:u"))
+            return proxy.held == 1 and stored and int(stored.group(1)) < 3600000
+        assert wait_for(took_last), (proxy.held, redis.cmd("GET", "rl:a:u"))
+        assert get_on(b, "/rl/buckets/a/u", "DELETE").status == 204
+        assert redis.cmd("EXISTS", "rl:a:u") == 0
+        proxy.released.set()
+        taker.join()
+        assert result["r"].status == 200
+
+        r = get_on(b, "/one?k=u")
+        assert (r.status, r.getheader("X-RateLimit-Remaining")) == (200, "1")
+        assert policy(status(n), "a")["counters"]["rejected_on_node"] == 0
+    finally:
+        proxy.close()
 
 
 def test_bucket_get_reads_v1_and_v2_stored_formats(redis, nginx_factory):
