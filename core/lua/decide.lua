@@ -1,4 +1,4 @@
--- ratelimit 0.3: a batch of requests over token buckets, in order
+-- ratelimit 0.4: a batch of requests over token buckets, in order
 local keys, argv = KEYS, ARGV
 local nk, nargs = #keys, #argv
 local tonumber, fmod, smatch, sformat = tonumber, math.fmod, string.match, string.format

@@ -312,11 +312,10 @@ TEST_F(BatcherTest, OutOfMemoryInQueueIsAllOrNothing)
 }
 
 // Two groups on one connection: keys ending in 'y' form group 1, the others group 0.
-class TwoGroups final : public CallRouter {
+// Calls of every group over one connection, the group of each recorded as it leaves.
+class RecordingRouter : public CallRouter {
 public:
-    TwoGroups(EventLoop& loop, RedisClient& client) : single(loop, client) {}
-    int group_of(std::string_view key) const noexcept override { return key.back() == 'y'; }
-    bool available(int group) const noexcept override { return group != down_group; }
+    RecordingRouter(EventLoop& loop, RedisClient& client) : single(loop, client) {}
     RedisClient::Since since(int group) const noexcept override { return single.since(group); }
     RedisClient::Submitted submit(int group, std::string command, Callback callback,
                                   const RedisClient::Since* since) override
@@ -327,8 +326,16 @@ public:
     void cancel(CallId id) noexcept override { single.cancel(id); }
 
     SingleRedis single;
-    int down_group = -1;
     std::vector<int> groups_sent;
+};
+
+class TwoGroups final : public RecordingRouter {
+public:
+    using RecordingRouter::RecordingRouter;
+    int group_of(std::string_view key) const noexcept override { return key.back() == 'y'; }
+    bool available(int group) const noexcept override { return group != down_group; }
+
+    int down_group = -1;
 };
 
 class GroupedBatcherTest : public BatcherTest {
@@ -425,9 +432,9 @@ TEST_F(GroupedBatcherTest, CancellingASplitRequestDropsEveryPart)
 
 // Node-wide calls (group 0) that go again declared when the node answers that a key is not
 // there: per slot, keys ending in 'y' in group 2, the others in group 1.
-class NodeWide final : public CallRouter {
+class NodeWide final : public RecordingRouter {
 public:
-    NodeWide(EventLoop& loop, RedisClient& client) : single(loop, client) {}
+    using RecordingRouter::RecordingRouter;
     int group_of(std::string_view) const noexcept override { return 0; }
     int slot_group_of(std::string_view key) const noexcept override
     {
@@ -443,18 +450,8 @@ public:
         return group == 0 && error.find("not on this node") != std::string_view::npos;
     }
     bool available(int) const noexcept override { return true; }
-    RedisClient::Since since(int group) const noexcept override { return single.since(group); }
-    RedisClient::Submitted submit(int group, std::string command, Callback callback,
-                                  const RedisClient::Since* since) override
-    {
-        groups_sent.push_back(group);
-        return single.submit(group, std::move(command), std::move(callback), since);
-    }
-    void cancel(CallId id) noexcept override { single.cancel(id); }
 
-    SingleRedis single;
     int retries = 0;
-    std::vector<int> groups_sent;
 };
 
 class RequeueDeclaredTest : public BatcherTest {
