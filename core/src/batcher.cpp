@@ -107,7 +107,7 @@ uint64_t Batcher::queue(int group, const ScriptLimit* limits, size_t n, VerdictH
 {
     Batch& batch = open_batch(group, since);
     // All or nothing (out of memory): the request joins the script and gets its waiter, or
-    // neither; a batch opened for it alone goes again.
+    // neither; a batch opened for it alone is closed again.
     try {
         batch.waiters.reserve(options_.max_requests);  // the push_back below cannot throw
         batch.script.add_request(limits, n);
