@@ -297,11 +297,10 @@ void ClusterClient::on_retry_timer() noexcept
         if (it == pending_.end()) {
             continue;
         }
-        if (Node* node = node_of_group(it->second.slot)) {
-            send(id, it->second, *node, false);
-        } else {
-            finish(id, CallResult{CallStatus::disconnected, nullptr});
-        }
+        // A node-wide call whose node left the map meanwhile goes to a node of the map, whose
+        // answer (a key not on it) sends its requests again per slot.
+        Node* node = node_of_group(it->second.slot);
+        send(id, it->second, node ? *node : *fallback_, false);
     }
 }
 
