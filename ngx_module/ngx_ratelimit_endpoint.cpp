@@ -63,17 +63,18 @@ ngx_msec_t half_connect_timeout(const EndpointConfig& config)
 }
 
 
-// A host name resolved again before each connection: a configured one, or one a sentinel
-// named for the master. The answer is awaited for half of connect_timeout at most: past that
-// (or on an error) the last address is used (if any: `known`, where the configuration
-// resolved it), and a late answer still serves the next connection.
+// A host name resolved again before each connection: a configured one, one a sentinel named
+// for the master, or a cluster node's. The answer is awaited for half of connect_timeout at
+// most: past that (or on an error) the last address is used (if any: `known`, where the
+// configuration resolved it), and a late answer still serves the next connection. `tls_name`:
+// the name TLS checks there, when not the configured one (a cluster node's own).
 class HostEndpoint final : public Endpoint {
 public:
     HostEndpoint(std::string host, in_port_t port, const ngx_addr_t* known,
-                 const EndpointConfig& config, ngx_log_t* log)
+                 const EndpointConfig& config, ngx_log_t* log, std::string tls_name = {})
         : host_(std::move(host)), port_(port), resolver_(config.resolver),
           resolver_timeout_(config.resolver_timeout), budget_(half_connect_timeout(config)),
-          log_(log)
+          log_(log), tls_name_(std::move(tls_name))
     {
         if (known) {
             peer_.set(known->sockaddr, known->socklen, as_view(known->name));
@@ -95,6 +96,7 @@ public:
         found_ = nullptr;
         timer_->stop();
     }
+    std::string_view tls_name() const noexcept override { return tls_name_; }
 
 private:
     bool start() noexcept;
@@ -110,6 +112,7 @@ private:
     ngx_msec_t resolver_timeout_;
     ngx_msec_t budget_;
     ngx_log_t* log_;
+    std::string tls_name_;
     Peer peer_;                           // the last address known
     ngx_resolver_ctx_t* ctx_ = nullptr;   // a query under way
     Found found_;
@@ -277,10 +280,11 @@ public:
     void find(Found found) noexcept override
     {
         if (peer_.socklen == 0) {
-            // Names announced by the cluster (cluster-announce-hostname) are not resolved.
+            // Names announced by the cluster (cluster-announce-hostname) need a resolver.
             ngx_log_error(NGX_LOG_ERR, log_, 0,
-                          "ratelimit: cluster node %s is not an IP address; set "
-                          "\"cluster-preferred-endpoint-type ip\" on the cluster",
+                          "ratelimit: cluster node %s is not an IP address; configure a "
+                          "\"resolver\" or set \"cluster-preferred-endpoint-type ip\" on "
+                          "the cluster",
                           peer_.text.c_str());
             found(nullptr);
             return;
@@ -313,14 +317,21 @@ std::unique_ptr<Endpoint> make_node_endpoint(const EndpointConfig& config,
 {
     const auto& seeds = config.redis->addresses;
     bool own_tls_name = config.redis->ssl_server_name.empty();
+    // TLS checks each node against its own name, unless ssl_server_name= gives the one name.
+    std::string tls_name = own_tls_name ? node.host : std::string();
+    bool by_name = config.resolver != nullptr && !node.host.empty() && !is_numeric(node.host);
     for (size_t i = 0; i < seeds.size(); i++) {
         if (seeds[i].host == node.host && seeds[i].port == node.port) {
-            if (config.resolver == nullptr || is_numeric(seeds[i].host)) {
+            if (!by_name) {
                 return std::make_unique<NodeEndpoint>(&config.addrs[i], node, own_tls_name, log);
             }
-            return std::make_unique<HostEndpoint>(seeds[i].host, in_port_t(seeds[i].port),
-                                                  &config.addrs[i], config, log);
+            return std::make_unique<HostEndpoint>(node.host, in_port_t(node.port),
+                                                  &config.addrs[i], config, log, tls_name);
         }
+    }
+    if (by_name) {  // announced by host name (cluster-preferred-endpoint-type hostname)
+        return std::make_unique<HostEndpoint>(node.host, in_port_t(node.port), nullptr, config,
+                                              log, tls_name);
     }
     return std::make_unique<NodeEndpoint>(nullptr, node, own_tls_name, log);
 }
