@@ -770,3 +770,54 @@ def test_one_connection_per_worker_per_master(redis_cluster, nginx_factory):
     traffic()
     assert_one_per_worker()
 
+
+
+def test_requests_while_the_worker_reads_the_slot_map_wait_for_it(redis_cluster, nginx_factory):
+    """Requests that arrive while a worker connects and reads the slot map — at start, after
+    its connections are killed, after a reload — are decided by Redis, never failed, even when
+    the first seed is a replica (as after a failover): before the map, calls go there with
+    their keys declared, and its MOVED sends them on."""
+    c = redis_cluster
+    masters = c.masters()
+    seeds = " ".join([c.replica_of(masters[0]).addr] + [m.addr for m in masters])
+    n = nginx_factory(conf(c, location("/"), "ratelimit_policy p rate=1r/h burst=1000000;",
+                           seeds=seeds, listen="reuseport"), workers=2, start=False)
+    keys = []
+    for m in masters:
+        keys += keys_in(c, "p", 3, on_master(c, m), name="start-%d-" % m.port)
+    failures = []
+
+    def at_once(rounds=3, threads=8):
+        """Concurrent keep-alive connections, each over every key, started together."""
+        go = threading.Event()
+
+        def run():
+            go.wait()
+            cl = Client(n.port)
+            for _ in range(rounds):
+                for k in keys:
+                    got = cl.get("/", k)
+                    if got[:2] != (200, "PASSED"):
+                        failures.append((k, got))
+            cl.close()
+        workers = [threading.Thread(target=run) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        go.set()
+        for t in workers:
+            t.join()
+
+    n.start()
+    at_once()  # the workers' first requests: no connection, no slot map yet
+    assert failures == [], failures[:5]
+
+    for node in c.live():  # every connection goes (as on a restart of the nodes)
+        node.cmd("CLIENT", "KILL", "TYPE", "normal")
+    at_once()
+    assert failures == [], failures[:5]
+
+    old = set(n.worker_pids())
+    n.reload()
+    assert wait_for(lambda: len(n.worker_pids()) == 2 and not old & set(n.worker_pids()), 10)
+    at_once()
+    assert failures == [], failures[:5]

@@ -263,6 +263,28 @@ TEST_F(NodeWideTest, KeysOfOneMasterShareAGroupAndTheNodeWideForm)
     EXPECT_EQ(node("127.0.0.1:7001").take(), "node-wide");
 }
 
+// Before the map, calls go to a seed that may be a replica: declaring their keys, so that it
+// answers MOVED (a node-wide call would get READONLY, which drops the connection).
+TEST_F(NodeWideTest, BeforeTheMapCallsDeclareTheirKeysAndFollowMoved)
+{
+    EXPECT_EQ(cluster->group_of("foo"), 12182);
+    EXPECT_EQ(cluster->form(cluster->group_of("foo")), ScriptForm::keys_declared);
+    const ScriptLimit limit{"foo", params, 1};
+    Verdicts verdicts;
+    decide(limit, verdicts);
+    loop.advance(0);  // the map is asked for; the call goes to the seed as well
+    FakeTransport& seed = node("127.0.0.1:7000");
+    EXPECT_EQ(seed.take(),
+              format_command({"CLUSTER", "SLOTS"}) + script_call(limit, ScriptForm::keys_declared));
+    seed.feed(two_masters(7001));
+    EXPECT_LT(cluster->group_of("foo"), 0);  // node-wide from now on
+    seed.feed("-MOVED 12182 127.0.0.1:7001\r\n");
+    EXPECT_EQ(node("127.0.0.1:7001").take(), script_call(limit, ScriptForm::keys_declared));
+    node("127.0.0.1:7001").feed(script_reply(5000, true, 9000));
+    ASSERT_EQ(verdicts.seen.size(), 1u);
+    EXPECT_TRUE(verdicts.seen[0].decided);
+}
+
 TEST_F(NodeWideTest, KeyNotOnTheNodeGoesAgainDeclaredAndAnOldServerEndsNodeWideCalls)
 {
     load_map();
