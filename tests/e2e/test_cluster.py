@@ -2,6 +2,7 @@
 3-replica cluster: configuration checks, exact limits over all slots, hash tags, resharding
 under traffic, a replica promoted, a master lost, and the connection count per worker."""
 
+import collections
 import http.client
 import json
 import re
@@ -211,8 +212,11 @@ def test_exact_under_concurrency_from_two_nginx(redis_cluster, nginx_factory):
     ports = [nginx_factory(cfg, workers=2).port, nginx_factory(cfg, workers=2).port]
     hot = [keys_in(c, "p", 1, on_master(c, m), name="hot-%d-" % m.port)[0] for m in c.masters()]
     traffic = Traffic(ports, hot, threads=4)
-    time.sleep(1.5)
-    results = traffic.finish()
+    try:  # until every hot key is rejected, however slow the machine
+        assert wait_for(lambda: all(traffic.seen(k, 429) for k in hot), 60, 0.05)
+        time.sleep(0.2)  # a few more rejections
+    finally:
+        results = traffic.finish()
     assert traffic.errors == []
     for k in hot:
         mine = [r for r in results if r[1] == k]
@@ -306,6 +310,7 @@ class Traffic:
         self.errors = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.tally = collections.Counter()  # (key, status) -> answers so far, live
         self.threads = [threading.Thread(target=self._run, args=(ports[i % len(ports)], path, i),
                                          daemon=True)
                         for i in range(threads)]
@@ -324,12 +329,20 @@ class Traffic:
                 status, xs, rem = client.get(path, k)
                 end = time.monotonic()
                 mine.append((end, k, status, xs, rem, end - start))
+                with self.lock:
+                    self.tally[(k, status)] += 1
         except Exception as e:  # noqa: BLE001 - every failure is a finding
             self.errors.append(repr(e))
         finally:
             client.close()
             with self.lock:
                 self.results.extend(mine)
+
+    def seen(self, key, status=None):
+        """Answers so far for `key` (with `status`, if given)."""
+        with self.lock:
+            return sum(n for (k, st), n in self.tally.items()
+                       if k == key and status in (None, st))
 
     def finish(self):
         self.stop.set()
@@ -360,8 +373,9 @@ def test_resharding_under_traffic_loses_no_decision(redis_cluster, nginx_factory
 
     traffic = Traffic(n.port, keys)
     tagged_traffic = Traffic(n.port, tags, path="/tagged", threads=2)
-    try:
-        time.sleep(0.7)
+    try:  # every key has its bucket before the slots move, however slow the machine
+        assert wait_for(lambda: all(traffic.seen(k) for k in keys)
+                        and all(tagged_traffic.seen(t) for t in tags), 30, 0.05)
         t0 = time.monotonic()
         c.cli("--cluster", "reshard", src.addr, "--cluster-from", src.node_id(),
               "--cluster-to", dst.node_id(), "--cluster-slots", "300", "--cluster-yes")

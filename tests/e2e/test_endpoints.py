@@ -359,7 +359,10 @@ def test_sentinel_switch_master_moves_a_healthy_connection(workdir, nginx_factor
             "connect_timeout=200ms timeout=200ms;"))
         assert status_of(n, "before")[0] == "PASSED"
         assert master.call("EXISTS", "rl:p:before") == 1
-        time.sleep(0.3)  # the subscription is on its way
+        # The subscription to +switch-master is on a sentinel before the failover (a condition,
+        # not a sleep: on a busy machine it takes longer).
+        assert wait_for(lambda: any(b"cmd=subscribe" in s.call("CLIENT", "LIST")
+                                    for s in sentinels), 5)
 
         assert sentinels[0].call("SENTINEL", "FAILOVER", "m") == "OK"
         assert wait_for(lambda: sentinels[0].master() == replica.port, 10)
