@@ -374,7 +374,59 @@ void RedisClient::on_connect_timer() noexcept
         probe_failed("Redis probe: connect timeout");
         return;
     }
-    drop_connection("Redis connect timeout", CallStatus::timeout, true);
+    connect_timed_out();
+}
+
+// A connection attempt that took connect_timeout is a failure. If nothing was sent yet, the
+// calls whose callers may still wait (within connect_timeout + timeout of `since`) wait for a
+// new attempt at once, so that a slow first answer (a sentinel that hangs, a name lookup)
+// costs the attempt, not them.
+void RedisClient::connect_timed_out() noexcept
+{
+    static constexpr std::string_view why = "Redis connect timeout";
+    int64_t now = loop_.now_ms();
+    auto may_wait = [now](const Call& call) {
+        return call.kind == Call::Kind::user && call.callback && !call.timed_out
+               && call.limit_ms > now;
+    };
+    if (phase_ != Phase::connecting || failures_ + 1 >= options_.failures_to_down
+        || std::none_of(calls_.begin(), calls_.end(), may_wait)) {
+        drop_connection(why, CallStatus::timeout, true);
+        return;
+    }
+    log_error(why);
+    close_connection();
+    failures_++;
+    failure_epoch_++;
+    std::deque<Call> failed;
+    try {
+        std::deque<Call> all;
+        all.swap(calls_);
+        for (Call& call : all) {
+            if (may_wait(call)) {
+                unsent_ += call.command;
+                calls_.push_back(std::move(call));
+            } else if (call.kind == Call::Kind::user) {
+                failed.push_back(std::move(call));
+            }
+        }
+    } catch (...) {
+        unsent_.clear();
+        fail_all(CallStatus::timeout);
+        return;
+    }
+    if (start_connect()) {
+        arm_call_timer();
+    } else {
+        log_error("cannot start connecting to Redis");
+        unsent_.clear();
+        for (Call& call : calls_) {
+            failed.push_back(std::move(call));
+        }
+        calls_.clear();
+        set_state(ClientState::idle);
+    }
+    fail_calls(failed, CallStatus::timeout);
 }
 
 void RedisClient::on_probe_timer() noexcept
@@ -682,6 +734,13 @@ void RedisClient::fail_all(CallStatus status) noexcept
     // Re-entrant submits land in the fresh calls_ (and start a new connection).
     std::deque<Call> failed;
     failed.swap(calls_);
+    fail_calls(failed, status);
+}
+
+// Calls each callback of `failed` (taken out of calls_) with `status`; a callback may cancel
+// one of the others.
+void RedisClient::fail_calls(std::deque<Call>& failed, CallStatus status) noexcept
+{
     Failing failing{&failed, failing_};
     failing_ = &failing;
     while (!failed.empty() && !shut_down_) {

@@ -351,23 +351,76 @@ TEST_F(RedisClientTest, AuthErrorDropsConnection)
     EXPECT_EQ(loop.transport().connects, 2);
 }
 
-TEST_F(RedisClientTest, ConnectTimeoutFailsQueuedCallsWithTimeout)
+// A connect that takes connect_timeout is a failure, and a new attempt starts at once for the
+// calls that may still wait; each fails by connect_timeout + timeout from its queuing.
+TEST_F(RedisClientTest, ConnectTimeoutRetriesWithinEachCallsWait)
 {
     ClientOptions o;
     o.connect_timeout_ms = 200;
     o.timeout_ms = 50;
+    o.failures_to_down = 3;
     make(o);
-    std::vector<Seen> seen;
-    get("a", seen);
+    std::vector<Seen> a, b;
+    get("a", a);        // waits until +250 at most
     loop.advance(100);  // longer than timeout_ms: still connecting
-    EXPECT_TRUE(seen.empty());
-    get("b", seen);
+    EXPECT_TRUE(a.empty());
+    get("b", b);        // until +350
+    loop.advance(100);  // the connect timeout: a second attempt, both still waiting
+    EXPECT_TRUE(a.empty());
+    EXPECT_TRUE(b.empty());
+    EXPECT_EQ(loop.transport().connects, 2);
+    EXPECT_EQ(client->state(), ClientState::connecting);
+    loop.advance(50);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+    EXPECT_TRUE(b.empty());
     loop.advance(100);
-    ASSERT_EQ(seen.size(), 2u);
-    EXPECT_EQ(seen[0].status, CallStatus::timeout);
-    EXPECT_EQ(seen[1].status, CallStatus::timeout);
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].status, CallStatus::timeout);
+    loop.advance(50);  // the second attempt's timeout: nobody waits, no third attempt
     EXPECT_EQ(client->state(), ClientState::idle);
-    EXPECT_GE(loop.transport().closes, 1);
+    EXPECT_EQ(loop.transport().connects, 2);
+    EXPECT_GE(loop.transport().closes, 2);
+}
+
+// The retry serves the calls once the second attempt connects (a slow first answer, such as a
+// sentinel that hangs, costs the attempt, not the requests).
+TEST_F(RedisClientTest, ConnectTimeoutRetryDeliversTheWaitingCalls)
+{
+    ClientOptions o;
+    o.connect_timeout_ms = 200;
+    o.timeout_ms = 100;
+    make(o);
+    std::vector<Seen> a;
+    get("a", a);
+    loop.advance(200);
+    EXPECT_TRUE(a.empty());
+    loop.transport().accept();  // the second attempt
+    EXPECT_EQ(loop.transport().take(), cmd("GET a"));
+    loop.transport().feed(":7\r\n");
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::ok);
+    EXPECT_EQ(a[0].text, "7");
+    EXPECT_EQ(client->state(), ClientState::up);
+}
+
+// Three connect timeouts in a row open the breaker: the calls fail at once.
+TEST_F(RedisClientTest, ConnectTimeoutsOpenTheBreaker)
+{
+    ClientOptions o;
+    o.connect_timeout_ms = 100;
+    o.timeout_ms = 1000;
+    o.failures_to_down = 3;
+    make(o);
+    std::vector<Seen> a;
+    get("a", a);
+    loop.advance(200);
+    EXPECT_TRUE(a.empty());
+    EXPECT_EQ(loop.transport().connects, 3);
+    loop.advance(100);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+    EXPECT_EQ(client->state(), ClientState::down);
 }
 
 TEST_F(RedisClientTest, QueuedCallsGetTimeoutFromConnection)

@@ -132,6 +132,8 @@ private:
     void arm_call_timer_for(int64_t due_ms);
     void close_connection() noexcept;
     void fail_all(CallStatus status) noexcept;
+    void fail_calls(std::deque<Call>& failed, CallStatus status) noexcept;
+    void connect_timed_out() noexcept;
     bool count_failure(uint64_t epoch) noexcept;
     void record_failure(std::string_view what, uint64_t epoch) noexcept;
     void set_state(ClientState state) noexcept;
