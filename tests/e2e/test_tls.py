@@ -112,6 +112,10 @@ def tls_redis(workdir, certs):
     server.stop()
 
 
+# Where a test asserts decisions, not timing: generous for an ASan build on a busy machine.
+DECIDING = "connect_timeout=1s timeout=2s"
+
+
 def conf(port, tls_args, mode="closed", extra="connect_timeout=300ms timeout=200ms"):
     return failures_conf(port, mode, redis_args=f"{extra} {tls_args}", burst=3)
 
@@ -130,7 +134,8 @@ def assert_decides_exactly(n, redis, key="k"):
 
 def test_good_certificate_decides_exactly_over_tls(tls_redis, certs, nginx_factory):
     # The name checked is the address's host by default: 127.0.0.1, the certificate's IP entry.
-    n = nginx_factory(conf(tls_redis.port, f"ssl ssl_trusted_certificate={certs['ca']}"))
+    n = nginx_factory(conf(tls_redis.port, f"ssl ssl_trusted_certificate={certs['ca']}",
+                           extra=DECIDING))
     assert_decides_exactly(n, tls_redis)
     assert "ratelimit: TLS to Redis 127.0.0.1:%d: TLSv1.3, new session" % tls_redis.port \
         in n.log()
@@ -139,7 +144,8 @@ def test_good_certificate_decides_exactly_over_tls(tls_redis, certs, nginx_facto
 
 def test_server_name_is_sent_and_checked(tls_redis, certs, nginx_factory):
     n = nginx_factory(conf(tls_redis.port, f"ssl ssl_verify=on ssl_server_name={SERVER_NAME} "
-                                           f"ssl_trusted_certificate={certs['ca']}"))
+                                           f"ssl_trusted_certificate={certs['ca']}",
+                           extra=DECIDING))
     assert_decides_exactly(n, tls_redis)
 
 
@@ -231,7 +237,8 @@ def test_verification_failure_counts_for_the_breaker(tls_redis, certs, nginx_fac
 
 def test_ssl_verify_off_connects_with_the_wrong_ca(tls_redis, certs, nginx_factory):
     n = nginx_factory(conf(tls_redis.port, "ssl ssl_verify=off ssl_server_name=other "
-                                           f"ssl_trusted_certificate={certs['other_ca']}"))
+                                           f"ssl_trusted_certificate={certs['other_ca']}",
+                           extra=DECIDING))
     assert_decides_exactly(n, tls_redis)
     assert "failed TLS verification" not in n.log()
 
