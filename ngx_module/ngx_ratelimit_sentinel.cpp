@@ -383,6 +383,7 @@ private:
     void ask(size_t index) noexcept;
     void next(std::string_view why) noexcept;
     void deliver(const ngx_addr_t* addr) noexcept;
+    bool command_reply(const redisReply* reply) noexcept;
     void on_query_reply(const redisReply* reply) noexcept;
     void on_master(const redisReply* reply) noexcept;
     void named(std::string_view host, in_port_t port, const Peer* numeric);
@@ -558,19 +559,28 @@ void SentinelEndpoint::deliver(const ngx_addr_t* addr) noexcept
 }
 
 
+// True for the reply to the command itself; the one to AUTH before it (if any) is kept when
+// it is an error, for the log.
+bool SentinelEndpoint::command_reply(const redisReply* reply) noexcept
+{
+    if (++seen_ == (auth_.empty() ? 1 : 2)) {
+        return true;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        try {
+            auth_error_.assign(reply->str, reply->len);
+        } catch (...) {
+        }
+    }
+    return false;
+}
+
+
 void SentinelEndpoint::on_query_reply(const redisReply* reply) noexcept
 {
-    bool last = ++seen_ == (auth_.empty() ? 1 : 2);
-    if (!last) {
-        if (reply->type == REDIS_REPLY_ERROR) {
-            try {
-                auth_error_.assign(reply->str, reply->len);
-            } catch (...) {
-            }
-        }
-        return;
+    if (command_reply(reply)) {
+        on_master(reply);
     }
-    on_master(reply);
 }
 
 
@@ -681,14 +691,7 @@ void SentinelEndpoint::on_check_failed(std::string_view why) noexcept
 // ROLE's reply: ["master", ...] for a master; "slave" (or "sentinel") otherwise.
 void SentinelEndpoint::on_check_reply(const redisReply* reply) noexcept
 {
-    bool last = ++seen_ == (auth_.empty() ? 1 : 2);
-    if (!last) {
-        if (reply->type == REDIS_REPLY_ERROR) {
-            try {
-                auth_error_.assign(reply->str, reply->len);
-            } catch (...) {
-            }
-        }
+    if (!command_reply(reply)) {
         return;
     }
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 && element(reply, 0) == "master") {
