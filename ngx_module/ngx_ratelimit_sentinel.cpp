@@ -694,6 +694,16 @@ void SentinelEndpoint::on_check_reply(const redisReply* reply) noexcept
     if (!command_reply(reply)) {
         return;
     }
+    if (reply->type == REDIS_REPLY_ERROR && reply->len >= 6
+        && std::string_view(reply->str, 6) == "NOPERM") {
+        // An ACL user without +role (as the README of 0.3 gave it): used unchecked, and said.
+        ngx_log_error(NGX_LOG_WARN, log_, 0,
+                      "ratelimit: cannot check that %s, which sentinel %s names as master "
+                      "\"%s\", is one: the user may not run ROLE (add +role to its ACL)",
+                      named_text_.c_str(), sentinels_[current_].text.c_str(), master_.c_str());
+        confirmed();
+        return;
+    }
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 && element(reply, 0) == "master") {
         confirmed();
         return;

@@ -608,3 +608,27 @@ def test_sentinel_naming_a_replica_is_passed_over_and_logged(workdir, nginx_fact
             sentinel.stop()
         replica.stop()
         master.stop()
+
+
+def test_sentinel_master_checked_without_role_permission_is_used_and_said(workdir, nginx_factory):
+    """An ACL user without +role (as the 0.3 README gave it) cannot run the ROLE check: the
+    address named is used unchecked, and the log says what to add."""
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port())
+    sentinel = None
+    try:
+        assert master.call("ACL", "SETUSER", "nginx", "on", ">secret", "~rl:*", "+evalsha",
+                           "+eval", "+ping", "+select", "+mget", "+psetex", "+get", "+del",
+                           "+time") == "OK"
+        sentinel = Sentinel(workdir / "s", master.port, quorum=1)
+        assert wait_for(lambda: sentinel.master() == master.port, 5)
+        n = nginx_factory(location_conf(
+            f"ratelimit_redis 127.0.0.1:{sentinel.port} mode=sentinel master=m user=nginx "
+            "password=secret connect_timeout=200ms timeout=200ms;"))
+        assert status_of(n, "k")[0] == "PASSED"
+        assert master.call("EXISTS", "rl:p:k") == 1
+        assert "the user may not run ROLE (add +role to its ACL)" in n.log()
+        assert "secret" not in n.log()
+    finally:
+        if sentinel:
+            sentinel.stop()
+        master.stop()
