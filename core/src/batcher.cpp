@@ -340,6 +340,13 @@ bool Batcher::send(Batch& batch) noexcept
     if (open != open_.end() && open->second == b) {
         open_.erase(open);
     }
+    if (!router_.routes(b->group)) {
+        // Its node left the map while it waited: its requests go where the map says now.
+        b->sent_ms = monotonic_ms();
+        requeue(*b, false);
+        recycle(b);
+        return false;
+    }
     try {
         std::string command;
         command.reserve(command_capacity_);
@@ -390,7 +397,7 @@ void Batcher::on_reply(Batch* batch, const CallResult& result) noexcept
         if (!parsed && router_.form(batch->group) == ScriptForm::node_wide
             && result.reply && result.reply->type == REDIS_REPLY_ERROR
             && router_.retry_declared(batch->group, error)) {
-            requeue_declared(*batch);
+            requeue(*batch, true);
         } else if (!parsed) {
             fail(*batch, CallStatus::ok, error);
         } else {
@@ -415,9 +422,11 @@ void Batcher::on_reply(Batch* batch, const CallResult& result) noexcept
     }
 }
 
-// A node-wide call that found a key elsewhere wrote nothing: its requests go again, in calls
-// that declare their keys (one slot each), whose redirections the router follows.
-void Batcher::requeue_declared(Batch& batch) noexcept
+// Requests of a batch that wrote nothing go again, timed from its first request: `declared`,
+// a node-wide call that found a key elsewhere, in calls that declare their keys (one slot
+// each) whose redirections the router follows; else a batch whose node left the map, by the
+// router's groups.
+void Batcher::requeue(Batch& batch, bool declared) noexcept
 {
     std::vector<ScriptLimit> limits;
     for (size_t i = 0; i < batch.waiters.size() && !shut_down_; i++) {
@@ -431,8 +440,8 @@ void Batcher::requeue_declared(Batch& batch) noexcept
         CallStatus status = CallStatus::overloaded;
         try {
             batch.script.request_limits(i, limits);
-            status = route(limits.data(), limits.size(), handler, waiter.owner, true, waiter.id,
-                           &batch.since).status;
+            status = route(limits.data(), limits.size(), handler, waiter.owner, declared,
+                           waiter.id, &batch.since).status;
             if (status == CallStatus::ok) {
                 continue;
             }

@@ -132,9 +132,7 @@ def test_rejection_memory_is_node_wide_and_cleared_when_the_policy_changes(redis
     # Another burst after reload: what the node remembered of the old policy no longer holds,
     # so Redis decides again (the bucket keeps its 0 tokens: still rejected), once.
     n.write_conf(keyed("ratelimit_policy p rate=1r/h burst=3;", redis), workers=2)
-    n.reload()
-    assert wait_for(lambda: "gracefully shutting down" in n.log(), 5)
-    time.sleep(0.5)
+    n.reload_and_wait()
     r = n.get("/", {"X-Key": "k"})
     assert (r.status, r.header("X-RateLimit-Limit")) == (429, "3")
     assert evalsha_calls(redis) == before + 1
@@ -227,17 +225,14 @@ def test_rate_change_on_reload_keeps_tokens_redis(redis, nginx_factory):
     n = nginx_factory(keyed("ratelimit_policy p rate=10r/m burst=10;", redis))
     assert take(n, 6).header("X-RateLimit-Remaining") == "4"
     n.write_conf(keyed("ratelimit_policy p rate=1r/s burst=10;", redis))
-    n.reload()
-    # 4 tokens kept (not 9, not 0); the new workers answer once the reload is through.
-    assert wait_for(lambda: "gracefully shutting down" in n.log(), 5)
-    time.sleep(0.3)
+    n.reload_and_wait()
+    # 4 tokens kept (not 9, not 0).
     r = n.get("/", {"X-Key": "k"})
     assert r.status == 200
     assert int(r.header("X-RateLimit-Remaining")) in (3, 4), r.headers
     # A lower burst caps what is kept.
     n.write_conf(keyed("ratelimit_policy p rate=1r/h burst=2;", redis))
-    n.reload()
-    time.sleep(1.0)
+    n.reload_and_wait()
     r = n.get("/", {"X-Key": "k"})
     assert (r.status, r.header("X-RateLimit-Remaining")) == (200, "1")
 
@@ -252,9 +247,7 @@ def test_rate_change_on_reload_keeps_tokens_local(nginx_factory):
     n = nginx_factory(conf("ratelimit_policy p rate=10r/m burst=10;"))
     assert take(n, 6).header("X-RateLimit-Remaining") == "4"
     n.write_conf(conf("ratelimit_policy p rate=1r/s burst=10;"))
-    n.reload()
-    assert wait_for(lambda: "gracefully shutting down" in n.log(), 5)
-    time.sleep(0.3)
+    n.reload_and_wait()
     r = n.get("/", {"X-Key": "k"})
     assert int(r.header("X-RateLimit-Remaining")) in (3, 4), r.headers
 
