@@ -387,6 +387,19 @@ def test_password_never_shown(redis, nginx_factory):
         assert secret.encode() not in n.get(path).body
     assert secret not in n.log()
 
+    # Error paths: a misspelled option (its value may be the password) is named, never shown.
+    for arg, shown in ((f"pasword={secret}", '"pasword=..."'),
+                       (f"Password={secret}", '"Password=..."'),
+                       (f"password:{secret}", '"password:..."')):
+        bad = nginx_factory(api_conf(None, f"""
+            ratelimit_redis 127.0.0.1:{redis.port} {arg} timeout=1s;
+            ratelimit_policy a rate=1r/h burst=3;
+        """), start=False)
+        t = bad.test_config()
+        assert t.returncode != 0
+        assert '"ratelimit_redis"' in t.stderr and shown in t.stderr, t.stderr
+        assert secret not in t.stderr + t.stdout + bad.log()
+
 
 def test_redis_down_buckets_503_and_state_logged_once(redis, nginx_factory):
     n = nginx_factory(api_conf(redis, "ratelimit_policy a rate=1r/h burst=3;", f"""
