@@ -223,7 +223,7 @@ DEB_PACKAGES := nginx nginx-dev libhiredis-dev debhelper dpkg-dev build-essentia
 DEB_VERSION  := $(shell sed -n 's/^\#define RATELIMIT_VERSION "\(.*\)"/\1/p' core/include/ratelimit/version.h)
 DEB_NAME     := libnginx-mod-http-ratelimit
 DEB_SRC      := $(BUILD)/deb/$(DEB_NAME)-$(DEB_VERSION)
-DEB_SOURCES  := config config.make core/include core/src ngx_module debian conf-examples \
+DEB_SOURCES  := config config.make core/include core/src core/lua ngx_module debian conf-examples \
                 README.md CHANGELOG.md
 
 deb:

@@ -1,5 +1,5 @@
 # Sourced by nginx's auto/make after it writes the Makefile: C++ objects get C++17 and the
-# source tree's path for the files they embed (core/include/ratelimit/embed.h).
+# source tree's path, where they find the files they embed (core/include/ratelimit/embed.h).
 for ratelimit_src in $RATELIMIT_CORE_SRCS $RATELIMIT_NGX_SRCS; do
     case "$ratelimit_src" in
     *.cpp)
