@@ -358,12 +358,14 @@ bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, i
     Ids ids;
     make_ids(BucketSpace::memory, limits, n, ids);
     int64_t levels[kMaxLimitsPerRequest];
+    BucketNode* known[kMaxLimitsPerRequest];
     bool reject = false;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
     for (size_t i = 0; i < n; i++) {
         const ratelimit::BucketParams& params = limits[i].params;
         levels[i] = params.capacity_units();
+        known[i] = nullptr;
         ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[i], ids.id[i]);
         if (node == nullptr) {
             continue;
@@ -373,11 +375,26 @@ bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, i
             free_node(zone, &b->queue);  // the policy changed: what we knew no longer holds
             continue;
         }
+        known[i] = b;
         ratelimit::BucketState state{b->level_units, b->stamp_ms, params.period_ms};
         levels[i] = ratelimit::refill(params, state, now_ms);
         if (limits[i].cost > 0 && levels[i] < limits[i].cost * params.period_ms) {
             reject = true;
         }
+    }
+    // The request goes to Redis with what has refilled: set its cost aside, so that the
+    // requests arriving before the reply are rejected here instead of all following it to
+    // Redis (a flood would send every request of a round trip after each refill). The reply
+    // stores the bucket's real level in place of this.
+    for (size_t i = 0; !reject && i < n; i++) {
+        BucketNode* b = known[i];
+        if (b == nullptr || limits[i].cost == 0) {
+            continue;
+        }
+        b->level_units = levels[i] - limits[i].cost * b->params.period_ms;
+        b->stamp_ms = now_ms;
+        b->full_at_ms = now_ms
+                        + ratelimit::outcome_after(b->params, 0, b->level_units, true).reset_ms;
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
 

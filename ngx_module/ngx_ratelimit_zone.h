@@ -35,7 +35,9 @@ LocalResult zone_decide(ngx_shm_zone_t* zone, BucketSpace space, const LocalLimi
 // since the call was sent, bounds its level from above (other nodes only take tokens).
 // zone_recall fills `outcomes` from those bounds (a bucket it knows nothing of counts as full)
 // and returns true when some limit's bound is below its cost: the request can be rejected on
-// the node. `now_ms` is ratelimit::monotonic_ms(), read fresh.
+// the node. Otherwise the cost of the request, which goes to Redis, is set aside from the
+// buckets it knows until the reply replaces them. `now_ms` is ratelimit::monotonic_ms(), read
+// fresh.
 // True when the rejection memory holds nothing: requests skip it (the common case).
 bool zone_memory_empty(ngx_shm_zone_t* zone) noexcept;
 

@@ -181,8 +181,10 @@ HOSTILE = b'q"\\<script>alert(1)</script>\x01\x1f\x7f\xff\xfe&\'/%'
 
 
 def test_hostile_keys_in_status_and_buckets(redis, nginx_factory):
-    n = nginx_factory(api_conf(redis, "ratelimit_policy a rate=1r/h burst=1;", f"""
+    n = nginx_factory(api_conf(
+        redis, "ratelimit_policy a rate=1r/h burst=1; ratelimit_policy lt rate=1r/h burst=1;", f"""
         location /k {{ ratelimit $http_x_key policy=a; {BACKEND} }}
+        location /t {{ ratelimit $http_x_key policy=lt; {BACKEND} }}
     """))
     long_key = b"L" * 200
     for key in (HOSTILE, long_key):
@@ -210,6 +212,30 @@ def test_hostile_keys_in_status_and_buckets(redis, nginx_factory):
     assert n.get("/rl/buckets/a/" + hostile, method="DELETE").status == 204
     assert redis.cmd("EXISTS", b"rl:a:" + HOSTILE) == 0
     assert raw_get(n.port, b"/k", b"X-Key: " + HOSTILE + b"\r\n") == 200
+
+    # Long keys with a {hash tag} of 120 and 128 bytes: their ids were up to 176 bytes, written
+    # past the sketch's entries (defect 1 of issue 15). Every id fits in 128 bytes, the sketch
+    # counts what happened, and each id shown names its bucket.
+    tagged = [b"{" + bytes([c]) * length + b"}-" + str(i).encode()
+              for i, (c, length) in enumerate((c, length) for c in b"abcdefghijklmnop"
+                                              for length in (120, 128))]
+    for key in tagged:
+        statuses = [raw_get(n.port, b"/t", b"X-Key: " + key + b"\r\n") for _ in range(3)]
+        assert statuses == [200, 429, 429], key
+    raw = n.get("/rl/status").body
+    assert len(raw) < 16384, len(raw)
+    top = {urllib.parse.unquote_to_bytes(t["key"]): t["count"]
+           for t in policy(json.loads(raw), "lt")["top"]}
+    assert 0 < len(top) <= 10
+    assert all(0 < count <= 2 * len(tagged) for count in top.values()), top
+    assert sum(top.values()) <= 2 * len(tagged)
+    for key in top:
+        assert len(key) <= 128 and (key in tagged or key.startswith(b"{#sha1:")), key
+        b = json.loads(n.get("/rl/buckets/lt/" + urllib.parse.quote(key, safe="")).body)
+        assert b["exists"] is True and b["tokens"] < 0.01 and b["capacity"] == 1, (key, b)
+    redis_keys = redis.cmd("KEYS", "rl:lt:*")
+    assert len(redis_keys) == len(tagged)
+    assert max(len(k) for k in redis_keys) <= len(b"rl:lt:") + 128
 
 
 def test_bucket_get_reads_without_consuming_and_delete_refills(redis, nginx_factory):
@@ -478,6 +504,19 @@ def test_password_never_shown(redis, nginx_factory):
     for path in ("/rl/status", "/rl/metrics", "/rl/"):
         assert secret.encode() not in n.get(path).body
     assert secret not in n.log()
+
+    # Error paths: a misspelled option (its value may be the password) is named, never shown.
+    for arg, shown in ((f"pasword={secret}", '"pasword=..."'),
+                       (f"Password={secret}", '"Password=..."'),
+                       (f"password:{secret}", '"password:..."')):
+        bad = nginx_factory(api_conf(None, f"""
+            ratelimit_redis 127.0.0.1:{redis.port} {arg} timeout=1s;
+            ratelimit_policy a rate=1r/h burst=3;
+        """), start=False)
+        t = bad.test_config()
+        assert t.returncode != 0
+        assert '"ratelimit_redis"' in t.stderr and shown in t.stderr, t.stderr
+        assert secret not in t.stderr + t.stdout + bad.log()
 
 
 def test_redis_down_buckets_503_and_state_logged_once(redis, nginx_factory):

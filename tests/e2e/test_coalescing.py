@@ -7,6 +7,8 @@ import re
 import threading
 import time
 
+import pytest
+
 from conftest import Resp, RedisServer, wait_for, http_request
 from test_directives import BACKEND, evalsha_calls, server
 
@@ -118,6 +120,30 @@ def test_rejection_memory_never_outlives_the_refill(redis, nginx_factory):
     time.sleep(0.25)
     assert n.get("/", {"X-Key": "k"}).status == 200
     assert evalsha_calls(redis) == before + 1
+
+
+def test_after_a_refill_one_request_goes_to_redis_and_the_flood_waits_here(redis, nginx_factory):
+    # The memory said "a token is back": the first request takes it to Redis, and the ones
+    # that arrive before its reply are rejected on the node, not sent after it (the rejection
+    # path of issue 15: a flood sent every request of a round trip after each refill).
+    n = nginx_factory(keyed("ratelimit_policy p rate=1r/s burst=1;", redis, "timeout=5s"))
+    assert n.get("/", {"X-Key": "f"}).status == 200
+    assert n.get("/", {"X-Key": "f"}).status == 429
+    time.sleep(1.1)  # a token refilled; the next one in a second
+    before = evalsha_calls(redis)
+    redis.cmd("CLIENT", "PAUSE", "1500", "ALL")  # the first request's reply waits
+    results = []
+    first = threading.Thread(target=lambda: results.append(http_request(n.port, "/", {"X-Key": "f"})))
+    start = time.monotonic()
+    first.start()
+    time.sleep(0.1)
+    if time.monotonic() - start > 0.5:
+        pytest.skip("the machine is too busy: the flood would come after the next refill")
+    rest = parallel(n.port, {"X-Key": "f"}, 9, threads=9)
+    first.join()
+    assert [r.status for r in results] == [200]
+    assert [r.status for r in rest] == [429] * 9
+    assert evalsha_calls(redis) == before + 1, "the flood followed the first request to Redis"
 
 
 def test_rejection_memory_is_node_wide_and_cleared_when_the_policy_changes(redis, nginx_factory):

@@ -96,5 +96,59 @@ TEST(BucketKey, HugeHashTagIsReplacedByItsDigest)
     EXPECT_EQ(key_slot(redis_key), key_slot(bucket_key("rl:", "q", "{" + tag + "}other")));
 }
 
+// Tags kept in front of a digest made ids of up to 176 bytes (defect 1 of issue 15): every id
+// stays within kMaxKeyBytes, names the same bucket given as a key, and long keys sharing a tag
+// stay in one slot.
+TEST(KeyId, TaggedLongKeysStayWithinTheBound)
+{
+    const std::string_view prefix = "rl:", policy = "p";
+    for (size_t tag_len = 1; tag_len <= 135; tag_len++) {
+        std::string tag(tag_len, 't');
+        for (size_t key_len : {kMaxKeyBytes - 1, kMaxKeyBytes, kMaxKeyBytes + 1,
+                               tag_len + 2, tag_len + 3, tag_len + 50, size_t(4096)})
+        {
+            if (key_len < tag_len + 2) {
+                continue;
+            }
+            std::string key = "{" + tag + "}" + std::string(key_len - tag_len - 2, 's');
+            SCOPED_TRACE("tag " + std::to_string(tag_len) + ", key " + std::to_string(key_len));
+            KeyIdBuffer scratch;
+            std::string id(key_id(key, scratch));
+            EXPECT_LE(id.size(), kMaxKeyBytes);
+            std::string redis_key = bucket_key(prefix, policy, key);
+            EXPECT_LE(redis_key.size(), prefix.size() + policy.size() + 1 + kMaxKeyBytes);
+            EXPECT_EQ(redis_key, bucket_key(prefix, policy, id));
+            if (key.size() <= kMaxKeyBytes) {
+                EXPECT_EQ(id, key);
+            } else {  // long keys sharing a tag share a slot
+                EXPECT_EQ(key_slot(redis_key), key_slot(bucket_key(prefix, "q", key + "-other")));
+            }
+        }
+    }
+}
+
+TEST(KeyId, TagKeptUpToWhereTheWholeFits)
+{
+    std::string fits(80, 'a');
+    std::string key = "{" + fits + "}" + std::string(100, 'x');
+    KeyIdBuffer scratch;
+    std::string id(key_id(key, scratch));
+    EXPECT_EQ(id, "{" + fits + "}#sha1:" + sha1_hex(key));
+    EXPECT_EQ(id.size(), kMaxKeyBytes);
+
+    std::string too_long(81, 'a');
+    key = "{" + too_long + "}" + std::string(100, 'x');
+    id = std::string(key_id(key, scratch));
+    EXPECT_EQ(id, "{#sha1:" + sha1_hex(too_long) + "}#sha1:" + sha1_hex(key));
+    EXPECT_LE(id.size(), kMaxKeyBytes);
+}
+
+TEST(KeyId, ShortKeyIsItselfWithoutACopy)
+{
+    std::string key(kMaxKeyBytes, 'k');
+    KeyIdBuffer scratch;
+    EXPECT_EQ(key_id(key, scratch).data(), key.data());
+}
+
 }  // namespace
 }  // namespace ratelimit
