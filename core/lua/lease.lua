@@ -12,7 +12,7 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap = burst * period
-local level = cap
+local level, stamp = cap, now
 local stored = redis.pcall('GET', KEYS[1])
 if type(stored) == 'string' then
   local l, from, s
@@ -29,23 +29,26 @@ if type(stored) == 'string' then
     l, s = string.match(stored, '^(%d+) (%d+)$')
     from = period
   end
-  if l then
-    l, from, s = tonumber(l), tonumber(from), tonumber(s)
-    if from > 0 and from <= 86400000 and l < 9007199254740992 then
-      if from ~= period then
-        local tokens = math.floor(l / from)
-        if tokens >= burst then
-          l = cap
-        else
-          l = tokens * period + math.floor((l % from) * period / from)
-        end
-      end
-      if l < cap then
-        local elapsed = math.max(0, now - s)
-        if elapsed < math.ceil((cap - l) / count) then
-          level = l + elapsed * count
-        end
-      end
+  if l then l, from, s = tonumber(l), tonumber(from), tonumber(s) end
+  -- A value no bucket can hold (negative, junk, past 2^53) is an error, never a full bucket.
+  if not l or from == 0 or from > 86400000 or l >= 9007199254740992
+      or s >= 9007199254740992 then
+    return redis.error_reply('ratelimit: unreadable bucket value')
+  end
+  -- A stamp ahead of this clock keeps: the level is as of it (as in the decision script).
+  if s > now then stamp = s end
+  if from ~= period then
+    local tokens = math.floor(l / from)
+    if tokens >= burst then
+      l = cap
+    else
+      l = tokens * period + math.floor((l % from) * period / from)
+    end
+  end
+  if l < cap then
+    local elapsed = math.max(0, now - s)
+    if elapsed < math.ceil((cap - l) / count) then
+      level = l + elapsed * count
     end
   end
 end
@@ -54,8 +57,9 @@ local granted = math.min(wanted, math.floor(math.floor(level / period) / 4))
 if granted < 2 then granted = 0 end
 level = level - granted * period
 if level < cap then
-  redis.call('PSETEX', KEYS[1], math.ceil((cap - level) / count),
-             string.format('v2 %d %d %d', level, period, now))
+  -- Expires when readers see it full: refilling starts at its stamp.
+  redis.call('PSETEX', KEYS[1], stamp - now + math.ceil((cap - level) / count),
+             string.format('v2 %d %d %d', level, period, stamp))
 elseif type(stored) == 'string' then
   redis.call('DEL', KEYS[1])
 end
