@@ -106,8 +106,17 @@ uint64_t Batcher::queue(int group, const ScriptLimit* limits, size_t n, VerdictH
                         void* owner, uint64_t id, const RedisClient::Since* since)
 {
     Batch& batch = open_batch(group, since);
-    batch.waiters.reserve(options_.max_requests);
-    batch.script.add_request(limits, n);
+    // All or nothing (out of memory): the request joins the script and gets its waiter, or
+    // neither; a batch opened for it alone is closed again.
+    try {
+        batch.waiters.reserve(options_.max_requests);  // the push_back below cannot throw
+        batch.script.add_request(limits, n);
+    } catch (...) {
+        if (batch.waiters.empty()) {
+            close_empty(batch);
+        }
+        throw;
+    }
     if (id == 0) {
         id = next_id_++;
     }
@@ -232,9 +241,24 @@ Batcher::Batch& Batcher::open_batch(int group, const RedisClient::Since* since)
     batches_.push_back(std::move(batch));
     Batch* added = batches_.back().get();
     if (since == nullptr) {
-        open_[group] = added;
+        try {
+            open_[group] = added;
+        } catch (...) {
+            close_empty(*added);
+            throw;
+        }
     }
     return *added;
+}
+
+// A batch that got no request (out of memory while adding its first): never sent.
+void Batcher::close_empty(Batch& batch) noexcept
+{
+    auto open = open_.find(batch.group);
+    if (open != open_.end() && open->second == &batch) {
+        open_.erase(open);
+    }
+    recycle(&batch);
 }
 
 void Batcher::cancel(uint64_t id) noexcept
