@@ -4,6 +4,7 @@
 #include <hiredis/hiredis.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "ratelimit/script.h"
+#include "ratelimit/shaping.h"
 #include "ratelimit/token_bucket.h"
 #include "raw_redis.h"
 
@@ -496,6 +498,95 @@ TEST_F(ScriptVsLocal, EvalshaAfterScriptFlushFallsBackToEval)
     ASSERT_TRUE(parse_batch_reply(reply.get(), batch_, result, error)) << error;
     EXPECT_EQ(result.allowed, (std::vector<uint8_t>{1, 1}));
     EXPECT_EQ(result.levels, (std::vector<int64_t>{4000, 2000}));
+}
+
+// Shaping (delay=): the wait of a request is the longest of its limits' waits, each read from
+// the level after the decision. From the script's levels and from the local maths on the same
+// sequence, every request must get the same wait.
+int64_t request_wait(const std::vector<ScriptLimit>& limits, const std::vector<int64_t>& delays,
+                     const int64_t* levels)
+{
+    int64_t wait = 0;
+    for (size_t i = 0; i < limits.size(); i++) {
+        wait = std::max(wait, delay_ms(limits[i].params, delays[i], levels[i]));
+    }
+    return wait;
+}
+
+TEST_F(ScriptVsLocal, WaitsFromScriptLevelsEqualWaitsFromLocalMaths)
+{
+    const std::string keys[3] = {"rl:s:a", "rl:s:b", "rl:s:c"};
+    const BucketParams params[3] = {{5, 1000, 12}, {50, 1000, 6}, {120, 60000, 9}};
+    const int64_t delays[3] = {8, 0, 3};
+    std::map<std::string, BucketState> states;
+    std::mt19937 rng(16);
+    int waited = 0;
+    int at_once = 0;
+    int rejected = 0;
+    for (int step = 0; step < 200; step++) {
+        Requests requests(1 + rng() % 6);
+        std::vector<std::vector<int64_t>> request_delays;
+        for (auto& limits : requests) {
+            std::vector<int64_t> d;
+            size_t first = rng() % 3;
+            for (size_t j = 0, n = 1 + rng() % 2; j < n; j++) {
+                size_t k = (first + j) % 3;
+                limits.push_back({keys[k], params[k], int64_t(1 + rng() % 2)});
+                d.push_back(rng() % 4 == 0 ? kNoDelay : delays[k]);
+            }
+            request_delays.push_back(d);
+        }
+        BatchReply reply = run(requests, step % 2 == 0);
+        ASSERT_EQ(reply.allowed.size(), requests.size());
+        for (size_t r = 0; r < requests.size(); r++) {
+            const auto& limits = requests[r];
+            std::vector<LimitInput> inputs;
+            for (const auto& l : limits) {
+                auto it = states.find(std::string(l.key));
+                inputs.push_back({l.params, l.cost, it == states.end() ? nullptr : &it->second});
+            }
+            std::vector<LimitOutcome> local(limits.size());
+            bool allowed = decide_all(inputs.data(), local.data(), limits.size(), reply.now_ms);
+            ASSERT_EQ(reply.allowed[r] == 1, allowed) << "step " << step << " request " << r;
+            if (!allowed) {
+                rejected++;
+                continue;
+            }
+            std::vector<int64_t> local_levels;
+            for (const auto& o : local) {
+                local_levels.push_back(o.level_units);
+            }
+            int64_t from_script =
+                request_wait(limits, request_delays[r], &reply.levels[reply.first[r]]);
+            int64_t from_local = request_wait(limits, request_delays[r], local_levels.data());
+            EXPECT_EQ(from_script, from_local) << "step " << step << " request " << r;
+            (from_script > 0 ? waited : at_once)++;
+            for (size_t i = 0; i < limits.size(); i++) {
+                states[std::string(limits[i].key)] =
+                    stored_state(inputs[i].state, local[i], reply.now_ms);
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 40));
+        if (HasFailure()) {
+            FAIL() << "at step " << step;
+        }
+    }
+    EXPECT_GT(waited, 50);
+    EXPECT_GT(at_once, 50);
+    EXPECT_GT(rejected, 50);
+}
+
+TEST_F(ScriptVsLocal, TheIssueExampleWaitsFromOneBatch)
+{
+    // rate=5r/s burst=12 delay=8, 13 requests at once: 8 at once, 4 waiting 200..800 ms, 1 out.
+    const BucketParams p{5, 1000, 12};
+    Requests requests(13, std::vector<ScriptLimit>{{"rl:s:example", p, 1}});
+    BatchReply reply = run(requests);
+    std::vector<int64_t> waits;
+    for (size_t r = 0; r < requests.size(); r++) {
+        waits.push_back(reply.allowed[r] ? delay_ms(p, 8, reply.levels[reply.first[r]]) : -1);
+    }
+    EXPECT_EQ(waits, (std::vector<int64_t>{0, 0, 0, 0, 0, 0, 0, 0, 200, 400, 600, 800, -1}));
 }
 
 }  // namespace
