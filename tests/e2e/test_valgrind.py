@@ -93,6 +93,7 @@ class H2:
         self.next_id = 1
         self.status = {}  # stream id -> status
         self.done = set()  # streams ended (END_STREAM or RST_STREAM from the server)
+        self.ended_at = {}  # stream id -> time.monotonic() when its end was read
         self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self._frame(4, 0, 0, b""))
 
     @staticmethod
@@ -142,6 +143,7 @@ class H2:
                 raise AssertionError("GOAWAY from nginx: %r" % payload)
             if ftype == 3 or (ftype in (0, 1) and flags & 1):
                 self.done.add(sid)
+                self.ended_at.setdefault(sid, time.monotonic())
         return [self.status.get(sid) for sid in sids]
 
     def close(self):

@@ -571,9 +571,10 @@ TEST_F(ScriptVsLocal, WaitsFromScriptLevelsEqualWaitsFromLocalMaths)
             FAIL() << "at step " << step;
         }
     }
-    EXPECT_GT(waited, 50);
-    EXPECT_GT(at_once, 50);
-    EXPECT_GT(rejected, 50);
+    // Each kind seen often enough for the comparison to mean something.
+    EXPECT_GT(waited, 20);
+    EXPECT_GT(at_once, 20);
+    EXPECT_GT(rejected, 20);
 }
 
 TEST_F(ScriptVsLocal, TheIssueExampleWaitsFromOneBatch)
