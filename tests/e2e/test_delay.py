@@ -163,6 +163,53 @@ def test_delay_on_a_ratelimit_line_overrides_the_policy(redis, nginx_factory):
     assert_example(fire([(n.port, 0)] * 13))
 
 
+def test_same_shaping_as_limit_req_with_burst_and_delay_one_higher(nginx_factory):
+    # The README's migration: limit_req burst=12 delay=8 is burst=13 delay=9 here. 14 at once to
+    # each, side by side: 9 at once, 4 waiting 200..800 ms, 1 rejected, the same statuses.
+    http_conf = """
+    limit_req_zone $http_x_key zone=z:1m rate=5r/s;
+    limit_req_status 429;
+    ratelimit_policy p rate=5r/s burst=13 delay=9;
+    server {
+        listen 127.0.0.1:@PORT@;
+        location / {
+            limit_req zone=z burst=12 delay=8;
+            add_header X-Status $limit_req_status always;
+            proxy_pass http://127.0.0.1:@BACKEND@;
+        }
+        location /here {
+            ratelimit $http_x_key policy=p;
+            add_header X-Status $ratelimit_status always;
+            proxy_pass http://127.0.0.1:@BACKEND@;
+        }
+    }
+"""
+    n = nginx_factory(http_conf)
+    outcomes = []
+    for path in ("/", "/here"):
+        barrier = threading.Barrier(14)
+        replies = []
+
+        def one():
+            barrier.wait()
+            started = time.monotonic()
+            r = n.get(path, {"X-Key": "k"})
+            replies.append((r.status, r.header("X-Status"), time.monotonic() - started))
+
+        threads = [threading.Thread(target=one) for _ in range(14)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        first = min(t for _, _, t in replies)
+        outcomes.append(sorted((status, name, round((t - first) * 5)) for status, name, t
+                               in replies))  # in steps of 200 ms
+    assert outcomes[0] == outcomes[1], outcomes
+    assert [o[:2] for o in outcomes[1]] == \
+        [(200, "DELAYED")] * 4 + [(200, "PASSED")] * 9 + [(429, "REJECTED")]
+    assert sorted(step for _, name, step in outcomes[1] if name == "DELAYED") == [1, 2, 3, 4]
+
+
 # --- the fleet -----------------------------------------------------------------------------
 
 def test_two_instances_sharing_redis_interleave_their_waits(redis, nginx_factory):
