@@ -532,8 +532,10 @@ def measure_flood(run, variant, redis):
 
 def shaping_limiter(variant, redis):
     """The shaping row's limiters: limit_req delay= and this module's delay=, shaped alike. Each
-    answer's status and $request_time (the wait, measured by nginx) go to logs/shaped.log."""
-    log = ("log_format shaped '$status $request_time';\n",
+    answer's status and $request_time (the wait, measured by nginx) go to logs/shaped.log, and
+    this module's computed wait ($ratelimit_delay)."""
+    log = ("log_format shaped '$status $request_time%s';\n"
+           % ("" if variant == "limit_req" else " $ratelimit_delay"),
            "access_log logs/shaped.log shaped;\n")
     if variant == "limit_req":
         return ("", log[0] + "limit_req_zone $http_x_api_key zone=z:1m rate=%dr/s;\n"
@@ -608,12 +610,14 @@ def measure_shaping(run, variant, redis):
     last = max(r[0] for r in results)
     admitted = sum(1 for r in steady if r[2] == 200)
     ok = [r[1] for r in results if r[2] == 200]
-    waits = [float(t) * 1000 for status, t in
-             (line.split() for line in served.read_text().splitlines()) if status == "200"]
+    lines = [line.split() for line in served.read_text().splitlines()]
+    waits = [float(f[1]) * 1000 for f in lines if f[0] == "200"]
+    computed = [int(f[2]) for f in lines if f[0] == "200" and len(f) > 2]
     return {"offered_s": len(results) / (last + 1.0 / (2 * SHAPE_RATE)),
             "admitted_s": admitted / (last - SHAPE_WARM + 1.0 / (2 * SHAPE_RATE)),
             "max_wait_ms": max(waits) if waits else 0.0,
             "client_max_ms": max(ok) * 1000 if ok else 0.0,
+            "computed_max_ms": max(computed) if computed else -1.0,
             "errors": sum(1 for r in results if r[2] not in (200, 429)) + len(problems),
             "nginx_us": (cpu1 - cpu0) / 1000.0 / max(len(results), 1)}
 
@@ -627,13 +631,14 @@ def table_shaping(rows):
                ROUNDS, SHAPE_RATE, SHAPE_BURST, SHAPE_DELAY, SHAPE_BURST - 1, SHAPE_DELAY - 1,
                SHAPE_DUR,
                SHAPE_WARM, bound), "",
-           "| limiter | offered req/s | admitted req/s | × rate | longest wait ms (nginx's "
-           "$request_time) | longest at the client ms | nginx CPU µs/req | − limit_req µs | "
-           "errors + log lines |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| limiter | offered req/s | admitted req/s | × rate | longest wait computed ms "
+           "($ratelimit_delay) | longest wait served ms (nginx's $request_time) | longest at "
+           "the client ms | nginx CPU µs/req | − limit_req µs | errors + log lines |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for v, r in rows.items():
-        out.append("| %s | %.1f | %.1f | %.3f | %.0f | %.1f | %.1f | %s | %d |" % (
-            v, r["offered_s"], r["admitted_s"], r["admitted_s"] / SHAPE_RATE, r["max_wait_ms"],
+        out.append("| %s | %.1f | %.1f | %.3f | %s | %.0f | %.1f | %.1f | %s | %d |" % (
+            v, r["offered_s"], r["admitted_s"], r["admitted_s"] / SHAPE_RATE,
+            "-" if r["computed_max_ms"] < 0 else "%.0f" % r["computed_max_ms"], r["max_wait_ms"],
             r["client_max_ms"], r["nginx_us"],
             "-" if lreq is None or v == "limit_req" else "%+.1f" % (r["nginx_us"] - lreq),
             r["errors"]))
