@@ -41,7 +41,8 @@ sent open-loop (a fixed schedule, whatever the answers) for SHAPE_DUR s (default
 limit_req with delay= and this module (Redis and local mode) shaped alike: the admitted rate
 against the policy's (target within 2 %), the longest wait against the bound (burst - delay) /
 rate, and nginx CPU per request (from /proc/<pid>/schedstat) against limit_req's (target within
-3 us). It replaces the shaping section of RESULTS (between <!-- shaping --> markers).
+3 us). It replaces the shaping section of RESULTS (between <!-- shaping --> markers) and plots
+the last round's waits and admitted counts to bench/shaping.png.
 """
 
 import asyncio
@@ -102,6 +103,8 @@ SHAPE_RATE, SHAPE_BURST, SHAPE_DELAY = 200, 40, 20
 SHAPE_DUR = float(os.environ.get("SHAPE_DUR", "10"))
 SHAPE_WARM = 1.5  # s: the first burst drains (burst / (offered - rate) = 0.2 s) before counting
 SHAPE_VARIANTS = ("limit_req", "ratelimit", "rl-local")
+SHAPE_TRACES = {}  # variant -> its last run's (sent at, seconds to answer, status), for the plot
+SHAPE_PLOT = HERE / "shaping.png"  # beside RESULTS.md
 
 
 def free_port():
@@ -606,6 +609,7 @@ def measure_shaping(run, variant, redis):
     if problems:
         print("   shaping %s: %d error-log lines, e.g. %s" % (variant, len(problems),
                                                             problems[0][:200]))
+    SHAPE_TRACES[variant] = results
     steady = [r for r in results if r[0] >= SHAPE_WARM]
     last = max(r[0] for r in results)
     admitted = sum(1 for r in steady if r[2] == 200)
@@ -645,6 +649,69 @@ def table_shaping(rows):
     return "\n".join(out)
 
 
+def plot_shaping(traces, path=SHAPE_PLOT):
+    """The shaping runs as a picture (SVG, then PNG through headless Chromium when there is
+    one): per limiter, each request's wait at the client against when it was sent, with the
+    bound (burst - delay) / rate; and the admitted count against burst + rate x t."""
+    bound = (SHAPE_BURST - SHAPE_DELAY) * 1000.0 / SHAPE_RATE
+    w, h, pad = 420, 200, 40
+    parts = []
+    for row, (variant, results) in enumerate(traces.items()):
+        top = 30 + row * (h + 50)
+        span = max(r[0] for r in results) or 1.0
+        ymax = bound * 1.6
+
+        def x(t, left):
+            return left + pad + t / span * (w - pad - 10)
+
+        def y(v, vmax):
+            return top + h - min(v, vmax) / vmax * (h - 20)
+        for left, title in ((0, "wait at the client (ms); red: rejected; line: bound"),
+                            (w + 20, "admitted requests; line: burst + rate x t")):
+            parts.append('<rect x="%d" y="%d" width="%d" height="%d" fill="#fbfcfd" '
+                         'stroke="#d5dae3"/>' % (left + pad, top, w - pad - 10, h))
+            parts.append('<text x="%d" y="%d" font-size="12">%s: %s</text>'
+                         % (left + pad, top - 6, variant, title))
+        parts.append('<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#b7791f" '
+                     'stroke-dasharray="4 3"/>' % (x(0, 0), x(span, 0), y(bound, ymax),
+                                                   y(bound, ymax)))
+        parts.append('<text x="2" y="%.1f" font-size="10">%.0f ms</text>'
+                     % (y(bound, ymax) + 3, bound))
+        for sent, took, status in results:
+            parts.append('<circle cx="%.1f" cy="%.1f" r="1.2" fill="%s"/>' % (
+                x(sent, 0), y(took * 1000, ymax), "#2f7d4f" if status == 200 else "#c2412d"))
+        admitted, points = 0, []
+        total = sum(1 for r in results if r[2] == 200)
+        cmax = max(total, SHAPE_BURST + SHAPE_RATE * span) * 1.05
+        for sent, _, status in sorted(results):
+            if status == 200:
+                admitted += 1
+                points.append("%.1f,%.1f" % (x(sent, w + 20), y(admitted, cmax)))
+        parts.append('<polyline fill="none" stroke="#2f7d4f" stroke-width="2" points="%s"/>'
+                     % " ".join(points))
+        parts.append('<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#b7791f" '
+                     'stroke-dasharray="4 3"/>' % (x(0, w + 20), x(span, w + 20),
+                                                   y(SHAPE_BURST, cmax),
+                                                   y(SHAPE_BURST + SHAPE_RATE * span, cmax)))
+        parts.append('<text x="%d" y="%d" font-size="10">0 .. %.0f s</text>'
+                     % (w + 20 + pad, top + h + 14, span))
+    height = 30 + len(traces) * (h + 50)
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+           'font-family="sans-serif"><rect width="100%%" height="100%%" fill="white"/>%s</svg>'
+           % (2 * w + 30, height, "".join(parts)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    svg_path = path.with_suffix(".svg")
+    svg_path.write_text(svg)
+    chromium = shutil.which("chromium")
+    if chromium:
+        with tempfile.TemporaryDirectory(prefix="rl-plot-") as profile:
+            subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                            "--hide-scrollbars", "--user-data-dir=" + profile,
+                            "--screenshot=%s" % path, "--window-size=%d,%d" % (2 * w + 30, height),
+                            svg_path.as_uri()], capture_output=True, timeout=60)
+    return path if path.exists() else svg_path
+
+
 def run_shaping(started, load0):
     """BENCH_ONLY=shaping: the shaping row alone, written to its section of RESULTS."""
     rows = {}
@@ -669,6 +736,7 @@ def run_shaping(started, load0):
     text = table_shaping(rows)
     print()
     print(text)
+    print("\nplot:", plot_shaping(SHAPE_TRACES))
     if RESULTS:
         write_section(SHAPING_BEGIN, SHAPING_END, "BENCH_ONLY=shaping", started, load0,
                       "asyncio open-loop client, %.0f s per limiter" % SHAPE_DUR, text)
