@@ -909,6 +909,7 @@ def main():
                   table_memory(memory), table_targets(med, fmed, ref, memory)]
         if shaping:
             tables.append("%s\n%s\n%s" % (SHAPING_BEGIN, table_shaping(shaping), SHAPING_END))
+            print("shaping plot:", plot_shaping(SHAPE_TRACES))
     text = "\n\n".join(t for t in tables + [clusters] if t)
     print()
     print(text)
