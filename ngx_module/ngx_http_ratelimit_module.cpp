@@ -129,8 +129,8 @@ bool resolve_limits(ngx_conf_t* cf, MainConf* mcf, LocConf* lcf)
                           &limit.policy_name, &limit.file, limit.line);
             return false;
         }
-        if (!check_delay(cf, limit.policy->name, limit.policy->params, limit.delay,
-                         &limit.file, limit.line))
+        if (!check_delay(cf, limit.policy->name, limit.policy->params, limit.delay, limit.file,
+                         limit.line))
         {
             return false;
         }
@@ -486,7 +486,7 @@ try {
         return static_cast<char*>(NGX_CONF_ERROR);
     }
 
-    if (!check_delay(cf, value[1], params, delay, &cf->conf_file->file.name,
+    if (!check_delay(cf, value[1], params, delay, cf->conf_file->file.name,
                      cf->conf_file->line))
     {
         return static_cast<char*>(NGX_CONF_ERROR);

@@ -75,17 +75,15 @@ bool parse_delay(ngx_conf_t* cf, const ngx_str_t& directive, std::string_view va
 
 
 bool check_delay(ngx_conf_t* cf, const ngx_str_t& owner, const ratelimit::BucketParams& params,
-                 int64_t delay, const ngx_str_t* file, ngx_uint_t line)
+                 int64_t delay, const ngx_str_t& file, ngx_uint_t line)
 {
     if (delay == ratelimit::kNoDelay) {
         return true;
     }
-    static ngx_str_t here = ngx_string("this line");
-    ngx_str_t where = file ? *file : here;
     if (delay > params.burst) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"delay=%L\" is more than the burst %L of policy \"%V\" in %V:%ui",
-                      delay, params.burst, &owner, &where, line);
+                      delay, params.burst, &owner, &file, line);
         return false;
     }
     int64_t longest = ratelimit::max_delay_ms(params, delay);
@@ -93,7 +91,7 @@ bool check_delay(ngx_conf_t* cf, const ngx_str_t& owner, const ratelimit::Bucket
         ngx_log_error(NGX_LOG_WARN, cf->log, 0,
                       "\"delay=%L\" with policy \"%V\" lets requests wait up to %Ls "
                       "((burst - delay) / rate) in %V:%ui", delay, &owner,
-                      (longest + 999) / 1000, &where, line);
+                      (longest + 999) / 1000, &file, line);
     }
     return true;
 }

@@ -10,13 +10,14 @@
 
 namespace ngx_ratelimit {
 
-// Parses the value of `delay=` (a non-negative integer) on `directive`, checks it against
-// `params` (0 <= N <= burst: else an error naming both) and warns when the longest wait it
-// allows, (burst - N) / rate, exceeds 60 s. `owner` names the policy for the messages.
+// Parses the value of `delay=` (a non-negative integer) on `directive`; false after logging.
 bool parse_delay(ngx_conf_t* cf, const ngx_str_t& directive, std::string_view value,
                  int64_t& delay);
+// Checks `delay` against policy `owner`'s `params` (0 <= N <= burst: else an error naming
+// both and where it was written) and warns when the longest wait it allows,
+// (burst - N) / rate, exceeds 60 s.
 bool check_delay(ngx_conf_t* cf, const ngx_str_t& owner, const ratelimit::BucketParams& params,
-                 int64_t delay, const ngx_str_t* file, ngx_uint_t line);
+                 int64_t delay, const ngx_str_t& file, ngx_uint_t line);
 
 // delay= of one `ratelimit` line for `policy`: the line's own, else the policy's.
 int64_t limit_delay(const Limit& line, const Policy* policy);
