@@ -700,16 +700,19 @@ def plot_shaping(traces, path=SHAPE_PLOT):
            'font-family="sans-serif"><rect width="100%%" height="100%%" fill="white"/>%s</svg>'
            % (2 * w + 30, height, "".join(parts)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    svg_path = path.with_suffix(".svg")
-    svg_path.write_text(svg)
     chromium = shutil.which("chromium")
-    if chromium:
-        with tempfile.TemporaryDirectory(prefix="rl-plot-") as profile:
-            subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                            "--hide-scrollbars", "--user-data-dir=" + profile,
-                            "--screenshot=%s" % path, "--window-size=%d,%d" % (2 * w + 30, height),
-                            svg_path.as_uri()], capture_output=True, timeout=60)
-    return path if path.exists() else svg_path
+    if not chromium:  # the SVG itself, then
+        path = path.with_suffix(".svg")
+        path.write_text(svg)
+        return path
+    with tempfile.TemporaryDirectory(prefix="rl-plot-") as tmp:
+        svg_path = Path(tmp) / "shaping.svg"
+        svg_path.write_text(svg)
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--hide-scrollbars", "--user-data-dir=%s/profile" % tmp,
+                        "--screenshot=%s" % path, "--window-size=%d,%d" % (2 * w + 30, height),
+                        svg_path.as_uri()], capture_output=True, timeout=60)
+    return path
 
 
 def run_shaping(started, load0):
