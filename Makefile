@@ -13,9 +13,11 @@ JOBS      ?= $(shell nproc)
 PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgtest-dev cmake g++ make \
             redis-server redis-tools python3 python3-pytest curl ca-certificates openssl procps \
             valgrind clang libclang-rt-14-dev strace chromium libbenchmark-dev \
-            fonts-dejavu-core python3-prometheus-client
+            fonts-dejavu-core python3-prometheus-client nlohmann-json3-dev
 
 MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
+# Embedded by nginx's configure (see `config`): a changed script configures again.
+LUA_SRCS    := $(wildcard core/lua/*)
 
 .PHONY: all deps core module test run bench profile soak clean \
         asan-core test-asan test-asan-core test-asan-e2e test-valgrind fuzz fuzz-build
@@ -57,7 +59,7 @@ define ngx_configure
 	    || { tail -20 $(3); exit 1; }
 endef
 
-$(NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
+$(NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list $(LUA_SRCS)
 	$(call ngx_configure,$(NGX_BUILD),,$(BUILD)/configure.log)
 
 $(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
@@ -107,7 +109,7 @@ $(ASAN_CORE_BUILD)/Makefile: CMakeLists.txt
 asan-core: $(ASAN_CORE_BUILD)/Makefile
 	$(MAKE) -C $(ASAN_CORE_BUILD) -j$(JOBS) --no-print-directory
 
-$(ASAN_NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
+$(ASAN_NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list $(LUA_SRCS)
 	@mkdir -p $(BUILD)/asan
 	$(call ngx_configure,$(ASAN_NGX_BUILD),$(SANITIZE_FLAGS),$(BUILD)/asan/configure.log)
 
@@ -154,11 +156,14 @@ FUZZ_SECONDS ?= 5
 FUZZ_BUILD   := $(BUILD)/fuzz
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
 FUZZ_CXX     ?= clang++
-FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Icore/include \
+FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Icore/include -I$(FUZZ_BUILD)/gen \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_OBJS    := $(patsubst core/src/%.cpp,$(FUZZ_BUILD)/obj/%.o,$(wildcard core/src/*.cpp))
 
-$(FUZZ_BUILD)/obj/%.o: core/src/%.cpp $(wildcard core/include/ratelimit/*.h)
+$(FUZZ_BUILD)/gen/ratelimit/lua_scripts.h: $(LUA_SRCS)
+	sh core/lua/embed.sh $(FUZZ_BUILD)/gen
+
+$(FUZZ_BUILD)/obj/%.o: core/src/%.cpp $(wildcard core/include/ratelimit/*.h) $(FUZZ_BUILD)/gen/ratelimit/lua_scripts.h
 	@mkdir -p $(@D)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
@@ -215,11 +220,11 @@ soak: deps module
 # modules-enabled symlink and nginx-abi-* dependency) from a copy of the sources in build/deb/,
 # so the repository stays clean. Needs only DEB_PACKAGES: the Dockerfile runs this target too.
 .PHONY: deb test-pkg
-DEB_PACKAGES := nginx nginx-dev libhiredis-dev debhelper dpkg-dev build-essential
+DEB_PACKAGES := nginx nginx-dev libhiredis-dev nlohmann-json3-dev debhelper dpkg-dev build-essential
 DEB_VERSION  := $(shell sed -n 's/^\#define RATELIMIT_VERSION "\(.*\)"/\1/p' core/include/ratelimit/version.h)
 DEB_NAME     := libnginx-mod-http-ratelimit
 DEB_SRC      := $(BUILD)/deb/$(DEB_NAME)-$(DEB_VERSION)
-DEB_SOURCES  := config config.make core/include core/src ngx_module debian conf-examples \
+DEB_SOURCES  := config config.make core/include core/src core/lua ngx_module debian conf-examples \
                 README.md CHANGELOG.md
 
 deb:
