@@ -20,7 +20,8 @@ namespace ngx_ratelimit {
 // are decided together, in fixed-size arrays. More makes `nginx -t` fail.
 constexpr size_t kMaxLimitsPerRequest = 64;
 
-struct PolicyStats;  // ngx_ratelimit_counters.cpp
+struct PolicyStats;      // ngx_ratelimit_counters.cpp
+struct PolicyOverrides;  // ngx_ratelimit_overrides.cpp
 
 // ratelimit_policy name rate=... burst=...
 struct Policy {
@@ -28,6 +29,7 @@ struct Policy {
     ratelimit::Rate rate;
     ratelimit::BucketParams params;
     PolicyStats* stats;  // its counters in the zone, bound by name; nullptr: not counted
+    PolicyOverrides* overrides;  // its runtime changes in the zone, bound by name, or nullptr
 };
 
 // $ratelimit_status of a request.

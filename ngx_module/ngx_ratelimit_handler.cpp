@@ -6,6 +6,7 @@
 #include <string>
 
 #include "ngx_ratelimit_log.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ngx_ratelimit_request.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/headers.h"
@@ -148,8 +149,15 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
             twin->cost = std::min<int64_t>(twin->cost + cost, 1000000000LL * 64);
             continue;
         }
-        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost, false};
+        ctx->limits[ctx->nlimits++] =
+            RequestLimit{policy, key, cost, false, OverrideUse::none, policy->params};
     }
+    apply_overrides(mcf, ctx->limits, ctx->nlimits, true);
+    // A key exempt by an override is not limited by that line.
+    auto kept = std::remove_if(ctx->limits, ctx->limits + ctx->nlimits,
+                               [](const RequestLimit& l) { return l.use == OverrideUse::unlimited; });
+    ctx->exempt = kept != ctx->limits + ctx->nlimits;
+    ctx->nlimits = ngx_uint_t(kept - ctx->limits);
     return NGX_OK;
 }
 
@@ -167,8 +175,7 @@ void log_rejection(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool dr
 // `local` failure mode stands in for Redis.
 ratelimit::BucketParams bucket_of(const RequestLimit& limit, LocConf* lcf, bool local_fallback)
 {
-    return local_fallback ? node_share(limit.policy->params, lcf->failure_nodes)
-                          : limit.policy->params;
+    return local_fallback ? node_share(limit.params, lcf->failure_nodes) : limit.params;
 }
 
 
@@ -289,6 +296,34 @@ bool rejected_on_node(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, Main
 }
 
 
+// What a blocked key is told to wait (Retry-After: 3600): a block has no end the node knows of.
+constexpr int64_t kBlockedRetryMs = 3600 * 1000;
+
+// A key blocked by an override: the request is rejected on the node, as by a bucket that
+// never refills, without asking Redis. The other limits show as they would be untouched.
+bool rejected_by_block(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
+{
+    ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
+    bool blocked = false;
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        if (limit.use == OverrideUse::block) {
+            blocked = true;
+            outcomes[i] = ratelimit::LimitOutcome{0, kBlockedRetryMs, kBlockedRetryMs};
+        } else {
+            outcomes[i] = ratelimit::outcome_after(limit.params, 0,
+                                                   limit.params.capacity_units(), true);
+        }
+    }
+    if (!blocked) {
+        return false;
+    }
+    ctx->on_node = true;
+    apply_outcomes(r, ctx, lcf, outcomes, false, false);
+    return true;
+}
+
+
 void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
                    const ratelimit::Verdict& verdict)
 {
@@ -309,9 +344,9 @@ void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
     bool short_of = false;
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        outcomes[i] = ratelimit::outcome_after(limit.policy->params, limit.cost,
-                                               verdict.levels[i], verdict.allowed);
-        short_of = short_of || verdict.levels[i] < limit.cost * limit.policy->params.period_ms;
+        outcomes[i] = ratelimit::outcome_after(limit.params, limit.cost, verdict.levels[i],
+                                               verdict.allowed);
+        short_of = short_of || verdict.levels[i] < limit.cost * limit.params.period_ms;
     }
     ngx_shm_zone_t* zone = main_conf(r)->zone;
     if (short_of || !zone_memory_empty(zone)) {
@@ -389,7 +424,7 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainCo
     for (ngx_uint_t i = 0, start = 0; i < ctx->nlimits; start = ends[i], i++) {
         limits[i] = ratelimit::ScriptLimit{
             std::string_view(key_scratch).substr(start, ends[i] - start),
-            ctx->limits[i].policy->params, ctx->limits[i].cost};
+            ctx->limits[i].params, ctx->limits[i].cost};
     }
 
     auto queued = batcher->decide(limits, ctx->nlimits, on_verdict, ctx);
@@ -436,8 +471,11 @@ ngx_int_t start_deciding(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (ctx->nlimits == 0) {
-        ctx->status = Status::skipped;
+        ctx->status = ctx->exempt ? Status::passed : Status::skipped;
         return NGX_DECLINED;
+    }
+    if (rejected_by_block(r, ctx, lcf)) {
+        return ctx->rc;
     }
     if (mcf->redis == nullptr) {
         decide_locally(r, ctx, lcf, false);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ngx_ratelimit_counters.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ratelimit/key.h"
 
 namespace ngx_ratelimit {
@@ -27,6 +28,7 @@ struct ZoneShared {
     ngx_queue_t queue;      // most recently used first
     ngx_atomic_t memories;  // rejection-memory nodes: none, and requests skip the lookup
     ApiShared* api;         // counters and top keys (ngx_ratelimit_counters.cpp)
+    OverridesShared* overrides;  // runtime limits (ngx_ratelimit_overrides.cpp)
 };
 
 // The bucket ids of one request: "<space><policy>:<key or digest>", built in a buffer the
@@ -227,7 +229,8 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     ngx_queue_init(&zone->sh->queue);
     zone->sh->memories = 0;
     zone->sh->api = create_api_shared(zone->shpool);
-    if (zone->sh->api == nullptr) {
+    zone->sh->overrides = create_overrides_shared(zone->shpool);
+    if (zone->sh->api == nullptr || zone->sh->overrides == nullptr) {
         return NGX_ERROR;
     }
 
@@ -475,6 +478,26 @@ ApiShared* zone_api(ngx_shm_zone_t* shm_zone)
 {
     auto* zone = static_cast<Zone*>(shm_zone->data);
     return zone->sh ? zone->sh->api : nullptr;
+}
+
+
+OverridesShared* zone_overrides(ngx_shm_zone_t* shm_zone)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    return zone->sh ? zone->sh->overrides : nullptr;
+}
+
+
+void* zone_alloc_locked(ngx_shm_zone_t* shm_zone, size_t size)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    void* p;
+    while ((p = ngx_slab_alloc_locked(zone->shpool, size)) == nullptr) {
+        if (!evict_lru(zone, nullptr, 0)) {
+            return nullptr;
+        }
+    }
+    return p;
 }
 
 

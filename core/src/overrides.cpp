@@ -89,7 +89,7 @@ bool read_field(const std::string& name, const json& value, OverrideTarget targe
 
 // What the fields say together: something to change, flags alone, an exact bucket.
 std::string check_whole(const Override& value, OverrideTarget target,
-                        const BucketParams& configured)
+                        const BucketParams* base)
 {
     bool sized = value.has_rate || value.has_burst || value.has_delay;
     if (value.unlimited && value.block) {
@@ -104,7 +104,12 @@ std::string check_whole(const Override& value, OverrideTarget target,
                    ? "nothing to change: give rate, burst, unlimited or block"
                    : "nothing to change: give rate, burst or delay";
     }
-    BucketParams params = params_in_force(configured, target == OverrideTarget::policy ? &value : nullptr,
+    if (base == nullptr) {
+        return {};
+    }
+    const BucketParams& configured = *base;
+    BucketParams params = params_in_force(configured,
+                                          target == OverrideTarget::policy ? &value : nullptr,
                                           target == OverrideTarget::key ? &value : nullptr);
     if (value.has_rate || value.has_burst) {
         BucketParams asked = configured;
@@ -147,8 +152,11 @@ void apply(BucketParams& params, const Override& value)
 }  // namespace
 
 
-ParsedOverride parse_override(std::string_view body, OverrideTarget target,
-                              const BucketParams& configured) noexcept
+namespace {
+
+// `configured` nullptr: the syntax only.
+ParsedOverride parse_checked(std::string_view body, OverrideTarget target,
+                             const BucketParams* configured) noexcept
 {
     try {
         if (body.size() > kMaxOverrideBody) {
@@ -176,6 +184,24 @@ ParsedOverride parse_override(std::string_view body, OverrideTarget target,
     } catch (...) {
         return failure("body could not be read");
     }
+}
+
+
+}  // namespace
+
+
+ParsedOverride parse_override(std::string_view body, OverrideTarget target,
+                              const BucketParams& configured) noexcept
+{
+    return parse_checked(body, target, &configured);
+}
+
+
+bool read_stored_override(std::string_view text, OverrideTarget target, Override& out) noexcept
+{
+    ParsedOverride parsed = parse_checked(text, target, nullptr);
+    out = parsed.value;
+    return parsed.ok;
 }
 
 

@@ -44,6 +44,11 @@ struct ParsedOverride {
 ParsedOverride parse_override(std::string_view body, OverrideTarget target,
                               const BucketParams& configured) noexcept;
 
+// An override's stored text (format_override) read back, as written by any node: the same
+// syntax, without the checks against a configuration (params_in_force keeps the bucket
+// exact). false: not an override.
+bool read_stored_override(std::string_view text, OverrideTarget target, Override& out) noexcept;
+
 // The compact JSON of an override: how it is stored (Redis, logs) and shown by the API.
 std::string format_override(const Override& value);
 
