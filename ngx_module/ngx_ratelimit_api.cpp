@@ -761,9 +761,8 @@ ngx_int_t api_handler(ngx_http_request_t* r) noexcept
         if (r != r->main) {
             return NGX_HTTP_NOT_FOUND;
         }
-        if (r->method == NGX_HTTP_PUT
-            && r->headers_in.content_length_n <= off_t(ratelimit::kMaxOverrideBody))
-        {
+        bool put = r->method == NGX_HTTP_PUT;
+        if (put && r->headers_in.content_length_n <= off_t(ratelimit::kMaxOverrideBody)) {
             // Small bodies only, kept in memory (a larger one is refused once read).
             r->request_body_in_single_buf = 1;
             ngx_int_t rc = ngx_http_read_client_request_body(r, body_read);
@@ -772,6 +771,11 @@ ngx_int_t api_handler(ngx_http_request_t* r) noexcept
         ngx_int_t rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
             return rc;
+        }
+        if (put) {
+            return send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                              "body larger than " + std::to_string(ratelimit::kMaxOverrideBody)
+                                  + " bytes: nothing stored");
         }
         return serve(r);
     } catch (...) {

@@ -263,9 +263,6 @@ ngx_int_t write_to_zone(ngx_http_request_t* r, MainConf* mcf, const Policy& poli
 // The body of a PUT, or why there is none to read: 413 when too large.
 ngx_int_t read_body(ngx_http_request_t* r, std::string& body)
 {
-    if (r->headers_in.content_length_n > off_t(ratelimit::kMaxOverrideBody)) {
-        return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
-    }
     if (r->request_body == nullptr) {
         return NGX_OK;
     }
