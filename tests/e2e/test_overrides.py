@@ -4,6 +4,7 @@ Redis (propagation measured), and every bad input refused with nothing stored.""
 
 import http.client
 import json
+import socket
 import random
 import statistics
 import time
@@ -210,8 +211,8 @@ def test_bad_inputs_get_a_json_error_and_store_nothing(node, redis):
     assert get_json(n, "limits/p/")[1]["total"] == 0
     assert get_json(n, "policies/p")[1]["change"] is None
     if n.mode == "redis":
-        assert redis.cmd("EXISTS", "ratelimit:{overrides}:data") == 0
-        assert redis.cmd("EXISTS", "ratelimit:{overrides}:version") == 0
+        assert redis.cmd("EXISTS", "rl:{overrides}:data") == 0
+        assert redis.cmd("EXISTS", "rl:{overrides}:version") == 0
 
 
 def test_local_overrides_survive_reload(nginx_factory):
@@ -230,6 +231,8 @@ def test_redis_overrides_survive_reload_and_restart(redis, nginx_factory):
     n = nginx_factory(conf(redis), workers=2)
     assert put(n, "limits/p/k", {"burst": 5})[0] == 200
     assert put(n, "policies/other", {"burst": 7})[0] == 200
+    assert redis.cmd("HGET", "rl:{overrides}:data", "p:k") == b'{"burst":5}'
+    assert redis.cmd("HGET", "rl:{overrides}:data", "other") == b'{"burst":7}'
     old = set(n.worker_pids())
     n.reload()
     assert wait_for(lambda: not (set(n.worker_pids()) & old), timeout=10)
@@ -268,3 +271,51 @@ def test_a_change_through_one_node_is_in_force_on_another_within_1s(redis, nginx
     print("\npropagation over 100 trials: p50 %.0f ms, p99 %.0f ms, max %.0f ms"
           % (p50 * 1000, p99 * 1000, delays[-1] * 1000))
     assert p99 < 1.0
+
+
+def load_overrides(redis, n, policy="p", value='{"burst":5}'):
+    """n key overrides written straight into Redis (as the write script leaves them), pipelined:
+    customer-000001 .. customer-<n>."""
+    def resp(*args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        return out
+    buf = bytearray()
+    for i in range(1, n + 1):
+        field = "%s:customer-%06d" % (policy, i)
+        buf += resp("HSET", "rl:{overrides}:data", field, value)
+        buf += resp("ZADD", "rl:{overrides}:changes", i, field)
+    buf += resp("SET", "rl:{overrides}:version", n)
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=30) as s:
+        s.sendall(buf)
+        replies, seen = 2 * n + 1, b""
+        while seen.count(b"\r\n") < replies:
+            seen += s.recv(1 << 20)
+
+
+def zone_conf(redis, size):
+    return conf(redis).replace("ratelimit_policy p ", "ratelimit_zone %s;\n    ratelimit_policy p "
+                               % size)
+
+
+def test_100k_overrides_fit_in_a_16m_zone_and_a_small_zone_keeps_what_fits(redis, nginx_factory):
+    load_overrides(redis, 100000)
+    n = nginx_factory(zone_conf(redis, "16m"), workers=2)
+
+    def loaded(node):
+        return next(p for p in get_json(node, "status")[1]["policies"] if p["name"] == "p")[
+            "overrides"]
+    assert wait_for(lambda: loaded(n) == 100000, timeout=30), loaded(n)
+    status, headers = hit(n, "customer-100000")
+    assert headers["x-ratelimit-limit"] == "5"
+    assert 'nginx_ratelimit_overrides_dropped_total 0' in call(n, "GET", "/rl/metrics")[2].decode()
+    assert get_json(n, "limits/p/?offset=99999")[1]["total"] == 100000
+
+    # The default 10m cannot hold them all: what fits is kept, the rest logged, nothing breaks.
+    small = nginx_factory(zone_conf(redis, "10m"), workers=1)
+    assert wait_for(lambda: "no room for" in small.log(), timeout=30)
+    kept = loaded(small)
+    assert 50000 < kept < 100000
+    assert hit(small, "someone")[0] == 200
