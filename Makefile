@@ -15,9 +15,10 @@ PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgt
             valgrind clang libclang-rt-14-dev strace chromium libbenchmark-dev \
             fonts-dejavu-core python3-prometheus-client nlohmann-json3-dev
 
-MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
-# Embedded by nginx's configure (see `config`): a changed script configures again.
-LUA_SRCS    := $(wildcard core/lua/*)
+# Files embedded at build time (core/include/ratelimit/embed.h) count as sources.
+EMBEDDED    := $(wildcard ngx_module/dashboard/* core/lua/*)
+MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h) \
+               $(EMBEDDED)
 
 .PHONY: all deps core module test run bench profile soak clean \
         asan-core test-asan test-asan-core test-asan-e2e test-valgrind fuzz fuzz-build
@@ -44,10 +45,10 @@ $(CORE_BUILD)/Makefile: CMakeLists.txt
 
 module: $(MODULE)
 
-# The nginx build must be configured again when the list of sources changes.
+# The nginx build must be configured again when the list of sources (or embedded files) changes.
 $(BUILD)/sources.list: FORCE
 	@mkdir -p $(BUILD)
-	@ls core/src/*.cpp ngx_module/*.cpp > $@.tmp; cmp -s $@.tmp $@ && rm $@.tmp || mv $@.tmp $@
+	@ls core/src/*.cpp ngx_module/*.cpp $(EMBEDDED) > $@.tmp; cmp -s $@.tmp $@ && rm $@.tmp || mv $@.tmp $@
 
 # $(call ngx_configure,builddir,extra cc/ld flags,log): configures the module against
 # Debian's nginx sources with Debian's flags (plus extra ones).
@@ -59,7 +60,7 @@ define ngx_configure
 	    || { tail -20 $(3); exit 1; }
 endef
 
-$(NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list $(LUA_SRCS)
+$(NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
 	$(call ngx_configure,$(NGX_BUILD),,$(BUILD)/configure.log)
 
 $(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
@@ -109,7 +110,7 @@ $(ASAN_CORE_BUILD)/Makefile: CMakeLists.txt
 asan-core: $(ASAN_CORE_BUILD)/Makefile
 	$(MAKE) -C $(ASAN_CORE_BUILD) -j$(JOBS) --no-print-directory
 
-$(ASAN_NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list $(LUA_SRCS)
+$(ASAN_NGX_BUILD)/Makefile: config config.make $(BUILD)/sources.list
 	@mkdir -p $(BUILD)/asan
 	$(call ngx_configure,$(ASAN_NGX_BUILD),$(SANITIZE_FLAGS),$(BUILD)/asan/configure.log)
 
@@ -156,14 +157,12 @@ FUZZ_SECONDS ?= 5
 FUZZ_BUILD   := $(BUILD)/fuzz
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
 FUZZ_CXX     ?= clang++
-FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Icore/include -I$(FUZZ_BUILD)/gen \
+FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Icore/include \
+                -DRATELIMIT_SOURCE_DIR='"$(CURDIR)"' \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_OBJS    := $(patsubst core/src/%.cpp,$(FUZZ_BUILD)/obj/%.o,$(wildcard core/src/*.cpp))
 
-$(FUZZ_BUILD)/gen/ratelimit/lua_scripts.h: $(LUA_SRCS)
-	sh core/lua/embed.sh $(FUZZ_BUILD)/gen
-
-$(FUZZ_BUILD)/obj/%.o: core/src/%.cpp $(wildcard core/include/ratelimit/*.h) $(FUZZ_BUILD)/gen/ratelimit/lua_scripts.h
+$(FUZZ_BUILD)/obj/%.o: core/src/%.cpp $(wildcard core/include/ratelimit/*.h) $(EMBEDDED)
 	@mkdir -p $(@D)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 

@@ -3,12 +3,15 @@
 #include <hiredis/hiredis.h>
 
 #include "ratelimit/cluster_map.h"
-#include "ratelimit/lua_scripts.h"
+#include "ratelimit/embed.h"
 #include "ratelimit/policy.h"
 #include "ratelimit/resp.h"
 
 namespace ratelimit {
 namespace {
+
+RATELIMIT_EMBED(write_lua, "core/lua/overrides_write.lua")
+RATELIMIT_EMBED(read_lua, "core/lua/overrides_read.lua")
 
 // "<prefix>{overrides}:<name>", or "<prefix>overrides:<name>" when the prefix has a hash tag
 // (which then puts all three in its slot).
@@ -76,7 +79,7 @@ std::string override_version_key(std::string_view prefix)
 std::string format_override_write(std::string_view prefix, std::string_view field,
                                   std::string_view value)
 {
-    return format_eval(lua::overrides_write, prefix, field, value);
+    return format_eval(write_lua(), prefix, field, value);
 }
 
 
@@ -103,7 +106,7 @@ bool parse_override_write_reply(const redisReply* reply, OverrideWriteReply& out
 
 std::string format_override_read(std::string_view prefix, int64_t since, size_t page)
 {
-    return format_eval(lua::overrides_read, prefix, std::to_string(since), std::to_string(page));
+    return format_eval(read_lua(), prefix, std::to_string(since), std::to_string(page));
 }
 
 
