@@ -23,9 +23,20 @@ struct PolicyOverrides {
     u_char name[1];
 };
 
+// One key override. A hash table rather than a tree: the request path's lookup costs a
+// bucket and a node, not a cache miss per level of a tree of 100,000.
+struct OverrideNode {
+    OverrideNode* next;  // in its bucket's chain
+    uint32_t hash;
+    u_short len;         // of data
+    ratelimit::Override value;
+    u_char data[1];      // "<policy>:<key id>"
+};
+
 struct OverridesShared {
-    ngx_rbtree_t tree;              // key overrides by "<policy>:<key id>"
-    ngx_rbtree_node_t sentinel;
+    OverrideNode** buckets;         // key overrides by "<policy>:<key id>": chains by hash
+    ngx_uint_t nbuckets;            // a power of two, doubled as entries reach it
+    ngx_uint_t entries;
     PolicyOverrides* policies;
     ngx_atomic_t version;           // Redis mode: the version of Redis's table applied here
     ngx_atomic_t poll_at_ms;        // when the next poll is due: the worker that moves it polls
@@ -34,13 +45,7 @@ struct OverridesShared {
 
 namespace {
 
-struct OverrideNode {
-    u_char color;  // shares its first bytes with ngx_rbtree_node_t's tail, as limit_req
-    u_char pad;
-    u_short len;   // of data
-    ratelimit::Override value;
-    u_char data[1];  // "<policy>:<key id>"
-};
+constexpr ngx_uint_t kFirstBuckets = 1024;
 
 // Request-path scratch: the fields of one request's limits, reused by every request.
 std::string field_scratch;
@@ -50,64 +55,51 @@ ngx_slab_pool_t* pool_of(MainConf* mcf)
     return reinterpret_cast<ngx_slab_pool_t*>(mcf->zone->shm.addr);
 }
 
-OverrideNode* node_of(ngx_rbtree_node_t* node)
-{
-    return reinterpret_cast<OverrideNode*>(&node->color);
-}
-
-ngx_rbtree_node_t* rbnode_of(OverrideNode* o)
-{
-    return reinterpret_cast<ngx_rbtree_node_t*>(reinterpret_cast<u_char*>(o)
-                                                - offsetof(ngx_rbtree_node_t, color));
-}
-
-void rbtree_insert(ngx_rbtree_node_t* temp, ngx_rbtree_node_t* node,
-                   ngx_rbtree_node_t* sentinel) noexcept
-{
-    ngx_rbtree_node_t** p;
-    for (;;) {
-        if (node->key != temp->key) {
-            p = node->key < temp->key ? &temp->left : &temp->right;
-        } else {
-            OverrideNode* a = node_of(node);
-            OverrideNode* b = node_of(temp);
-            p = ngx_memn2cmp(a->data, b->data, a->len, b->len) < 0 ? &temp->left : &temp->right;
-        }
-        if (*p == sentinel) {
-            break;
-        }
-        temp = *p;
-    }
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
-}
-
-ngx_uint_t hash_of(std::string_view field)
+uint32_t hash_of(std::string_view field)
 {
     return ngx_crc32_short(reinterpret_cast<u_char*>(const_cast<char*>(field.data())),
                            field.size());
 }
 
-OverrideNode* lookup(OverridesShared* sh, ngx_uint_t hash, std::string_view field)
+// The link that points at the node of `field` (or at the end of its chain).
+OverrideNode** link_of(OverridesShared* sh, uint32_t hash, std::string_view field)
 {
-    ngx_rbtree_node_t* node = sh->tree.root;
-    ngx_rbtree_node_t* sentinel = sh->tree.sentinel;
-    while (node != sentinel) {
-        if (hash != node->key) {
-            node = hash < node->key ? node->left : node->right;
-            continue;
+    OverrideNode** link = &sh->buckets[hash & (sh->nbuckets - 1)];
+    for (; *link; link = &(*link)->next) {
+        OverrideNode* o = *link;
+        if (o->hash == hash && o->len == field.size()
+            && ngx_memcmp(o->data, field.data(), field.size()) == 0)
+        {
+            break;
         }
-        OverrideNode* o = node_of(node);
-        ngx_int_t rc = ngx_memn2cmp((u_char*) field.data(), o->data, field.size(), o->len);
-        if (rc == 0) {
-            return o;
-        }
-        node = rc < 0 ? node->left : node->right;
     }
-    return nullptr;
+    return link;
+}
+
+const OverrideNode* lookup(OverridesShared* sh, uint32_t hash, std::string_view field)
+{
+    return *link_of(sh, hash, field);
+}
+
+// Twice the buckets once there are as many entries (held lock); without room, chains grow.
+void grow(MainConf* mcf, OverridesShared* sh)
+{
+    ngx_uint_t n = sh->nbuckets * 2;
+    auto* buckets = static_cast<OverrideNode**>(zone_alloc_locked(mcf->zone, n * sizeof(void*)));
+    if (buckets == nullptr) {
+        return;
+    }
+    ngx_memzero(buckets, n * sizeof(void*));
+    for (ngx_uint_t i = 0; i < sh->nbuckets; i++) {
+        while (OverrideNode* o = sh->buckets[i]) {
+            sh->buckets[i] = o->next;
+            o->next = buckets[o->hash & (n - 1)];
+            buckets[o->hash & (n - 1)] = o;
+        }
+    }
+    ngx_slab_free_locked(pool_of(mcf), sh->buckets);
+    sh->buckets = buckets;
+    sh->nbuckets = n;
 }
 
 std::string_view as_sv(const ngx_str_t& s)
@@ -140,10 +132,12 @@ PolicyOverrides* policy_record(MainConf* mcf, OverridesShared* sh, std::string_v
     return p;
 }
 
-void remove_node(ngx_slab_pool_t* shpool, OverridesShared* sh, OverrideNode* o)
+void remove_node(ngx_slab_pool_t* shpool, OverridesShared* sh, OverrideNode** link)
 {
-    ngx_rbtree_delete(&sh->tree, rbnode_of(o));
-    ngx_slab_free_locked(shpool, rbnode_of(o));
+    OverrideNode* o = *link;
+    *link = o->next;
+    sh->entries--;
+    ngx_slab_free_locked(shpool, o);
 }
 
 // Sets or removes one entry (held lock): "<policy>" is the policy's change, "<policy>:<key>"
@@ -170,34 +164,37 @@ std::optional<ratelimit::Override> set_locked(MainConf* mcf, OverridesShared* sh
         policy->changed = value != nullptr;
         return old;
     }
-    ngx_uint_t hash = hash_of(field);
-    OverrideNode* o = lookup(sh, hash, field);
-    if (o) {
+    uint32_t hash = hash_of(field);
+    OverrideNode** link = link_of(sh, hash, field);
+    if (OverrideNode* o = *link) {
         old = o->value;
         if (value) {
             o->value = *value;
             return old;
         }
-        remove_node(pool_of(mcf), sh, o);
+        remove_node(pool_of(mcf), sh, link);
         (void) ngx_atomic_fetch_add(&policy->keys, -1);
         return old;
     }
     if (value == nullptr) {
         return old;
     }
-    size_t size = offsetof(ngx_rbtree_node_t, color) + offsetof(OverrideNode, data) + field.size();
-    auto* node = static_cast<ngx_rbtree_node_t*>(zone_alloc_locked(mcf->zone, size));
-    if (node == nullptr) {
+    auto* o = static_cast<OverrideNode*>(
+        zone_alloc_locked(mcf->zone, offsetof(OverrideNode, data) + field.size()));
+    if (o == nullptr) {
         *stored = false;
         (void) ngx_atomic_fetch_add(&sh->dropped, 1);
         return old;
     }
-    node->key = hash;
-    o = node_of(node);
+    o->hash = hash;
     o->len = u_short(field.size());
     o->value = *value;
     ngx_memcpy(o->data, field.data(), field.size());
-    ngx_rbtree_insert(&sh->tree, node);
+    o->next = nullptr;
+    *link_of(sh, hash, field) = o;  // the chain's end (zone_alloc_locked touched no override)
+    if (++sh->entries >= sh->nbuckets) {
+        grow(mcf, sh);
+    }
     (void) ngx_atomic_fetch_add(&policy->keys, 1);
     return old;
 }
@@ -206,8 +203,10 @@ std::optional<ratelimit::Override> set_locked(MainConf* mcf, OverridesShared* sh
 void clear_locked(MainConf* mcf, OverridesShared* sh)
 {
     ngx_slab_pool_t* shpool = pool_of(mcf);
-    while (sh->tree.root != sh->tree.sentinel) {
-        remove_node(shpool, sh, node_of(sh->tree.root));
+    for (ngx_uint_t i = 0; i < sh->nbuckets; i++) {
+        while (sh->buckets[i]) {
+            remove_node(shpool, sh, &sh->buckets[i]);
+        }
     }
     for (PolicyOverrides* p = sh->policies; p; p = p->next) {
         p->keys = 0;
@@ -227,10 +226,13 @@ std::string field_of(const ngx_str_t& policy, std::string_view key)
 OverridesShared* create_overrides_shared(ngx_slab_pool_t* shpool)
 {
     auto* sh = static_cast<OverridesShared*>(ngx_slab_calloc(shpool, sizeof(OverridesShared)));
-    if (sh) {
-        ngx_rbtree_init(&sh->tree, &sh->sentinel, rbtree_insert);
+    if (sh == nullptr) {
+        return nullptr;
     }
-    return sh;
+    sh->buckets = static_cast<OverrideNode**>(
+        ngx_slab_calloc(shpool, kFirstBuckets * sizeof(OverrideNode*)));
+    sh->nbuckets = kFirstBuckets;
+    return sh->buckets ? sh : nullptr;
 }
 
 
@@ -375,12 +377,9 @@ std::vector<ListedOverride> list_overrides(MainConf* mcf, const ngx_str_t& polic
     ngx_slab_pool_t* shpool = pool_of(mcf);
     ngx_shmtx_lock(&shpool->mutex);
     try {
-        if (sh->tree.root != sh->tree.sentinel) {
-            for (ngx_rbtree_node_t* node = ngx_rbtree_min(sh->tree.root, sh->tree.sentinel);
-                 node; node = ngx_rbtree_next(&sh->tree, node))
-            {
-                OverrideNode* o = node_of(node);
-                std::string_view field(reinterpret_cast<char*>(o->data), o->len);
+        for (ngx_uint_t i = 0; i < sh->nbuckets; i++) {
+            for (const OverrideNode* o = sh->buckets[i]; o; o = o->next) {
+                std::string_view field(reinterpret_cast<const char*>(o->data), o->len);
                 if (field.substr(0, prefix.size()) != prefix) {
                     continue;
                 }
