@@ -480,6 +480,8 @@ try {
     policy->name = value[1];
     policy->rate = *rate;
     policy->params = params;
+    policy->stats = nullptr;      // bound to the zone in init_module
+    policy->overrides = nullptr;
     return NGX_CONF_OK;
 } catch (...) {
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": out of memory", &cmd->name);
