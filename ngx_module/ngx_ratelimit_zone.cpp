@@ -515,7 +515,9 @@ ratelimit::BucketView zone_peek(ngx_shm_zone_t* shm_zone, BucketSpace space,
     if (ngx_rbtree_node_t* node = lookup(zone->sh, hash, id)) {
         BucketNode* b = node_of(node);
         view.exists = true;
-        view.level_units = ratelimit::refill(params, {b->level_units, b->stamp_ms}, view.now_ms);
+        // Converted from the period it was stored in (a rate changed since, by reload or API).
+        view.level_units = ratelimit::refill(
+            params, {b->level_units, b->stamp_ms, b->params.period_ms}, view.now_ms);
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
     return view;

@@ -142,6 +142,13 @@ def test_an_override_keeps_the_tokens(node):
     assert put(n, "limits/p/full", {"rate": "1r/m", "burst": 1})[0] == 200
     assert passes(n, "full") == 1               # capped at the new burst
 
+    # Another period: the level written per minute is read per hour, its tokens kept.
+    assert passes(n, "period", most=1) == 1
+    assert put(n, "limits/p/period", {"rate": "1r/h", "burst": 10})[0] == 200
+    status, bucket = get_json(n, "buckets/p/period")
+    assert bucket["capacity"] == 10 and 0.99 < bucket["tokens"] < 1.1, bucket
+    assert passes(n, "period") == 1
+
 
 def test_a_policy_change_and_its_revert(node):
     n = node
