@@ -409,32 +409,42 @@ void append_runtime_limits_status(std::string& out, const Policy& policy)
 void append_runtime_limits_metrics(std::string& out, MainConf* mcf)
 {
     auto* policies = static_cast<Policy*>(mcf->policies.elts);
-    auto line = [&out](const char* name, const Policy& policy, const char* extra, int64_t value) {
+    auto line = [&out](const char* name, const Policy& policy, int64_t value) {
         out += "nginx_ratelimit_";
         out += name;
         out += "{policy=\"";
         out.append(as_sv(policy.name));
-        out += '"';
-        out += extra;
-        out += "} " + std::to_string(value) + "\n";
+        out += "\"} " + std::to_string(value) + "\n";
     };
     out += "# HELP nginx_ratelimit_overrides Key overrides in force on this node.\n"
            "# TYPE nginx_ratelimit_overrides gauge\n";
     for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
-        line("overrides", policies[i], "", override_counts(policies[i]).keys);
+        line("overrides", policies[i], override_counts(policies[i]).keys);
     }
     out += "# HELP nginx_ratelimit_policy_changed 1 while a runtime change of the policy is in "
            "force.\n# TYPE nginx_ratelimit_policy_changed gauge\n";
     for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
-        line("policy_changed", policies[i], "", override_counts(policies[i]).changed ? 1 : 0);
+        line("policy_changed", policies[i], override_counts(policies[i]).changed ? 1 : 0);
     }
-    out += "# HELP nginx_ratelimit_override_requests_total Requests a key override decided, by "
-           "kind.\n# TYPE nginx_ratelimit_override_requests_total counter\n";
-    for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
-        OverrideCounts counts = override_counts(policies[i]);
-        line("override_requests_total", policies[i], ",kind=\"limit\"", counts.decided_key);
-        line("override_requests_total", policies[i], ",kind=\"unlimited\"", counts.unlimited);
-        line("override_requests_total", policies[i], ",kind=\"block\"", counts.blocked);
+    // Labels are the policy only (as every metric of the module): one name per kind.
+    const struct {
+        const char* name;
+        const char* help;
+        int64_t OverrideCounts::*count;
+    } kinds[] = {
+        {"override_limited_total", "Requests decided with a key override's rate or burst.",
+         &OverrideCounts::decided_key},
+        {"override_unlimited_total", "Requests a key's unlimited override exempted.",
+         &OverrideCounts::unlimited},
+        {"override_blocked_total", "Requests a key's block override rejected.",
+         &OverrideCounts::blocked},
+    };
+    for (const auto& kind : kinds) {
+        out += std::string("# HELP nginx_ratelimit_") + kind.name + " " + kind.help
+               + "\n# TYPE nginx_ratelimit_" + kind.name + " counter\n";
+        for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
+            line(kind.name, policies[i], override_counts(policies[i]).*kind.count);
+        }
     }
     if (mcf->redis) {
         out += "# HELP nginx_ratelimit_overrides_version Version of Redis's runtime limits "

@@ -123,8 +123,9 @@ def test_override_a_key_up_down_block_unlimited_and_delete(node):
     assert p["overrides"] == 3 - 1  # down, partner
     metrics = call(n, "GET", "/rl/metrics")[2].decode()
     assert 'nginx_ratelimit_overrides{policy="p"} 2' in metrics
-    assert 'nginx_ratelimit_override_requests_total{policy="p",kind="unlimited"} 10' in metrics
-    assert 'nginx_ratelimit_override_requests_total{policy="p",kind="block"} 1' in metrics
+    assert 'nginx_ratelimit_override_unlimited_total{policy="p"} 10' in metrics
+    assert 'nginx_ratelimit_override_blocked_total{policy="p"} 1' in metrics
+    assert 'nginx_ratelimit_override_limited_total{policy="p"} 9' in metrics  # up 7, down 2
     log = n.log()
     assert 'override of policy "p" key "up" changed by 127.0.0.1: none -> {"burst":5}' in log
     assert 'override of policy "p" key "up" changed by 127.0.0.1: {"burst":5} -> none' in log
