@@ -154,8 +154,9 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
     }
     apply_overrides(mcf, ctx->limits, ctx->nlimits, true);
     // A key exempt by an override is not limited by that line.
-    auto kept = std::remove_if(ctx->limits, ctx->limits + ctx->nlimits,
-                               [](const RequestLimit& l) { return l.use == OverrideUse::unlimited; });
+    auto kept = std::remove_if(
+        ctx->limits, ctx->limits + ctx->nlimits,
+        [](const RequestLimit& limit) { return limit.use == OverrideUse::unlimited; });
     ctx->exempt = kept != ctx->limits + ctx->nlimits;
     ctx->nlimits = ngx_uint_t(kept - ctx->limits);
     return NGX_OK;

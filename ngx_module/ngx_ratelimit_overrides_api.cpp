@@ -306,7 +306,8 @@ ngx_int_t put(ngx_http_request_t* r, MainConf* mcf, const Policy& policy, const 
                       : write_to_zone(r, mcf, policy, as_sv(key), &parsed.value);
 }
 
-ngx_int_t remove_entry(ngx_http_request_t* r, MainConf* mcf, const Policy& policy, const ngx_str_t& key)
+ngx_int_t remove_entry(ngx_http_request_t* r, MainConf* mcf, const Policy& policy,
+                       const ngx_str_t& key)
 {
     return mcf->redis ? write_to_redis(r, mcf, policy, key, nullptr)
                       : write_to_zone(r, mcf, policy, as_sv(key), nullptr);
@@ -377,7 +378,8 @@ ngx_int_t serve_runtime_limits(ngx_http_request_t* r, MainConf* mcf, LocConf* lc
     if (!problem.empty()) {
         return api_send_error(r, NGX_HTTP_BAD_REQUEST, problem);
     }
-    ngx_str_t key{route.key.size(), static_cast<u_char*>(ngx_pnalloc(r->pool, route.key.size() + 1))};
+    ngx_str_t key{route.key.size(),
+                  static_cast<u_char*>(ngx_pnalloc(r->pool, route.key.size() + 1))};
     if (key.data == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -390,7 +392,8 @@ ngx_int_t serve_runtime_limits(ngx_http_request_t* r, MainConf* mcf, LocConf* lc
         return found ? api_send_json(r, NGX_HTTP_OK, limit_json(*policy, route.key, *found) + "\n")
                      : api_send_error(r, NGX_HTTP_NOT_FOUND, "no override");
     }
-    return r->method == NGX_HTTP_PUT ? put(r, mcf, *policy, key) : remove_entry(r, mcf, *policy, key);
+    return r->method == NGX_HTTP_PUT ? put(r, mcf, *policy, key)
+                                     : remove_entry(r, mcf, *policy, key);
 }
 
 
