@@ -7,6 +7,7 @@ import json
 import socket
 import random
 import statistics
+import urllib.parse
 import time
 
 import pytest
@@ -329,3 +330,16 @@ def test_100k_overrides_fit_in_a_16m_zone_and_a_small_zone_keeps_what_fits(redis
     kept = loaded(small)
     assert 50000 < kept < 100000
     assert hit(small, "someone")[0] == 200
+
+
+def test_a_long_key_is_overridden_by_its_digest_form(node):
+    n = node
+    long_key = "L" * 200
+    assert passes(n, long_key) == 2
+    p = next(p for p in get_json(n, "status")[1]["policies"] if p["name"] == "p")
+    digest = p["top"][0]["key"]  # percent-encoded, as limits/ takes it back
+    assert "sha1" in digest and len(urllib.parse.unquote(digest)) <= 128
+    assert put(n, "limits/p/" + long_key, {"burst": 9})[0] == 400  # too long as itself
+    assert put(n, "limits/p/" + digest, {"burst": 9})[0] == 200
+    status, headers = hit(n, long_key)
+    assert headers["x-ratelimit-limit"] == "9"
