@@ -312,6 +312,10 @@ void apply_overrides(MainConf* mcf, RequestLimit* limits, ngx_uint_t n, bool cou
                                                   has_change[i] ? &change[i] : nullptr,
                                                   has_key[i] ? &key[i] : nullptr);
         limit.use = has_change[i] ? OverrideUse::policy : OverrideUse::none;
+        // A runtime delay replaces the policy's (not a `ratelimit` line's own delay=).
+        if (has_change[i] && change[i].has_delay && limit.delay == limit.policy->delay) {
+            limit.delay = std::min(change[i].delay, limit.params.burst);
+        }
         if (!has_key[i]) {
             continue;
         }

@@ -463,7 +463,7 @@ void append_runtime_limits_metrics(std::string& out, MainConf* mcf)
 
 ratelimit::BucketParams bucket_in_force(MainConf* mcf, Policy* policy, const ngx_str_t& key)
 {
-    RequestLimit limit{policy, key, 0, false, OverrideUse::none, policy->params};
+    RequestLimit limit{policy, key, 0, false, policy->delay, OverrideUse::none, policy->params};
     apply_overrides(mcf, &limit, 1, false);
     return limit.params;
 }

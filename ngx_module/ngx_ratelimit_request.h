@@ -8,7 +8,7 @@
 
 namespace ngx_ratelimit {
 
-enum class Phase { waiting, resumed, done };
+enum class Phase { waiting, resumed, delaying, done };
 
 // What runtime limits did to one limit of a request (ngx_ratelimit_overrides.h).
 enum class OverrideUse : u_char {
@@ -25,6 +25,7 @@ struct RequestLimit {
     ngx_str_t key;
     int64_t cost;
     bool lacked_tokens;  // the request was rejected for want of this bucket's tokens
+    int64_t delay;       // delay=N in force for this limit, or kNoDelay
     OverrideUse use;
     ratelimit::BucketParams params;  // in force for this request: every step decides with it
 };
@@ -50,6 +51,8 @@ struct RequestCtx {
     ngx_uint_t nlimits;
     uint64_t pending;             // the batcher's id while Redis decides, else 0
     ngx_event_t resume_ev;
+    int64_t wait_ms;              // delay=: how long it waits (waited) before it goes on
+    ngx_uint_t wait_limit;        // the limit whose wait is the longest
 };
 
 static_assert(std::is_trivially_destructible<RequestCtx>::value, "lives in a pool");
