@@ -154,11 +154,11 @@ def test_an_override_keeps_the_tokens(node):
 
 def test_a_policy_change_and_its_revert(node):
     n = node
-    status = put(n, "policies/p", {"burst": 4, "delay": 1})[0]
+    status = put(n, "policies/p", {"burst": 4, "delay": 4})[0]
     assert status == 200
     status, p = get_json(n, "policies/p")
     assert p["configured"] == {"rate": "1r/m", "burst": 2}
-    assert p["in_force"] == {"rate": "1r/m", "burst": 4, "delay": 1}
+    assert p["in_force"] == {"rate": "1r/m", "burst": 4, "delay": 4}
     assert p["source"] == "api"
     status, s = get_json(n, "status")
     ps = next(x for x in s["policies"] if x["name"] == "p")
@@ -175,7 +175,7 @@ def test_a_policy_change_and_its_revert(node):
     assert p["change"] is None and p["source"] == "configuration"
     assert p["in_force"] == {"rate": "1r/m", "burst": 2}
     assert passes(n, "c") == 2
-    assert 'policy "p" changed by 127.0.0.1: {"burst":4,"delay":1} -> none' in n.log()
+    assert 'policy "p" changed by 127.0.0.1: {"burst":4,"delay":4} -> none' in n.log()
 
 
 def test_bad_inputs_get_a_json_error_and_store_nothing(node, redis):
@@ -343,3 +343,13 @@ def test_a_long_key_is_overridden_by_its_digest_form(node):
     assert put(n, "limits/p/" + digest, {"burst": 9})[0] == 200
     status, headers = hit(n, long_key)
     assert headers["x-ratelimit-limit"] == "9"
+
+
+def test_a_runtime_delay_shapes_the_policy(node):
+    """delay=0 put through policies/ on a policy without delay=: past its first request a key
+    waits its turn (DELAYED) instead of passing at once."""
+    n = node
+    assert [hit(n, "s")[1]["x-status"] for _ in range(2)] == ["PASSED", "PASSED"]
+    assert put(n, "policies/p", {"rate": "20r/s", "burst": 5, "delay": 0})[0] == 200
+    statuses = [hit(n, "t")[1]["x-status"] for _ in range(3)]
+    assert statuses[1:] == ["DELAYED", "DELAYED"], statuses
