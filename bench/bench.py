@@ -10,6 +10,10 @@ request is decided):
   openresty    access_by_lua + lua-resty-redis + EVALSHA token bucket (bench/peers/)
   ratelimit    this module, Redis mode (shared, exact)
   rl-local     this module, local mode (shared memory)
+  ratelimit-ovr  `ratelimit` with OVERRIDES (default 100,000) per-key overrides in force (runtime
+               limits, issue 18) in a 32m zone: the wrk keys' own (same bucket as the policy, so
+               every request finds one) and the rest for other keys; its nginx CPU per request
+               against `ratelimit`'s is the lookup's cost (VARIANTS="ratelimit ratelimit-ovr")
   rl-cluster   this module, mode=cluster, on a Redis Cluster of 3 masters (no replicas) started
                on this machine beside the standalone Redis; besides the totals, per master: its
                share of the decisions, Redis CPU per decision, decisions per script call
@@ -80,6 +84,7 @@ FLOOD_CONNS, LEGIT_CONNS = 40, 10
 FLOOD_RATE = 100  # r/s and burst of the flood's policy; legitimate keys stay far below it
 FLOOD_DUR = int(os.environ.get("FLOOD_DUR", str(max(2, DUR // 2))))
 MEM_KEYS = int(os.environ.get("MEM_KEYS", "100000"))
+OVERRIDES = int(os.environ.get("OVERRIDES", "100000"))
 REF_N = int(os.environ.get("REF_N", "300000"))
 CORE_BENCH = os.environ.get("CORE_BENCH", str(REPO / "build" / "core" / "core_bench"))
 RESULTS = os.environ.get("RESULTS", str(HERE / "RESULTS.md"))
@@ -152,6 +157,9 @@ def limiter(variant, redis, scenario="open"):
     policy = "ratelimit_policy bench rate=%s burst=%d;" % (rate, burst)
     if variant == "ratelimit":
         return (rl[0], "ratelimit_redis 127.0.0.1:%d;\n%s" % (redis_port, policy), rl[2])
+    if variant == "ratelimit-ovr":
+        return (rl[0], "ratelimit_zone 32m;\nratelimit_redis 127.0.0.1:%d;\n%s"
+                % (redis_port, policy), rl[2])
     if variant == "rl-local":
         return (rl[0], "ratelimit_zone 16m;\n" + policy, rl[2])
     if variant == "rl-cluster":
@@ -301,6 +309,30 @@ def redis_ports(redis):
 def flush(redis):
     for port in redis_ports(redis):
         redis_call(port, "FLUSHALL")
+
+
+def load_overrides(port, n, nkeys=10000):
+    """n overrides of policy `bench` written into Redis as the API's write script leaves them
+    (nodes load them at their first poll): key1..key<nkeys> (wrk's keys) with the policy's own
+    burst, so decisions stay those of `ratelimit`, then other keys."""
+    def resp(*args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        return out
+    burst = SCENARIOS["open"][1]
+    buf = bytearray()
+    for i in range(1, n + 1):
+        field = "bench:key%d" % i if i <= nkeys else "bench:other%d" % i
+        buf += resp("HSET", "rl:{overrides}:data", field, '{"burst":%d}' % burst)
+        buf += resp("ZADD", "rl:{overrides}:changes", i, field)
+    buf += resp("SET", "rl:{overrides}:version", n)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(buf)
+        seen = b""
+        while seen.count(b"\r\n") < 2 * n + 1:
+            seen += s.recv(1 << 20)
 
 
 def start_redis(run):
@@ -482,8 +514,12 @@ def measure(run, variant, redis):
     """One run of a variant: throughput, latency, CPU per request, Redis calls."""
     name, workers = base_variant(variant)
     flush(redis)
+    if name == "ratelimit-ovr":
+        load_overrides(redis["port"], OVERRIDES)
     nginx = start_nginx(run, name, redis, workers)
     try:
+        if name == "ratelimit-ovr":
+            time.sleep(2)  # the first poll loads them, 1000 a call
         wrk(nginx["port"], WARM, latency=False)
         meter = Meter(nginx, redis)
         result = wrk(nginx["port"], DUR)

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ngx_ratelimit.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ngx_ratelimit_delay.h"
 #include "ngx_ratelimit_loop.h"
 #include "ngx_ratelimit_zone.h"
@@ -516,6 +517,8 @@ try {
     policy->rate = *rate;
     policy->params = params;
     policy->lease_ms = lease_ms;
+    policy->stats = nullptr;      // bound to the zone in init_module
+    policy->overrides = nullptr;
     policy->delay = delay;
     return NGX_CONF_OK;
 } catch (...) {
@@ -921,6 +924,7 @@ ngx_int_t init_module(ngx_cycle_t* cycle) noexcept
         ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0, "ngx_http_ratelimit_module %s (%s mode)",
                       RATELIMIT_VERSION, mode_name(mcf));
     }
+    bind_overrides(cycle, mcf);
     return bind_counters(cycle, mcf);
 }
 

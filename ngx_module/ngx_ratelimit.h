@@ -20,7 +20,8 @@ namespace ngx_ratelimit {
 // are decided together, in fixed-size arrays. More makes `nginx -t` fail.
 constexpr size_t kMaxLimitsPerRequest = 64;
 
-struct PolicyStats;  // ngx_ratelimit_counters.cpp
+struct PolicyStats;      // ngx_ratelimit_counters.cpp
+struct PolicyOverrides;  // ngx_ratelimit_overrides.cpp
 
 // ratelimit_policy name rate=... burst=...
 struct Policy {
@@ -29,6 +30,7 @@ struct Policy {
     ratelimit::BucketParams params;
     int64_t lease_ms;    // lease=: 0, none
     PolicyStats* stats;  // its counters in the zone, bound by name; nullptr: not counted
+    PolicyOverrides* overrides;  // its runtime changes in the zone, bound by name, or nullptr
     int64_t delay;       // delay=N, or ratelimit::kNoDelay (ngx_ratelimit_delay.cpp)
 };
 

@@ -8,6 +8,7 @@
 #include "ngx_ratelimit_delay.h"
 #include "ngx_ratelimit_lease.h"
 #include "ngx_ratelimit_log.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ngx_ratelimit_request.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/headers.h"
@@ -155,8 +156,16 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
             continue;
         }
         ctx->limits[ctx->nlimits++] =
-            RequestLimit{policy, key, cost, false, limit_delay(limits[i], policy)};
+            RequestLimit{policy, key, cost, false, limit_delay(limits[i], policy),
+                         OverrideUse::none, policy->params};
     }
+    apply_overrides(mcf, ctx->limits, ctx->nlimits, true);
+    // A key exempt by an override is not limited by that line.
+    auto kept = std::remove_if(
+        ctx->limits, ctx->limits + ctx->nlimits,
+        [](const RequestLimit& limit) { return limit.use == OverrideUse::unlimited; });
+    ctx->exempt = kept != ctx->limits + ctx->nlimits;
+    ctx->nlimits = ngx_uint_t(kept - ctx->limits);
     return NGX_OK;
 }
 
@@ -174,8 +183,7 @@ void log_rejection(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool dr
 // `local` failure mode stands in for Redis.
 ratelimit::BucketParams bucket_of(const RequestLimit& limit, LocConf* lcf, bool local_fallback)
 {
-    return local_fallback ? node_share(limit.policy->params, lcf->failure_nodes)
-                          : limit.policy->params;
+    return local_fallback ? node_share(limit.params, lcf->failure_nodes) : limit.params;
 }
 
 
@@ -334,13 +342,41 @@ bool passed_on_lease(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainC
     LeaseLimit limits[kMaxLimitsPerRequest];
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        limits[i] = LeaseLimit{keys[i], limit.policy->params, limit.cost, limit.policy->lease_ms};
+        limits[i] = LeaseLimit{keys[i], limit.params, limit.cost, limit.policy->lease_ms};
     }
     ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
     if (!lease_decide(mcf->zone, redis_router(), limits, ctx->nlimits, outcomes)) {
         return false;
     }
     apply_outcomes(r, ctx, lcf, outcomes, true, false);
+    return true;
+}
+
+
+// What a blocked key is told to wait (Retry-After: 3600): a block has no end the node knows of.
+constexpr int64_t kBlockedRetryMs = 3600 * 1000;
+
+// A key blocked by an override: the request is rejected on the node, as by a bucket that
+// never refills, without asking Redis. The other limits show as they would be untouched.
+bool rejected_by_block(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
+{
+    ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
+    bool blocked = false;
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        if (limit.use == OverrideUse::block) {
+            blocked = true;
+            outcomes[i] = ratelimit::LimitOutcome{0, kBlockedRetryMs, kBlockedRetryMs};
+        } else {
+            outcomes[i] = ratelimit::outcome_after(limit.params, 0,
+                                                   limit.params.capacity_units(), true);
+        }
+    }
+    if (!blocked) {
+        return false;
+    }
+    ctx->on_node = true;
+    apply_outcomes(r, ctx, lcf, outcomes, false, false);
     return true;
 }
 
@@ -365,9 +401,9 @@ void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
     bool short_of = false;
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        outcomes[i] = ratelimit::outcome_after(limit.policy->params, limit.cost,
-                                               verdict.levels[i], verdict.allowed);
-        short_of = short_of || verdict.levels[i] < limit.cost * limit.policy->params.period_ms;
+        outcomes[i] = ratelimit::outcome_after(limit.params, limit.cost, verdict.levels[i],
+                                               verdict.allowed);
+        short_of = short_of || verdict.levels[i] < limit.cost * limit.params.period_ms;
     }
     ngx_shm_zone_t* zone = main_conf(r)->zone;
     if (short_of || !zone_memory_empty(zone)) {
@@ -440,7 +476,7 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainCo
     redis_keys(ctx, mcf, keys);
     ratelimit::ScriptLimit limits[kMaxLimitsPerRequest];
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        limits[i] = ratelimit::ScriptLimit{keys[i], ctx->limits[i].policy->params,
+        limits[i] = ratelimit::ScriptLimit{keys[i], ctx->limits[i].params,
                                            ctx->limits[i].cost};
     }
 
@@ -488,8 +524,11 @@ ngx_int_t start_deciding(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (ctx->nlimits == 0) {
-        ctx->status = Status::skipped;
+        ctx->status = ctx->exempt ? Status::passed : Status::skipped;
         return NGX_DECLINED;
+    }
+    if (rejected_by_block(r, ctx, lcf)) {
+        return ctx->rc;
     }
     if (mcf->redis == nullptr) {
         decide_locally(r, ctx, lcf, false);

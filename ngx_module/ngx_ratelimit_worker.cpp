@@ -6,6 +6,7 @@
 #include <string>
 
 #include "ngx_ratelimit.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ngx_ratelimit_endpoint.h"
 #include "ngx_ratelimit_lease.h"
 #include "ngx_ratelimit_log.h"
@@ -240,6 +241,7 @@ ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
             w->loop, w->router(), ratelimit::BatcherOptions{}, count_script_call);
         w->lease_sweep = start_lease_sweep(w->loop, w->router(), mcf->zone);
         worker = w.release();
+        start_override_poll(cycle, mcf);
         return NGX_OK;
     } catch (...) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "ratelimit: cannot create the Redis client");
@@ -250,6 +252,7 @@ ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
 
 void exit_worker_redis()
 {
+    stop_override_poll();
     if (worker == nullptr) {
         return;
     }

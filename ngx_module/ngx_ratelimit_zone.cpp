@@ -5,6 +5,7 @@
 
 #include "ngx_ratelimit_counters.h"
 #include "ngx_ratelimit_lease.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ratelimit/batcher.h"
 #include "ratelimit/key.h"
 
@@ -35,6 +36,7 @@ struct ZoneShared {
     ngx_atomic_t memories;  // rejection-memory nodes: none, and requests skip the lookup
     ApiShared* api;         // counters and top keys (ngx_ratelimit_counters.cpp)
     void* leases;           // the node's token leases (ngx_ratelimit_lease.cpp), or nullptr
+    OverridesShared* overrides;  // runtime limits (ngx_ratelimit_overrides.cpp)
     int64_t forgot_ms[kForgetStamps];
 };
 
@@ -257,7 +259,8 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     zone->sh->leases = nullptr;
     ngx_memzero(zone->sh->forgot_ms, sizeof(zone->sh->forgot_ms));
     zone->sh->api = create_api_shared(zone->shpool);
-    if (zone->sh->api == nullptr) {
+    zone->sh->overrides = create_overrides_shared(zone->shpool);
+    if (zone->sh->api == nullptr || zone->sh->overrides == nullptr) {
         return NGX_ERROR;
     }
 
@@ -549,6 +552,26 @@ ApiShared* zone_api(ngx_shm_zone_t* shm_zone)
 }
 
 
+OverridesShared* zone_overrides(ngx_shm_zone_t* shm_zone)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    return zone->sh ? zone->sh->overrides : nullptr;
+}
+
+
+void* zone_alloc_locked(ngx_shm_zone_t* shm_zone, size_t size)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    void* p;
+    while ((p = ngx_slab_alloc_locked(zone->shpool, size)) == nullptr) {
+        if (!evict_lru(zone, nullptr, 0)) {
+            return nullptr;
+        }
+    }
+    return p;
+}
+
+
 ratelimit::BucketView zone_peek(ngx_shm_zone_t* shm_zone, BucketSpace space,
                                 const ngx_str_t& policy, const ratelimit::BucketParams& params,
                                 const ngx_str_t& key)
@@ -563,7 +586,9 @@ ratelimit::BucketView zone_peek(ngx_shm_zone_t* shm_zone, BucketSpace space,
     if (ngx_rbtree_node_t* node = lookup(zone->sh, hash, id)) {
         BucketNode* b = node_of(node);
         view.exists = true;
-        view.level_units = ratelimit::refill(params, {b->level_units, b->stamp_ms}, view.now_ms);
+        // Converted from the period it was stored in (a rate changed since, by reload or API).
+        view.level_units = ratelimit::refill(
+            params, {b->level_units, b->stamp_ms, b->params.period_ms}, view.now_ms);
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
     return view;

@@ -64,6 +64,14 @@ void* zone_leases(ngx_shm_zone_t* zone, ngx_slab_pool_t** shpool);
 struct ApiShared;
 ApiShared* zone_api(ngx_shm_zone_t* zone);
 
+// The zone's runtime limits (ngx_ratelimit_overrides.h), allocated with the zone.
+struct OverridesShared;
+OverridesShared* zone_overrides(ngx_shm_zone_t* zone);
+
+// Allocates with the zone's lock held, dropping least recently used buckets to make room
+// (they refill); nullptr when nothing is left to drop.
+void* zone_alloc_locked(ngx_shm_zone_t* zone, size_t size);
+
 // One bucket as it is now, without taking anything (the API's GET); a missing bucket is full.
 ratelimit::BucketView zone_peek(ngx_shm_zone_t* zone, BucketSpace space, const ngx_str_t& policy,
                                 const ratelimit::BucketParams& params, const ngx_str_t& key);
