@@ -173,18 +173,21 @@ def test_load_under_the_rate_is_never_rejected_and_calls_fall(nginx_factory, red
     without, calls_without, cpu_without = hot_key_calls(nginx_factory, redis, "")
     redis.cmd("FLUSHALL")
     with_leases, calls_with, cpu_with = hot_key_calls(nginx_factory, redis, "200ms")
-    print("script calls/s without leases %.1f (%.1f leases), with %.1f (%.1f leases); Redis CPU "
-          "per admitted request %.1f us vs %.1f us"
-          % (sum(calls_without), calls_without[1], sum(calls_with), calls_with[1],
-             cpu_without * 1e6, cpu_with * 1e6))
+    # EVAL also carries the runtime limits' poll (one call per node per 250 ms) in both runs.
+    polls = calls_without[1]
+    leases = calls_with[1] - polls
+    print("script calls/s without leases %.1f, with %.1f (%.1f lease calls); Redis CPU per "
+          "admitted request %.1f us vs %.1f us"
+          % (calls_without[0], calls_with[0] + leases, leases, cpu_without * 1e6,
+             cpu_with * 1e6))
     assert set(without) == {200}
     assert set(with_leases) == {200}
-    assert calls_without[1] == 0
-    assert sum(calls_without) >= 60  # about one call per request at 90 r/s
+    assert polls <= 25
+    assert calls_without[0] >= 60  # about one call per request at 90 r/s
     # Lease calls: about one per node per lease period (20/s). Decisions still go to Redis
     # while a node's lease is spent and its next one is on its way.
-    assert 5 <= calls_with[1] <= 40
-    assert sum(calls_with) < sum(calls_without) / 2
+    assert 5 <= leases <= 40
+    assert calls_with[0] + leases < calls_without[0] / 2
 
 
 def lose_redis_holding_a_lease(n, redis):
