@@ -64,6 +64,21 @@ void unlock(TopKeys* top)
 }
 
 
+// For writers: the lock is held for a few dozen nanoseconds, so wait briefly rather than drop
+// a rejection whenever two workers reject at once; give up only on a holder that was preempted.
+bool lock_for_writing(TopKeys* top)
+{
+    for (int i = 0; i < 1024; i++) {
+        if (try_lock(top)) {
+            return true;
+        }
+        ngx_cpu_pause();
+    }
+    ngx_sched_yield();
+    return try_lock(top);
+}
+
+
 // For readers: waits a little for the lock, and takes it over from a holder that died.
 bool lock_for_reading(TopKeys* top)
 {
@@ -112,8 +127,8 @@ void remember_rejected_key(TopKeys* top, const ngx_str_t& key)
     ratelimit::KeyIdBuffer scratch;
     std::string_view id = ratelimit::key_id(
         std::string_view(reinterpret_cast<const char*>(key.data), key.len), scratch);
-    if (!try_lock(top)) {
-        return;  // another worker is writing: this rejection goes uncounted here
+    if (!lock_for_writing(top)) {
+        return;  // its holder was preempted: this rejection goes uncounted here
     }
     int64_t minute = int64_t(ngx_time()) / 60;
     TopSlot* slot = &top->slots[minute % kTopSlots];

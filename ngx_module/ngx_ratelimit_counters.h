@@ -20,7 +20,7 @@ constexpr int64_t kDelayBoundsMs[] = {10, 50, 100, 250, 500, 1000, 2500, 5000, 1
 constexpr size_t kDelayBuckets = sizeof(kDelayBoundsMs) / sizeof(kDelayBoundsMs[0]) + 1;
 
 // Top rejected keys: a Space-Saving sketch per minute over the last kTopSlots minutes,
-// updated under a try-lock that skips on contention.
+// updated under a short spin lock that skips only a preempted holder.
 constexpr size_t kTopSlots = 5;
 constexpr size_t kTopEntries = 24;
 constexpr size_t kTopShown = 10;
