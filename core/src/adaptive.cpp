@@ -1,0 +1,228 @@
+#include "ratelimit/adaptive.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+
+namespace ratelimit {
+namespace {
+
+constexpr int64_t kDayMs = 86400000;
+constexpr int64_t kExactLimit = int64_t(1) << 53;
+
+double share(int64_t part, int64_t whole)
+{
+    return double(std::clamp<int64_t>(part, 0, whole)) / double(whole);
+}
+
+
+// How far `observed` is past `target`, relative to the room above the target: 0..1.
+double excess(double observed, double target)
+{
+    if (observed <= target || target >= 1.0) {
+        return 0.0;
+    }
+    return std::min(1.0, (observed - target) / (1.0 - target));
+}
+
+
+double bounded(double factor, const AdaptiveTargets& targets)
+{
+    return std::clamp(factor, targets.min_factor, 1.0);
+}
+
+
+int64_t rounded_div(int64_t num, int64_t den)
+{
+    return (num + den / 2) / den;
+}
+
+}  // namespace
+
+
+double overload(const IntervalCounts& counts, const AdaptiveTargets& targets,
+                const AdaptiveConstants& constants)
+{
+    if (counts.requests <= 0) {
+        return 0.0;
+    }
+    return std::max(excess(share(counts.slow, counts.requests), constants.slow_share),
+                    excess(share(counts.errors, counts.requests), targets.error_share));
+}
+
+
+AdaptiveState next_state(const AdaptiveState& state, double measured_under,
+                         const IntervalCounts& counts, const AdaptiveTargets& targets,
+                         const AdaptiveConstants& constants)
+{
+    if (counts.requests < constants.min_samples) {
+        return state;  // an idle or app-limited upstream teaches nothing
+    }
+    AdaptiveState next{state.factor, state.factor, 0, state.ceiling};
+    double over = overload(counts, targets, constants);
+    int64_t good = counts.requests - std::clamp<int64_t>(counts.errors, 0, counts.requests);
+    bool errors_within = share(counts.errors, counts.requests) <= targets.error_share;
+    if (over > 0.0 && errors_within && good >= counts.admitted) {
+        return next;  // the upstream's queue drains: the cut already made works
+    }
+    if (over > 0.0) {
+        double cut = std::min(constants.max_cut, constants.decrease_gain * over);
+        double target = measured_under * (1.0 - cut);
+        if (counts.admitted > good) {
+            // The upstream fell behind: down to what it kept up with, less a share of the cut
+            // so that its queue drains.
+            double kept_up = measured_under * double(good) / double(counts.admitted);
+            target = kept_up * (1.0 - constants.drain * cut);
+            if (share(counts.slow, counts.requests) > constants.slow_share) {
+                next.ceiling = std::max(target, std::min(1.0, kept_up));
+            }
+        }
+        next.factor = bounded(std::min(state.factor, target), targets);
+        return next;
+    }
+    if (share(counts.warm, counts.requests) > constants.slow_share
+        || double(counts.admitted) > (1.0 + constants.behind) * double(good))
+    {
+        return next;  // a queue is building: hold
+    }
+    next.streak = state.streak + 1;
+    if (state.ceiling < 1.0 && state.factor >= constants.near_ceiling * state.ceiling) {
+        // Near what the upstream kept up with last time: slowly, and only for a while.
+        bool entering = state.earlier < constants.near_ceiling * state.ceiling;
+        next.streak = entering ? 1 : state.streak + 1;
+        if (next.streak >= constants.ceiling_intervals) {
+            next.ceiling = 1.0;
+            next.streak = 0;
+        }
+        next.factor = bounded(state.factor * (1.0 + constants.first_step), targets);
+        return next;
+    }
+    double step = std::min(constants.max_step,
+                           constants.first_step * std::ldexp(1.0, int(std::min<int64_t>(
+                                                                 state.streak, 16))));
+    next.factor = bounded(state.factor + constants.add_step + state.factor * step, targets);
+    return next;
+}
+
+
+AdaptiveState decayed_state(const AdaptiveState& state, const AdaptiveConstants& constants)
+{
+    double factor = std::min(1.0, state.factor + constants.decay_step);
+    return AdaptiveState{factor, state.factor, 0, 1.0};
+}
+
+
+std::string format_state(const AdaptiveState& state)
+{
+    char text[64];
+    std::snprintf(text, sizeof(text), "%lld %lld %lld %lld",
+                  static_cast<long long>(std::llround(state.factor * 1e6)),
+                  static_cast<long long>(std::llround(state.earlier * 1e6)),
+                  static_cast<long long>(state.streak),
+                  static_cast<long long>(std::llround(state.ceiling * 1e6)));
+    return text;
+}
+
+
+std::optional<AdaptiveState> parse_state(std::string_view text)
+{
+    int64_t fields[4];
+    for (size_t i = 0; i < 4; i++) {
+        size_t space = text.find(' ');
+        if ((space == std::string_view::npos) != (i == 3)) {
+            return std::nullopt;
+        }
+        auto value = parse_non_negative_int(text.substr(0, space));
+        if (!value) {
+            return std::nullopt;
+        }
+        fields[i] = *value;
+        text = i == 3 ? std::string_view() : text.substr(space + 1);
+    }
+    for (size_t i : {0, 1, 3}) {
+        if (fields[i] == 0 || fields[i] > 1000000) {
+            return std::nullopt;
+        }
+    }
+    return AdaptiveState{double(fields[0]) / 1e6, double(fields[1]) / 1e6, fields[2],
+                         double(fields[3]) / 1e6};
+}
+
+
+int64_t factor_permille(double factor)
+{
+    if (!(factor > 0.0)) {
+        return 1;
+    }
+    return std::clamp<int64_t>(std::llround(factor * 1000.0), 1, 1000);
+}
+
+
+BucketParams scaled_params(const BucketParams& params, double factor)
+{
+    int64_t permille = factor_permille(factor);
+    if (permille == 1000) {
+        return params;
+    }
+    int64_t burst = std::max<int64_t>(1, rounded_div(params.burst * permille, 1000));
+    if (params.period_ms > 0 && kDayMs % params.period_ms == 0) {
+        int64_t per_day = params.count * (kDayMs / params.period_ms);
+        if (per_day < kExactLimit / 1000) {
+            BucketParams daily{std::max<int64_t>(1, rounded_div(per_day * permille, 1000)),
+                               kDayMs, burst};
+            if (check_bucket(daily).empty()) {
+                return daily;
+            }
+        }
+    }
+    return BucketParams{std::max<int64_t>(1, rounded_div(params.count * permille, 1000)),
+                        params.period_ms, burst};
+}
+
+
+std::optional<double> parse_percent(std::string_view text)
+{
+    if (text.size() < 2 || text.back() != '%') {
+        return std::nullopt;
+    }
+    text.remove_suffix(1);
+    size_t dot = text.find('.');
+    auto whole = parse_non_negative_int(text.substr(0, dot));
+    if (!whole) {
+        return std::nullopt;
+    }
+    double value = double(*whole);
+    if (dot != std::string_view::npos) {
+        std::string_view decimals = text.substr(dot + 1);
+        auto digits = parse_non_negative_int(decimals);
+        if (!digits || decimals.size() > 6) {
+            return std::nullopt;
+        }
+        value += double(*digits) / std::pow(10.0, double(decimals.size()));
+    }
+    if (value > 100.0) {
+        return std::nullopt;
+    }
+    return value / 100.0;
+}
+
+
+std::string check_targets(const AdaptiveTargets& targets)
+{
+    if (targets.latency_ms <= 0) {
+        return "latency must be positive";
+    }
+    if (targets.error_share < 0.0 || targets.error_share >= 1.0) {
+        return "errors must be below 100%";
+    }
+    if (targets.min_factor <= 0.0 || targets.min_factor > 1.0) {
+        return "min must be above 0% and at most 100%";
+    }
+    if (targets.interval_ms < 100) {
+        return "interval must be at least 100ms";
+    }
+    return {};
+}
+
+}  // namespace ratelimit
