@@ -28,6 +28,7 @@ WORKDIR /src
 COPY Makefile config config.make README.md CHANGELOG.md ./
 COPY core/include/ core/include/
 COPY core/src/ core/src/
+COPY core/lua/ core/lua/
 COPY ngx_module/ ngx_module/
 COPY debian/ debian/
 COPY conf-examples/ conf-examples/

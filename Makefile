@@ -15,7 +15,10 @@ PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgt
             valgrind clang libclang-rt-14-dev strace chromium libbenchmark-dev \
             fonts-dejavu-core python3-prometheus-client
 
-MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h)
+# Files embedded at build time (core/include/ratelimit/embed.h) count as sources.
+EMBEDDED    := $(wildcard ngx_module/dashboard/* core/lua/*)
+MODULE_SRCS := $(wildcard core/src/*.cpp core/include/ratelimit/*.h ngx_module/*.cpp ngx_module/*.h) \
+               $(EMBEDDED)
 
 .PHONY: all deps core module test run bench profile soak clean \
         asan-core test-asan test-asan-core test-asan-e2e test-valgrind fuzz fuzz-build
@@ -42,10 +45,10 @@ $(CORE_BUILD)/Makefile: CMakeLists.txt
 
 module: $(MODULE)
 
-# The nginx build must be configured again when the list of sources changes.
+# The nginx build must be configured again when the list of sources (or embedded files) changes.
 $(BUILD)/sources.list: FORCE
 	@mkdir -p $(BUILD)
-	@ls core/src/*.cpp ngx_module/*.cpp > $@.tmp; cmp -s $@.tmp $@ && rm $@.tmp || mv $@.tmp $@
+	@ls core/src/*.cpp ngx_module/*.cpp $(EMBEDDED) > $@.tmp; cmp -s $@.tmp $@ && rm $@.tmp || mv $@.tmp $@
 
 # $(call ngx_configure,builddir,extra cc/ld flags,log): configures the module against
 # Debian's nginx sources with Debian's flags (plus extra ones).
@@ -155,10 +158,11 @@ FUZZ_BUILD   := $(BUILD)/fuzz
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.cpp,%,$(wildcard tests/fuzz/fuzz_*.cpp))
 FUZZ_CXX     ?= clang++
 FUZZ_FLAGS   := -std=c++17 -g -O1 -fno-omit-frame-pointer -Wall -Wextra -Werror -Icore/include \
+                -DRATELIMIT_SOURCE_DIR='"$(CURDIR)"' \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_OBJS    := $(patsubst core/src/%.cpp,$(FUZZ_BUILD)/obj/%.o,$(wildcard core/src/*.cpp))
 
-$(FUZZ_BUILD)/obj/%.o: core/src/%.cpp $(wildcard core/include/ratelimit/*.h)
+$(FUZZ_BUILD)/obj/%.o: core/src/%.cpp $(wildcard core/include/ratelimit/*.h) $(EMBEDDED)
 	@mkdir -p $(@D)
 	$(FUZZ_CXX) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
@@ -219,7 +223,7 @@ DEB_PACKAGES := nginx nginx-dev libhiredis-dev debhelper dpkg-dev build-essentia
 DEB_VERSION  := $(shell sed -n 's/^\#define RATELIMIT_VERSION "\(.*\)"/\1/p' core/include/ratelimit/version.h)
 DEB_NAME     := libnginx-mod-http-ratelimit
 DEB_SRC      := $(BUILD)/deb/$(DEB_NAME)-$(DEB_VERSION)
-DEB_SOURCES  := config config.make core/include core/src ngx_module debian conf-examples \
+DEB_SOURCES  := config config.make core/include core/src core/lua ngx_module debian conf-examples \
                 README.md CHANGELOG.md
 
 deb:

@@ -2,6 +2,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "ratelimit/embed.h"
 #include "ratelimit/resp.h"
 #include "ratelimit/token_bucket.h"
 
@@ -11,63 +12,10 @@ namespace {
 constexpr int64_t kMaxExactLevel = int64_t(1) << 53;  // Lua's doubles are exact below
 constexpr int64_t kMaxPeriodMs = 86400000;              // one day, the longest rate period
 
-// Mirrors view_stored() below (a key of another type reads as missing, as in the decision
-// script); values stay below 2^53 as in the decision script, except
+// core/lua/view.lua: mirrors view_stored() below (a key of another type reads as missing, as
+// in the decision script); values stay below 2^53 as in the decision script, except
 // tokens * period on a conversion, which is compared with the capacity first.
-const char kViewScript[] = R"lua(-- ratelimit: read one bucket, take nothing
-local count, period, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if #KEYS ~= 1 or not (count and period and burst)
-    or count <= 0 or period <= 0 or burst <= 0 then
-  return redis.error_reply('ratelimit: bad arguments')
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cap = burst * period
-local stored = redis.pcall('GET', KEYS[1])
-if type(stored) ~= 'string' then
-  return {0, cap, now}
-end
-local l, from, s
-local v, rest = string.match(stored, '^v(%d+) (.*)$')
-if v then
-  if tonumber(v) >= 2 then
-    local tail
-    l, from, s, tail = string.match(rest, '^(%d+) (%d+) (%d+)(.*)$')
-    if l and tail ~= '' and string.sub(tail, 1, 1) ~= ' ' then
-      l = nil
-    end
-  end
-else
-  l, s = string.match(stored, '^(%d+) (%d+)$')
-  from = period
-end
-if not l then
-  return {0, cap, now}
-end
-l, from, s = tonumber(l), tonumber(from), tonumber(s)
-if from == 0 or from > 86400000 or l >= 9007199254740992 then
-  return {0, cap, now}
-end
-if from ~= period and from > 0 then
-  local tokens = math.floor(l / from)
-  if tokens >= burst then
-    l = cap
-  else
-    l = tokens * period + math.floor((l % from) * period / from)
-  end
-end
-if l >= cap then
-  l = cap
-else
-  local elapsed = math.max(0, now - s)
-  if elapsed >= math.ceil((cap - l) / count) then
-    l = cap
-  else
-    l = l + elapsed * count
-  end
-end
-return {1, l, now}
-)lua";
+RATELIMIT_EMBED(view_lua, "core/lua/view.lua")
 
 std::optional<int64_t> number(std::string_view text)
 {
@@ -148,7 +96,7 @@ BucketView view_stored(std::optional<std::string_view> stored, const BucketParam
 
 const std::string& bucket_view_script()
 {
-    static const std::string source = kViewScript;
+    static const std::string source(view_lua());
     return source;
 }
 

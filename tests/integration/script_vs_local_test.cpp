@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <optional>
@@ -467,6 +468,31 @@ TEST_F(ScriptVsLocal, BadArgumentsAreAnErrorReply)
         EXPECT_NE(text.find(" 1 4000"), std::string::npos) << text;
         EXPECT_EQ(text.size() - text.find(" 1 4000"), 7u) << text;
     }
+}
+
+// The script files as they are, run by redis-cli: what an operator can check by hand.
+TEST_F(ScriptVsLocal, ScriptFilesRunWithRedisCliEval)
+{
+    auto redis_cli = [&](const std::string& args) {
+        std::string cmd = "redis-cli -p " + std::to_string(server_.port()) + " --eval "
+                          RATELIMIT_SOURCE_DIR "/core/lua/" + args + " 2>&1";
+        std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(cmd.c_str(), "r"), pclose);
+        std::string out;
+        char buf[512];
+        while (pipe && fgets(buf, sizeof buf, pipe.get())) {
+            out += buf;
+        }
+        return out;
+    };
+    // One request on rl:cli:k (10 r/s, burst 5), cost 1: allowed, 4 tokens left.
+    std::string decided = redis_cli("decide.lua rl:cli:k , 1 1 10 1000 5 1 1");
+    EXPECT_NE(decided.find(" 1 4000"), std::string::npos) << decided;
+    EXPECT_EQ(get("rl:cli:k").value_or("").rfind("v2 4000 1000 ", 0), 0u);
+    std::string viewed = redis_cli("view.lua rl:cli:k , 10 1000 5");
+    EXPECT_EQ(viewed.substr(0, 2), "1\n") << viewed;
+    EXPECT_NE(viewed.find("\n4"), std::string::npos) << viewed;  // 4000 and some refill
+    std::string bad = redis_cli("decide.lua rl:cli:k , x");
+    EXPECT_NE(bad.find("ratelimit: bad arguments"), std::string::npos) << bad;
 }
 
 TEST_F(ScriptVsLocal, EvalshaAfterScriptFlushFallsBackToEval)

@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "ratelimit/bucket_view.h"
 #include "ratelimit/sha1.h"
 #include "read_resp.h"
 
@@ -58,6 +61,25 @@ TEST(Script, Sha1IsOfTheSource)
     EXPECT_EQ(script_sha1(), sha1_hex(script_source()));
     EXPECT_EQ(script_sha1().size(), 40u);
     EXPECT_NE(script_source().find("redis.call('TIME')"), std::string::npos);
+}
+
+std::string file_text(const std::string& path)
+{
+    std::ifstream in(RATELIMIT_SOURCE_DIR "/" + path, std::ios::binary);
+    EXPECT_TRUE(in) << path;
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST(Script, EmbeddedTextIsTheFileOnDisk)
+{
+    EXPECT_EQ(script_source(), file_text("core/lua/decide.lua"));
+    EXPECT_EQ(bucket_view_script(), file_text("core/lua/view.lua"));
+    EXPECT_EQ(script_sha1(), sha1_hex(file_text("core/lua/decide.lua")));
+    // The node-wide form is the same file with its reads and arguments rewritten.
+    const std::string& node_wide = script_source(ScriptForm::node_wide);
+    EXPECT_NE(node_wide, script_source());
+    EXPECT_NE(node_wide.find("stored[i] = redis.call('GET', keys[i])"), std::string::npos);
+    EXPECT_EQ(node_wide.find("KEYS"), std::string::npos);
 }
 
 TEST(ScriptBatch, EncodesKeysOnceThenParamsThenRequests)
