@@ -13,7 +13,7 @@ JOBS      ?= $(shell nproc)
 PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgtest-dev cmake g++ make \
             redis-server redis-tools python3 python3-pytest curl ca-certificates openssl procps \
             valgrind clang libclang-rt-14-dev strace chromium libbenchmark-dev \
-            fonts-dejavu-core python3-prometheus-client
+            fonts-dejavu-core python3-prometheus-client python3-matplotlib
 
 # Files embedded at build time (core/include/ratelimit/embed.h) count as sources.
 EMBEDDED    := $(wildcard ngx_module/dashboard/* core/lua/*)

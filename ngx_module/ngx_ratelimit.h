@@ -21,6 +21,7 @@ namespace ngx_ratelimit {
 constexpr size_t kMaxLimitsPerRequest = 64;
 
 struct PolicyStats;  // ngx_ratelimit_counters.cpp
+struct Adaptive;     // ngx_ratelimit_adaptive.h
 
 // ratelimit_policy name rate=... burst=...
 struct Policy {
@@ -28,6 +29,8 @@ struct Policy {
     ratelimit::Rate rate;
     ratelimit::BucketParams params;
     PolicyStats* stats;  // its counters in the zone, bound by name; nullptr: not counted
+    ngx_str_t adaptive_name;  // adaptive=name, or empty
+    Adaptive* adaptive;       // resolved adaptive=name, or nullptr
 };
 
 // $ratelimit_status of a request.
@@ -70,6 +73,7 @@ enum FailureMode : ngx_uint_t {
 
 struct MainConf {
     ngx_array_t policies;              // of Policy
+    ngx_array_t adaptives;             // of Adaptive
     ratelimit::RedisConfig* redis;     // nullptr: local mode
     ngx_addr_t redis_peer;             // the first address, resolved at configuration
     ngx_addr_t* redis_addrs;           // each address (sentinel mode) or the first, likewise

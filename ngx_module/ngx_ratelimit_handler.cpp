@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "ngx_ratelimit_adaptive.h"
 #include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_request.h"
 #include "ngx_ratelimit_zone.h"
@@ -148,7 +149,7 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
             twin->cost = std::min<int64_t>(twin->cost + cost, 1000000000LL * 64);
             continue;
         }
-        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost, false};
+        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost, false, params_in_force(*policy)};
     }
     return NGX_OK;
 }
@@ -167,8 +168,7 @@ void log_rejection(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool dr
 // `local` failure mode stands in for Redis.
 ratelimit::BucketParams bucket_of(const RequestLimit& limit, LocConf* lcf, bool local_fallback)
 {
-    return local_fallback ? node_share(limit.policy->params, lcf->failure_nodes)
-                          : limit.policy->params;
+    return local_fallback ? node_share(limit.params, lcf->failure_nodes) : limit.params;
 }
 
 
@@ -309,9 +309,9 @@ void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
     bool short_of = false;
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        outcomes[i] = ratelimit::outcome_after(limit.policy->params, limit.cost,
-                                               verdict.levels[i], verdict.allowed);
-        short_of = short_of || verdict.levels[i] < limit.cost * limit.policy->params.period_ms;
+        outcomes[i] = ratelimit::outcome_after(limit.params, limit.cost, verdict.levels[i],
+                                               verdict.allowed);
+        short_of = short_of || verdict.levels[i] < limit.cost * limit.params.period_ms;
     }
     ngx_shm_zone_t* zone = main_conf(r)->zone;
     if (short_of || !zone_memory_empty(zone)) {
@@ -335,6 +335,7 @@ void count(RequestCtx* ctx) noexcept
     // Rejections decided on the node are a subset of the rejected ones (dry run aside).
     count_request(counted, ctx->nlimits, ctx->status,
                   ctx->on_node && ctx->status == Status::rejected);
+    count_admitted(ctx);
 }
 
 
@@ -389,7 +390,7 @@ ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainCo
     for (ngx_uint_t i = 0, start = 0; i < ctx->nlimits; start = ends[i], i++) {
         limits[i] = ratelimit::ScriptLimit{
             std::string_view(key_scratch).substr(start, ends[i] - start),
-            ctx->limits[i].policy->params, ctx->limits[i].cost};
+            ctx->limits[i].params, ctx->limits[i].cost};
     }
 
     auto queued = batcher->decide(limits, ctx->nlimits, on_verdict, ctx);

@@ -17,6 +17,7 @@ struct RequestLimit {
     ngx_str_t key;
     int64_t cost;
     bool lacked_tokens;  // the request was rejected for want of this bucket's tokens
+    ratelimit::BucketParams params;  // its policy's, as in force when decided
 };
 
 // Lives in the request pool, inside the pool cleanup entry that finds it again after an

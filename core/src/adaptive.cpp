@@ -5,6 +5,13 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include <hiredis/hiredis.h>
+
+#include "ratelimit/embed.h"
+#include "ratelimit/resp.h"
+
+RATELIMIT_EMBED(adaptive_lua, "core/lua/adaptive.lua")
+
 namespace ratelimit {
 namespace {
 
@@ -81,9 +88,17 @@ AdaptiveState next_state(const AdaptiveState& state, double measured_under,
         next.factor = bounded(std::min(state.factor, target), targets);
         return next;
     }
-    if (share(counts.warm, counts.requests) > constants.slow_share
-        || double(counts.admitted) > (1.0 + constants.behind) * double(good))
-    {
+    // Behind: more admitted than answered well, past the tolerance and past the counting
+    // noise of a small sample (one standard deviation of a Poisson count).
+    double slack = std::max(constants.behind * double(good), std::sqrt(double(good)));
+    if (double(counts.admitted) > double(good) + slack) {
+        // Within the targets, but the upstream falls behind: back to what it kept up with.
+        double kept_up = measured_under * double(good) / double(counts.admitted);
+        next.factor = bounded(std::min(state.factor, kept_up), targets);
+        next.ceiling = std::max(next.factor, std::min(1.0, kept_up));
+        return next;
+    }
+    if (share(counts.warm, counts.requests) > constants.slow_share) {
         return next;  // a queue is building: hold
     }
     next.streak = state.streak + 1;
@@ -92,8 +107,8 @@ AdaptiveState next_state(const AdaptiveState& state, double measured_under,
         bool entering = state.earlier < constants.near_ceiling * state.ceiling;
         next.streak = entering ? 1 : state.streak + 1;
         if (next.streak >= constants.ceiling_intervals) {
-            next.ceiling = 1.0;
-            next.streak = 0;
+            next.ceiling = 1.0;  // capacity came back: climb, doubling again from the start
+            next.streak = 1;
         }
         next.factor = bounded(state.factor * (1.0 + constants.first_step), targets);
         return next;
@@ -166,14 +181,13 @@ BucketParams scaled_params(const BucketParams& params, double factor)
         return params;
     }
     int64_t burst = std::max<int64_t>(1, rounded_div(params.burst * permille, 1000));
-    if (params.period_ms > 0 && kDayMs % params.period_ms == 0) {
+    // Exact per day when count and capacity stay below 2^53 units (check_bucket's bound).
+    constexpr int64_t kMaxPerDay = (kExactLimit - 1) / kDayMs;
+    if (params.period_ms > 0 && kDayMs % params.period_ms == 0 && burst <= kMaxPerDay) {
         int64_t per_day = params.count * (kDayMs / params.period_ms);
-        if (per_day < kExactLimit / 1000) {
-            BucketParams daily{std::max<int64_t>(1, rounded_div(per_day * permille, 1000)),
-                               kDayMs, burst};
-            if (check_bucket(daily).empty()) {
-                return daily;
-            }
+        int64_t scaled = std::max<int64_t>(1, rounded_div(per_day * permille, 1000));
+        if (per_day < kExactLimit / 1000 && scaled <= kMaxPerDay) {
+            return BucketParams{scaled, kDayMs, burst};
         }
     }
     return BucketParams{std::max<int64_t>(1, rounded_div(params.count * permille, 1000)),
@@ -223,6 +237,71 @@ std::string check_targets(const AdaptiveTargets& targets)
         return "interval must be at least 100ms";
     }
     return {};
+}
+
+
+const std::string& adaptive_script()
+{
+    static const std::string source(adaptive_lua());
+    return source;
+}
+
+
+std::string adaptive_key(std::string_view prefix, std::string_view controller)
+{
+    std::string key(prefix);
+    key += "adaptive:{";
+    key += controller;
+    key += '}';
+    return key;
+}
+
+
+std::string adaptive_command(std::string_view key, int64_t interval_ms,
+                             const IntervalCounts& node, const std::optional<Proposal>& mine)
+{
+    std::string interval = std::to_string(interval_ms);
+    std::string counts[5] = {std::to_string(node.requests), std::to_string(node.errors),
+                             std::to_string(node.slow), std::to_string(node.warm),
+                             std::to_string(node.admitted)};
+    std::string proposed = mine ? std::to_string(mine->interval) : std::string();
+    std::string state = mine ? format_state(mine->state) : std::string();
+    return format_command({"EVAL", adaptive_script(), "1", key, interval, counts[0], counts[1],
+                           counts[2], counts[3], counts[4], proposed, state});
+}
+
+
+bool parse_fleet_interval(const redisReply* reply, FleetInterval& out, std::string& error)
+{
+    if (reply == nullptr) {
+        error = "no reply";
+        return false;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        error.assign(reply->str, reply->len);
+        return false;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 7) {
+        error = "unexpected reply to the adaptive script";
+        return false;
+    }
+    int64_t values[7] = {};
+    for (size_t i : {0, 2, 3, 4, 5, 6}) {
+        const redisReply* e = reply->element[i];
+        if (e->type != REDIS_REPLY_INTEGER || e->integer < 0) {
+            error = "unexpected reply to the adaptive script";
+            return false;
+        }
+        values[i] = e->integer;
+    }
+    const redisReply* state = reply->element[1];
+    out.interval = values[0];
+    out.state.reset();
+    if (state->type == REDIS_REPLY_STRING) {
+        out.state = parse_state(std::string_view(state->str, state->len));
+    }
+    out.totals = IntervalCounts{values[2], values[3], values[4], values[5], values[6]};
+    return true;
 }
 
 }  // namespace ratelimit

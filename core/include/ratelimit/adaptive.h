@@ -10,6 +10,8 @@
 
 #include "ratelimit/policy.h"
 
+struct redisReply;
+
 namespace ratelimit {
 
 // ratelimit_adaptive name latency= errors= min= interval=
@@ -26,7 +28,8 @@ struct AdaptiveConstants {
     int64_t min_samples = 10;      // fewer answers in an interval change nothing
     double decrease_gain = 1.0;    // cut = gain * how far past the target (0..1)
     double max_cut = 0.5;          // at most halves per interval
-    double behind = 0.05;          // more admitted than answered well by this share: hold
+    double behind = 0.05;          // more admitted than answered well by this share (or
+                                   //   by sqrt(answered), when more): behind
     double first_step = 0.03;      // relative increase after one healthy interval,
     double max_step = 0.25;        //   doubling per healthy interval up to this
     double add_step = 0.01;        // plus this much of the full limit
@@ -34,7 +37,7 @@ struct AdaptiveConstants {
                                    //   kept up with, so that its queue drains
     double near_ceiling = 0.9;     // from this share of the last estimate of the upstream's
                                    //   capacity, increase by first_step only,
-    int64_t ceiling_intervals = 5; //   for this many healthy intervals
+    int64_t ceiling_intervals = 3; //   for this many healthy intervals
     double decay_step = 0.25;      // no data (Redis unreachable): back toward 1 by this
 };
 
@@ -103,5 +106,25 @@ BucketParams scaled_params(const BucketParams& params, double factor);
 std::optional<double> parse_percent(std::string_view text);
 // Empty when the targets make sense, else why not ("errors=100% leaves no room" ...).
 std::string check_targets(const AdaptiveTargets& targets);
+
+// The fleet's side (core/lua/adaptive.lua): one call per node per interval adds the node's
+// counts under `key` (adaptive_key) and returns the fleet's previous interval.
+const std::string& adaptive_script();
+std::string adaptive_key(std::string_view prefix, std::string_view controller);
+
+struct Proposal {
+    int64_t interval = 0;    // the interval it was computed in
+    AdaptiveState state;
+};
+std::string adaptive_command(std::string_view key, int64_t interval_ms,
+                             const IntervalCounts& node, const std::optional<Proposal>& mine);
+
+struct FleetInterval {
+    int64_t interval = 0;                  // now, by Redis time
+    std::optional<AdaptiveState> state;    // the fleet's state of the previous interval
+    IntervalCounts totals;                 // the fleet's counts of the previous interval
+};
+// False (and `error`) on an error reply or one of the wrong shape.
+bool parse_fleet_interval(const redisReply* reply, FleetInterval& out, std::string& error);
 
 }  // namespace ratelimit
