@@ -243,3 +243,56 @@ def test_fleet_follows_the_upstream(redis, backend, nginx_factory):
     assert cut and cut[0] - errors_from <= 3 * INTERVAL + 0.3, (cut[:1], errors_from)
     back = [t for t, f in samples if t >= errors_to and f[0] == 1.0 and f[1] == 1.0]
     assert back and back[0] - errors_to <= 10 * INTERVAL, (back[:1], errors_to)
+
+
+def test_local_mode_scales_the_limit_in_force(backend, nginx_factory):
+    """Without Redis the node's own counts drive the factor; headers, status and metrics show
+    the limit in force, and the error log says when the factor leaves 1."""
+    n = nginx_factory(adaptive_conf(None, backend), workers=2)
+
+    async def overload():
+        await offer([n.port], 3 * C, 4, [], time.monotonic())
+
+    asyncio.run(overload())
+    s = status(n)
+    a = s["adaptive"][0]
+    assert a["name"] == "backend" and 0.1 <= a["factor"] < 1.0, a
+    assert a["interval_ms"] == 500 and a["latency_ms"] == 250 and a["min"] == 0.1, a
+    policy = s["policies"][0]
+    assert policy["adaptive"] == "backend" and policy["factor"] == a["factor"], policy
+    assert policy["burst_in_force"] == max(1, round(30 * a["factor"])), policy
+    assert policy["burst"] == 30
+    # The headers show the burst in force (q=) while the factor holds (the upstream is idle).
+    r = n.get("/")
+    if r.status == 429:
+        time.sleep(0.5)
+        r = n.get("/")
+    factor = controller(n)["factor"]
+    assert 'q=%d;' % max(1, round(30 * factor)) in r.header("RateLimit-Policy"), r.headers
+    metrics = n.get("/api/metrics").body.decode()
+    assert 'nginx_ratelimit_adaptive_factor{controller="backend"} ' in metrics
+    assert 'nginx_ratelimit_adaptive_requests_total{controller="backend",kind="admitted"}' in metrics
+    assert 'adaptive "backend" scales its policies to' in n.log()
+
+
+@pytest.mark.parametrize("directive,message", [
+    ("ratelimit_adaptive other errors=100%;", "errors must be below 100%"),
+    ("ratelimit_adaptive other min=0%;", "min must be above 0% and at most 100%"),
+    ("ratelimit_adaptive other min=101%;", 'invalid value "min=101%"'),
+    ("ratelimit_adaptive other latency=0ms;", "latency must be positive"),
+    ("ratelimit_adaptive other interval=50ms;", "interval must be at least 100ms"),
+    ("ratelimit_adaptive other latency=fast;", 'invalid value "latency=fast"'),
+    ("ratelimit_adaptive other speed=1;", 'invalid parameter "speed=1"'),
+    ("ratelimit_adaptive backend;", 'duplicate controller "backend"'),
+])
+def test_bad_controller_fails_nginx_t(directive, message, nginx_factory):
+    n = nginx_factory(adaptive_conf(None, free_port(), extra=directive), start=False)
+    t = n.test_config()
+    assert t.returncode != 0 and message in t.stderr and '"ratelimit_adaptive"' in t.stderr, \
+        t.stderr
+
+
+def test_policy_naming_an_unknown_controller_fails_nginx_t(nginx_factory):
+    n = nginx_factory(adaptive_conf(None, free_port(), adaptive="nope"), start=False)
+    t = n.test_config()
+    assert t.returncode != 0 and 'unknown controller "adaptive=nope"' in t.stderr, t.stderr
