@@ -296,3 +296,23 @@ def test_policy_naming_an_unknown_controller_fails_nginx_t(nginx_factory):
     n = nginx_factory(adaptive_conf(None, free_port(), adaptive="nope"), start=False)
     t = n.test_config()
     assert t.returncode != 0 and 'unknown controller "adaptive=nope"' in t.stderr, t.stderr
+
+
+def test_redis_lost_the_factor_decays_back_to_one(redis, backend, nginx_factory):
+    """With Redis unreachable the last factor holds, then goes back to 1 within a few
+    intervals (0.25 per interval without data)."""
+    n = nginx_factory(adaptive_conf(redis.port, backend), workers=2)
+
+    async def overload():
+        await offer([n.port], 3 * C, 3, [], time.monotonic())
+
+    asyncio.run(overload())
+    assert wait_for(lambda: controller(n)["factor"] < 1.0, timeout=3)
+    low = controller(n)["factor"]
+    redis.stop()
+    t = time.monotonic()
+    assert wait_for(lambda: controller(n)["factor"] == 1.0, timeout=10, step=0.1)
+    # From at least 0.1 in steps of 0.25: four intervals, plus the breaker's and a margin.
+    assert time.monotonic() - t <= 8 * INTERVAL, (low, time.monotonic() - t)
+    assert controller(n)["intervals_without_data"] >= 1
+    assert 'adaptive "backend" is back to full limits' in n.log()
