@@ -316,3 +316,42 @@ def test_redis_lost_the_factor_decays_back_to_one(redis, backend, nginx_factory)
     assert time.monotonic() - t <= 8 * INTERVAL, (low, time.monotonic() - t)
     assert controller(n)["intervals_without_data"] >= 1
     assert 'adaptive "backend" is back to full limits' in n.log()
+
+
+def test_dashboard_draws_the_factor_over_time(backend, nginx_factory, workdir):
+    """The dashboard (headless chromium) shows each controller with its factor over time; a
+    screenshot is left at build/dashboard-adaptive.png."""
+    import base64
+    from test_dashboard import CHROMIUM, DevTools
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium package")
+    n = nginx_factory(adaptive_conf(None, backend).replace("ratelimit_api;", "ratelimit_api write;"),
+                      workers=2)
+    browser = DevTools(workdir, "http://127.0.0.1:%d/api/" % n.port)
+    try:
+        browser.attach_to_page()
+
+        async def overload():
+            await offer([n.port], 3 * C, 5, [], time.monotonic())
+
+        asyncio.run(overload())
+        time.sleep(2.5)  # two more polls
+        state = browser.eval("""(() => {
+          const c = document.querySelector('section[data-adaptive="backend"]');
+          const line = c && c.querySelector('polyline.series-factor');
+          const ys = line ? line.getAttribute('points').trim().split(' ')
+                                .map(p => parseFloat(p.split(',')[1])) : [];
+          return JSON.stringify({card: !!c, ys: ys, legend: c ? c.querySelector('.legend').textContent : '',
+                                 policy: document.querySelector('section[data-policy="fleet"] .sub').textContent});
+        })()""")
+        state = json.loads(state)
+        assert state["card"], state
+        # Points at factor 1 (y = 8) and, once overloaded, below it.
+        assert len(state["ys"]) >= 5 and min(state["ys"]) < 9 and max(state["ys"]) > 20, state
+        factor = controller(n)["factor"]
+        assert ("factor %.3f" % factor) in state["legend"], (state, factor)
+        assert "adaptive backend: in force" in state["policy"], state
+        shot = browser.call("Page.captureScreenshot", {"format": "png"})
+        (REPO / "build" / "dashboard-adaptive.png").write_bytes(base64.b64decode(shot["data"]))
+    finally:
+        browser.close()
