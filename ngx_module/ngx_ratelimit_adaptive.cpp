@@ -338,17 +338,6 @@ ngx_int_t log_handler(ngx_http_request_t* r) noexcept
 }
 
 
-std::string number(double value)
-{
-    char text[32];
-    ngx_snprintf(reinterpret_cast<u_char*>(text), sizeof(text), "%.6f%Z", value);
-    std::string s(text);
-    s.erase(s.find_last_not_of('0') + 1);
-    if (!s.empty() && s.back() == '.') {
-        s.pop_back();
-    }
-    return s;
-}
 
 }  // namespace
 
@@ -531,10 +520,10 @@ void append_adaptive_status(std::string& out, MainConf* mcf)
         const Adaptive& a = all[i];
         out += i ? ",{\"name\":" : "{\"name\":";
         ratelimit::append_json_string(out, as_view(a.name));
-        out += ",\"factor\":" + number(factor_of(a.shared));
+        out += ",\"factor\":" + ratelimit::format_number(factor_of(a.shared));
         out += ",\"latency_ms\":" + std::to_string(a.targets.latency_ms);
-        out += ",\"errors\":" + number(a.targets.error_share);
-        out += ",\"min\":" + number(a.targets.min_factor);
+        out += ",\"errors\":" + ratelimit::format_number(a.targets.error_share);
+        out += ",\"min\":" + ratelimit::format_number(a.targets.min_factor);
         out += ",\"interval_ms\":" + std::to_string(a.targets.interval_ms);
         out += ",\"interval\":{";
         for (size_t c = 0; c < kCounts; c++) {
@@ -562,7 +551,7 @@ void append_adaptive_metrics(std::string& out, MainConf* mcf)
     for (ngx_uint_t i = 0; i < mcf->adaptives.nelts; i++) {
         out += "nginx_ratelimit_adaptive_factor{controller=\"";
         out += as_view(all[i].name);
-        out += "\"} " + number(factor_of(all[i].shared)) + '\n';
+        out += "\"} " + ratelimit::format_number(factor_of(all[i].shared)) + '\n';
     }
     static const char* const kinds[kCounts] = {"answered", "error", "slow", "warm", "admitted"};
     out += "# HELP nginx_ratelimit_adaptive_requests_total Requests this node fed each "

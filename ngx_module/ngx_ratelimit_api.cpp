@@ -44,9 +44,7 @@ std::string_view as_view(const ngx_str_t& s)
 
 std::string number(double value)
 {
-    char buf[64];
-    std::snprintf(buf, sizeof(buf), "%.15g", value);
-    return buf;
+    return ratelimit::format_number(value);
 }
 
 
