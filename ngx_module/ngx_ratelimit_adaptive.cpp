@@ -301,7 +301,7 @@ bool went_upstream(Status status)
 // LOG phase: the answer of a request decided under a policy naming a controller feeds it.
 ngx_int_t log_handler(ngx_http_request_t* r) noexcept
 {
-    if (r != r->main || r->upstream_states == nullptr || r->upstream_states->nelts == 0) {
+    if (r != r->main) {
         return NGX_OK;
     }
     RequestCtx* ctx = find_ctx(r);
@@ -311,6 +311,15 @@ ngx_int_t log_handler(ngx_http_request_t* r) noexcept
     Adaptive* controllers[8];
     size_t n = controllers_of(ctx, controllers, 8);
     if (n == 0) {
+        return NGX_OK;
+    }
+    if (r->upstream_states == nullptr || r->upstream_states->nelts == 0) {
+        // Admitted, but it reached no upstream (served from the location itself, a cache):
+        // it says nothing of the upstream, and is no longer counted as admitted.
+        for (size_t i = 0; i < n; i++) {
+            add(controllers[i]->shared->counts[admitted], -1);
+            add(controllers[i]->shared->totals[admitted], -1);
+        }
         return NGX_OK;
     }
     // Every try counts toward the time; the last one's status is the answer (0: none came).
@@ -336,8 +345,6 @@ ngx_int_t log_handler(ngx_http_request_t* r) noexcept
     }
     return NGX_OK;
 }
-
-
 
 }  // namespace
 

@@ -275,6 +275,40 @@ def test_local_mode_scales_the_limit_in_force(backend, nginx_factory):
     assert 'adaptive "backend" scales its policies to' in n.log()
 
 
+def test_requests_that_reach_no_upstream_teach_nothing(nginx_factory):
+    """A policy naming a controller on a location that serves a file: admitted requests
+    without an upstream answer are no sign of an upstream falling behind."""
+    n = nginx_factory(adaptive_conf(None, free_port()).replace(
+        "location / {", "location = /self { ratelimit all policy=fleet; alias /etc/os-release; }\n"
+                        "        location / {"), workers=2)
+
+    async def load():
+        log = []
+        t0 = time.monotonic()
+        tasks = []
+        for i in range(200):
+            tasks.append(asyncio.create_task(self_request(n.port, log, t0)))
+            await asyncio.sleep(1 / 100)
+        await asyncio.gather(*tasks)
+        return log
+
+    async def self_request(port, log, t0):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /self HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        log.append((await reader.read()).split(b" ", 2)[1])
+        writer.close()
+
+    codes = asyncio.run(load())
+    assert codes.count(b"200") > 100, codes
+    time.sleep(2 * INTERVAL)
+    a = controller(n)
+    assert a["factor"] == 1.0 and a["intervals"] >= 4, a
+    metrics = n.get("/api/metrics").body.decode()
+    assert 'kind="admitted"} 0\n' in metrics, metrics
+    assert 'kind="answered"} 0\n' in metrics, metrics
+
+
 @pytest.mark.parametrize("directive,message", [
     ("ratelimit_adaptive other errors=100%;", "errors must be below 100%"),
     ("ratelimit_adaptive other min=0%;", "min must be above 0% and at most 100%"),
