@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "ratelimit/token_bucket.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -206,6 +208,17 @@ TEST(AdaptiveParams, ScaledRateIsExactPerDay)
     BucketParams tiny = scaled_params(BucketParams{1, 86400000, 1}, 0.001);
     EXPECT_EQ(tiny.count, 1);
     EXPECT_EQ(tiny.burst, 1);
+}
+
+TEST(AdaptiveParams, TokensAreKeptWhenTheFactorChanges)
+{
+    BucketParams full{150, 1000, 30};
+    BucketParams half = scaled_params(full, 0.5);
+    ASSERT_EQ(half.burst, 15);
+    // 10 tokens stay 10 tokens; 20 are capped at the burst in force; and back again.
+    EXPECT_EQ(convert_level(10 * 1000, 1000, half), 10 * half.period_ms);
+    EXPECT_EQ(convert_level(20 * 1000, 1000, half), 15 * half.period_ms);
+    EXPECT_EQ(convert_level(7 * half.period_ms, half.period_ms, full), 7 * 1000);
 }
 
 TEST(AdaptiveParams, HugeBurstKeepsItsOwnPeriod)
