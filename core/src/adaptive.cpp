@@ -45,6 +45,50 @@ int64_t rounded_div(int64_t num, int64_t den)
     return (num + den / 2) / den;
 }
 
+// Past a target: multiplicative decrease from the factor the counts were taken under.
+AdaptiveState cut_back(AdaptiveState next, double measured_under, double over, int64_t good,
+                       const IntervalCounts& counts, const AdaptiveTargets& targets,
+                       const AdaptiveConstants& constants)
+{
+    double cut = std::min(constants.max_cut, constants.decrease_gain * over);
+    double target = measured_under * (1.0 - cut);
+    if (counts.admitted > good) {
+        // The upstream fell behind: down to what it kept up with, less a share of the cut so
+        // that its queue drains; when it was slow, that is its capacity (the ceiling).
+        double kept_up = measured_under * double(good) / double(counts.admitted);
+        target = kept_up * (1.0 - constants.drain * cut);
+        if (share(counts.slow, counts.requests) > constants.slow_share) {
+            next.ceiling = std::max(target, std::min(1.0, kept_up));
+        }
+    }
+    next.factor = bounded(std::min(next.factor, target), targets);
+    return next;
+}
+
+
+// Healthy: additive plus a relative step that doubles each healthy interval in a row; near
+// the ceiling the smallest step only, and only for a while.
+AdaptiveState increased(const AdaptiveState& state, const AdaptiveTargets& targets,
+                        const AdaptiveConstants& constants)
+{
+    AdaptiveState next{state.factor, state.factor, state.streak + 1, state.ceiling};
+    if (state.ceiling < 1.0 && state.factor >= constants.near_ceiling * state.ceiling) {
+        bool entering = state.earlier < constants.near_ceiling * state.ceiling;
+        next.streak = entering ? 1 : state.streak + 1;
+        if (next.streak >= constants.ceiling_intervals) {
+            next.ceiling = 1.0;  // capacity came back: climb, doubling again from the start
+            next.streak = 1;
+        }
+        next.factor = bounded(state.factor * (1.0 + constants.first_step), targets);
+        return next;
+    }
+    double step = std::min(constants.max_step,
+                           constants.first_step * std::ldexp(1.0, int(std::min<int64_t>(
+                                                                 state.streak, 16))));
+    next.factor = bounded(state.factor + constants.add_step + state.factor * step, targets);
+    return next;
+}
+
 }  // namespace
 
 
@@ -66,58 +110,29 @@ AdaptiveState next_state(const AdaptiveState& state, double measured_under,
     if (counts.requests < constants.min_samples) {
         return state;  // an idle or app-limited upstream teaches nothing
     }
-    AdaptiveState next{state.factor, state.factor, 0, state.ceiling};
+    AdaptiveState held{state.factor, state.factor, 0, state.ceiling};
     double over = overload(counts, targets, constants);
     int64_t good = counts.requests - std::clamp<int64_t>(counts.errors, 0, counts.requests);
-    bool errors_within = share(counts.errors, counts.requests) <= targets.error_share;
-    if (over > 0.0 && errors_within && good >= counts.admitted) {
-        return next;  // the upstream's queue drains: the cut already made works
-    }
     if (over > 0.0) {
-        double cut = std::min(constants.max_cut, constants.decrease_gain * over);
-        double target = measured_under * (1.0 - cut);
-        if (counts.admitted > good) {
-            // The upstream fell behind: down to what it kept up with, less a share of the cut
-            // so that its queue drains.
-            double kept_up = measured_under * double(good) / double(counts.admitted);
-            target = kept_up * (1.0 - constants.drain * cut);
-            if (share(counts.slow, counts.requests) > constants.slow_share) {
-                next.ceiling = std::max(target, std::min(1.0, kept_up));
-            }
+        bool errors_within = share(counts.errors, counts.requests) <= targets.error_share;
+        if (errors_within && good >= counts.admitted) {
+            return held;  // the upstream's queue drains: the cut already made works
         }
-        next.factor = bounded(std::min(state.factor, target), targets);
-        return next;
+        return cut_back(held, measured_under, over, good, counts, targets, constants);
     }
     // Behind: more admitted than answered well, past the tolerance and past the counting
     // noise of a small sample (one standard deviation of a Poisson count).
     double slack = std::max(constants.behind * double(good), std::sqrt(double(good)));
     if (double(counts.admitted) > double(good) + slack) {
-        // Within the targets, but the upstream falls behind: back to what it kept up with.
         double kept_up = measured_under * double(good) / double(counts.admitted);
-        next.factor = bounded(std::min(state.factor, kept_up), targets);
-        next.ceiling = std::max(next.factor, std::min(1.0, kept_up));
-        return next;
+        held.factor = bounded(std::min(state.factor, kept_up), targets);
+        held.ceiling = std::max(held.factor, std::min(1.0, kept_up));
+        return held;
     }
     if (share(counts.warm, counts.requests) > constants.slow_share) {
-        return next;  // a queue is building: hold
+        return held;  // a queue is building
     }
-    next.streak = state.streak + 1;
-    if (state.ceiling < 1.0 && state.factor >= constants.near_ceiling * state.ceiling) {
-        // Near what the upstream kept up with last time: slowly, and only for a while.
-        bool entering = state.earlier < constants.near_ceiling * state.ceiling;
-        next.streak = entering ? 1 : state.streak + 1;
-        if (next.streak >= constants.ceiling_intervals) {
-            next.ceiling = 1.0;  // capacity came back: climb, doubling again from the start
-            next.streak = 1;
-        }
-        next.factor = bounded(state.factor * (1.0 + constants.first_step), targets);
-        return next;
-    }
-    double step = std::min(constants.max_step,
-                           constants.first_step * std::ldexp(1.0, int(std::min<int64_t>(
-                                                                 state.streak, 16))));
-    next.factor = bounded(state.factor + constants.add_step + state.factor * step, targets);
-    return next;
+    return increased(state, targets, constants);
 }
 
 
