@@ -77,7 +77,7 @@ AdaptiveState increased(const AdaptiveState& state, const AdaptiveTargets& targe
         next.streak = entering ? 1 : state.streak + 1;
         if (next.streak >= constants.ceiling_intervals) {
             next.ceiling = 1.0;  // capacity came back: climb, doubling again from the start
-            next.streak = 1;
+            next.streak = 0;
         }
         next.factor = bounded(state.factor * (1.0 + constants.first_step), targets);
         return next;
