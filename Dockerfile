@@ -6,10 +6,13 @@
 #   docker run --rm -p 8080:8080 -e RATELIMIT_REDIS=redis.example.net:6379 nginx-ratelimit
 #
 # The configuration is conf-examples/docker/nginx.conf.template, rendered at every start by
-# docker-entrypoint.sh from the environment: RATELIMIT_REDIS (host:port of Redis) and
+# docker-entrypoint.sh from the environment: RATELIMIT_REDIS (host:port of Redis),
 # RATELIMIT_BACKEND (host:port of the application; default: a demo backend inside the
-# container). Without a reachable Redis, requests are decided by each container's shared-memory
-# buckets (ratelimit_failure_mode local). Mount your own template over
+# container), RATELIMIT_RESOLVER (the DNS server that re-resolves the Redis name at each
+# reconnection; default Docker's 127.0.0.11) and RATELIMIT_NODES (the number of instances
+# sharing the limits; default 1). Without a reachable Redis, requests are decided by each
+# container's shared-memory buckets with 1/RATELIMIT_NODES of the limits
+# (ratelimit_failure_mode local nodes=N). Mount your own template over
 # /etc/nginx/ratelimit/nginx.conf.template to change it. Logs go to stdout/stderr; `docker stop`
 # sends SIGQUIT, so nginx finishes the requests in flight. Two instances sharing one Redis:
 # conf-examples/docker-compose.yml.
@@ -46,7 +49,9 @@ RUN --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \
  && rm ./libnginx-mod-http-ratelimit_*.deb
 COPY conf-examples/docker/nginx.conf.template conf-examples/docker/docker-entrypoint.sh ./
 ENV RATELIMIT_REDIS=127.0.0.1:6379 \
-    RATELIMIT_BACKEND=127.0.0.1:8081
+    RATELIMIT_BACKEND=127.0.0.1:8081 \
+    RATELIMIT_RESOLVER=127.0.0.11 \
+    RATELIMIT_NODES=1
 # The image is only built if its configuration passes nginx -t (nothing connects to Redis).
 RUN ./docker-entrypoint.sh nginx -t -c "$PWD/nginx.conf"
 

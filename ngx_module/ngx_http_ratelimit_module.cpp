@@ -19,12 +19,6 @@ namespace {
 
 constexpr ssize_t kDefaultZoneSize = 10 * 1024 * 1024;
 
-std::string_view as_view(const ngx_str_t& s)
-{
-    return std::string_view(reinterpret_cast<const char*>(s.data), s.len);
-}
-
-
 // Runs a C++ object's destructor when its configuration pool goes away.
 template <typename T>
 T* pool_new(ngx_pool_t* pool)

@@ -36,12 +36,6 @@ const char* const kStatusLabels[kStatuses] = {
     "local_passed", "local_rejected",
 };
 
-std::string_view as_view(const ngx_str_t& s)
-{
-    return std::string_view(reinterpret_cast<const char*>(s.data), s.len);
-}
-
-
 std::string number(double value)
 {
     return ratelimit::format_number(value);

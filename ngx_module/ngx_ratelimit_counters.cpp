@@ -82,8 +82,11 @@ bool lock_for_reading(TopKeys* top)
 }
 
 
-void space_saving_add(TopSlot* slot, const std::string& key)
+void space_saving_add(TopSlot* slot, std::string_view key)
 {
+    if (key.size() > sizeof(TopEntry::key)) {
+        return;  // key_id() makes none: never copied past the entry
+    }
     TopEntry* min = nullptr;
     for (uint32_t i = 0; i < slot->used; i++) {
         TopEntry& e = slot->entries[i];
@@ -105,11 +108,10 @@ void space_saving_add(TopSlot* slot, const std::string& key)
 
 void remember_rejected_key(TopKeys* top, const ngx_str_t& key)
 {
-    std::string id;
-    // The same digest as the Redis key, so the key shown reaches the same bucket.
-    ratelimit::append_bucket_key(id, {}, {}, std::string_view(
-                                     reinterpret_cast<const char*>(key.data), key.len));
-    id.erase(0, 1);  // the ':' between the (empty) policy and the key
+    // The id in the Redis key, so the key shown reaches the same bucket.
+    ratelimit::KeyIdBuffer scratch;
+    std::string_view id = ratelimit::key_id(
+        std::string_view(reinterpret_cast<const char*>(key.data), key.len), scratch);
     if (!try_lock(top)) {
         return;  // another worker is writing: this rejection goes uncounted here
     }
@@ -217,7 +219,7 @@ void count_request(const CountedLimit* limits, size_t n, Status status,
             }
         }
     } catch (...) {
-        // Only the top keys allocate (a digest); a lost update is within their contract.
+        // Only the top keys may throw (a digest); a lost update is within their contract.
     }
 }
 

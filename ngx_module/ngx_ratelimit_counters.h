@@ -24,7 +24,7 @@ constexpr size_t kTopShown = 10;
 struct TopEntry {
     uint32_t count;
     uint16_t len;
-    u_char key[ratelimit::kMaxKeyBytes];  // as it names the bucket: long keys digested
+    u_char key[ratelimit::kMaxKeyBytes];  // ratelimit::key_id(): as it names the bucket
 };
 
 struct TopSlot {

@@ -56,6 +56,15 @@ struct EndpointConfig {
 
 std::unique_ptr<Endpoint> make_endpoint(const EndpointConfig& config, ngx_log_t* log);
 
+// A host name resolved again (through `config.resolver`) before each connection, within half
+// of connect_timeout; `known`: its address until then, if any.
+std::unique_ptr<Endpoint> make_host_endpoint(std::string host, in_port_t port,
+                                             const ngx_addr_t* known,
+                                             const EndpointConfig& config, ngx_log_t* log);
+
+// "address:port" of a socket address, as nginx prints it.
+std::string sockaddr_text(const struct sockaddr* sa, socklen_t len);
+
 // Where the connections to one node of a cluster go (mode=cluster): a seed as configured, or
 // the IP address the cluster announced.
 std::unique_ptr<Endpoint> make_node_endpoint(const EndpointConfig& config,

@@ -109,13 +109,14 @@ Policy* request_policy(ngx_http_request_t* r, const Limit& limit, LocConf* lcf, 
 }
 
 
-// The limit of this request that already names the bucket (policy, key), if any.
+// The limit of this request that already names the bucket (policy, key), if any: by the
+// Redis key both become (key.h), which the zone's buckets and rejection memory use too, so a
+// long key and the text of its digest are one bucket, checked and taken once.
 RequestLimit* same_bucket(RequestCtx* ctx, const Policy* policy, const ngx_str_t& key)
 {
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         RequestLimit& limit = ctx->limits[i];
-        if (limit.policy == policy && limit.key.len == key.len
-            && ngx_memcmp(limit.key.data, key.data, key.len) == 0)
+        if (limit.policy == policy && ratelimit::same_bucket_key(as_view(limit.key), as_view(key)))
         {
             return &limit;
         }

@@ -41,6 +41,11 @@ public:
         if (event_.ev.posted) {
             ngx_delete_posted_event(&event_.ev);
         }
+        // ngx_add_timer keeps a set timer that is due within 300 ms of the new time (its lazy
+        // delay): a timer moved earlier would fire late.
+        if (event_.ev.timer_set) {
+            ngx_del_timer(&event_.ev);
+        }
         ngx_add_timer(&event_.ev, ngx_msec_t(delay_ms));
     }
 

@@ -2,7 +2,6 @@
 // (ngx_ratelimit_handler.cpp) and the header filter and variables (ngx_ratelimit_filter.cpp).
 #pragma once
 
-#include <string_view>
 #include <type_traits>
 
 #include "ngx_ratelimit.h"
@@ -48,10 +47,5 @@ static_assert(std::is_trivially_destructible<RequestCtx>::value, "lives in a poo
 RequestCtx* find_ctx(ngx_http_request_t* r) noexcept;
 
 const ngx_str_t& status_name(Status status) noexcept;
-
-inline std::string_view as_view(const ngx_str_t& s)
-{
-    return std::string_view(reinterpret_cast<const char*>(s.data), s.len);
-}
 
 }  // namespace ngx_ratelimit

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ngx_ratelimit_counters.h"
+#include "ratelimit/batcher.h"
 #include "ratelimit/key.h"
 
 namespace ngx_ratelimit {
@@ -21,12 +22,18 @@ struct BucketNode {
     u_char data[1];      // "<space><policy>:<key or digest>"
 };
 
+// When the API last forgot a remembered bucket (ratelimit::monotonic_ms()), per bucket id
+// hash modulo this: a reply to a call sent before then may show the level before the refill,
+// and must not be remembered (a shared entry only forgoes remembering some other bucket).
+constexpr size_t kForgetStamps = 64;
+
 struct ZoneShared {
     ngx_rbtree_t rbtree;
     ngx_rbtree_node_t sentinel;
     ngx_queue_t queue;      // most recently used first
     ngx_atomic_t memories;  // rejection-memory nodes: none, and requests skip the lookup
     ApiShared* api;         // counters and top keys (ngx_ratelimit_counters.cpp)
+    int64_t forgot_ms[kForgetStamps];
 };
 
 // The bucket ids of one request: "<space><policy>:<key or digest>", built in a buffer the
@@ -226,6 +233,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel, rbtree_insert);
     ngx_queue_init(&zone->sh->queue);
     zone->sh->memories = 0;
+    ngx_memzero(zone->sh->forgot_ms, sizeof(zone->sh->forgot_ms));
     zone->sh->api = create_api_shared(zone->shpool);
     if (zone->sh->api == nullptr) {
         return NGX_ERROR;
@@ -350,12 +358,14 @@ bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, i
     Ids ids;
     make_ids(BucketSpace::memory, limits, n, ids);
     int64_t levels[kMaxLimitsPerRequest];
+    BucketNode* known[kMaxLimitsPerRequest];
     bool reject = false;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
     for (size_t i = 0; i < n; i++) {
         const ratelimit::BucketParams& params = limits[i].params;
         levels[i] = params.capacity_units();
+        known[i] = nullptr;
         ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[i], ids.id[i]);
         if (node == nullptr) {
             continue;
@@ -365,11 +375,26 @@ bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, i
             free_node(zone, &b->queue);  // the policy changed: what we knew no longer holds
             continue;
         }
+        known[i] = b;
         ratelimit::BucketState state{b->level_units, b->stamp_ms, params.period_ms};
         levels[i] = ratelimit::refill(params, state, now_ms);
         if (limits[i].cost > 0 && levels[i] < limits[i].cost * params.period_ms) {
             reject = true;
         }
+    }
+    // The request goes to Redis with what has refilled: set its cost aside, so that the
+    // requests arriving before the reply are rejected here instead of all following it to
+    // Redis (a flood would send every request of a round trip after each refill). The reply
+    // stores the bucket's real level in place of this.
+    for (size_t i = 0; !reject && i < n; i++) {
+        BucketNode* b = known[i];
+        if (b == nullptr || limits[i].cost == 0) {
+            continue;
+        }
+        b->level_units = levels[i] - limits[i].cost * b->params.period_ms;
+        b->stamp_ms = now_ms;
+        b->full_at_ms = now_ms
+                        + ratelimit::outcome_after(b->params, 0, b->level_units, true).reset_ms;
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -398,6 +423,9 @@ void zone_remember(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n,
     ngx_shmtx_lock(&zone->shpool->mutex);
     for (size_t i = 0; i < n; i++) {
         const ratelimit::BucketParams& params = limits[i].params;
+        if (sent_ms <= zone->sh->forgot_ms[ids.hash[i] % kForgetStamps]) {
+            continue;  // sent before the API refilled it: the level may be the old one
+        }
         ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[i], ids.id[i]);
         BucketNode* b = node ? node_of(node) : nullptr;
         if (levels[i] >= limits[i].cost * params.period_ms) {
@@ -435,6 +463,8 @@ void zone_forget_rejections(ngx_shm_zone_t* shm_zone, const ngx_str_t& policy,
     if (ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[0], ids.id[0])) {
         free_node(zone, &node_of(node)->queue);
     }
+    // Read under the lock: a reply remembered after this one was sent after it.
+    zone->sh->forgot_ms[ids.hash[0] % kForgetStamps] = ratelimit::monotonic_ms();
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 

@@ -35,7 +35,9 @@ LocalResult zone_decide(ngx_shm_zone_t* zone, BucketSpace space, const LocalLimi
 // since the call was sent, bounds its level from above (other nodes only take tokens).
 // zone_recall fills `outcomes` from those bounds (a bucket it knows nothing of counts as full)
 // and returns true when some limit's bound is below its cost: the request can be rejected on
-// the node. `now_ms` is ratelimit::monotonic_ms(), read fresh.
+// the node. Otherwise the cost of the request, which goes to Redis, is set aside from the
+// buckets it knows until the reply replaces them. `now_ms` is ratelimit::monotonic_ms(), read
+// fresh.
 // True when the rejection memory holds nothing: requests skip it (the common case).
 bool zone_memory_empty(ngx_shm_zone_t* zone) noexcept;
 
@@ -43,11 +45,13 @@ bool zone_recall(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n, int64
                  ratelimit::LimitOutcome* outcomes);
 
 // Keeps what a reply showed of each limit's bucket (`levels` after the decision) while the
-// same request would not fit in it; forgets buckets the reply shows able to take it.
+// same request would not fit in it; forgets buckets the reply shows able to take it. A bucket
+// the API forgot after `sent_ms` (monotonic_ms() when the call was sent) is left alone.
 void zone_remember(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n,
                    const int64_t* levels, bool allowed, int64_t sent_ms);
 
-// Forgets one bucket (refilled through the API).
+// Forgets one bucket (refilled through the API), and what replies to calls sent until now
+// would show of it.
 void zone_forget_rejections(ngx_shm_zone_t* zone, const ngx_str_t& policy, const ngx_str_t& key);
 
 // burst/N (rounded up) and rate/N: this node's share of the fleet's limit.

@@ -25,12 +25,11 @@ else
   l, s = string.match(stored, '^(%d+) (%d+)$')
   from = period
 end
-if not l then
-  return {0, cap, now}
-end
-l, from, s = tonumber(l), tonumber(from), tonumber(s)
-if from == 0 or from > 86400000 or l >= 9007199254740992 then
-  return {0, cap, now}
+if l then l, from, s = tonumber(l), tonumber(from), tonumber(s) end
+-- A value no bucket can hold (negative, junk, past 2^53) is an error, never a full bucket.
+if not l or from == 0 or from > 86400000 or l >= 9007199254740992
+    or s >= 9007199254740992 then
+  return redis.error_reply('ratelimit: unreadable bucket value')
 end
 if from ~= period and from > 0 then
   local tokens = math.floor(l / from)

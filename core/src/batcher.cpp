@@ -106,8 +106,17 @@ uint64_t Batcher::queue(int group, const ScriptLimit* limits, size_t n, VerdictH
                         void* owner, uint64_t id, const RedisClient::Since* since)
 {
     Batch& batch = open_batch(group, since);
-    batch.waiters.reserve(options_.max_requests);
-    batch.script.add_request(limits, n);
+    // All or nothing (out of memory): the request joins the script and gets its waiter, or
+    // neither; a batch opened for it alone is closed again.
+    try {
+        batch.waiters.reserve(options_.max_requests);  // the push_back below cannot throw
+        batch.script.add_request(limits, n);
+    } catch (...) {
+        if (batch.waiters.empty()) {
+            close_empty(batch);
+        }
+        throw;
+    }
     if (id == 0) {
         id = next_id_++;
     }
@@ -232,9 +241,24 @@ Batcher::Batch& Batcher::open_batch(int group, const RedisClient::Since* since)
     batches_.push_back(std::move(batch));
     Batch* added = batches_.back().get();
     if (since == nullptr) {
-        open_[group] = added;
+        try {
+            open_[group] = added;
+        } catch (...) {
+            close_empty(*added);
+            throw;
+        }
     }
     return *added;
+}
+
+// A batch that got no request (out of memory while adding its first): never sent.
+void Batcher::close_empty(Batch& batch) noexcept
+{
+    auto open = open_.find(batch.group);
+    if (open != open_.end() && open->second == &batch) {
+        open_.erase(open);
+    }
+    recycle(&batch);
 }
 
 void Batcher::cancel(uint64_t id) noexcept
@@ -316,6 +340,13 @@ bool Batcher::send(Batch& batch) noexcept
     if (open != open_.end() && open->second == b) {
         open_.erase(open);
     }
+    if (!router_.routes(b->group)) {
+        // Its node left the map while it waited: its requests go where the map says now.
+        b->sent_ms = monotonic_ms();
+        requeue(*b, false);
+        recycle(b);
+        return false;
+    }
     try {
         std::string command;
         command.reserve(command_capacity_);
@@ -366,7 +397,7 @@ void Batcher::on_reply(Batch* batch, const CallResult& result) noexcept
         if (!parsed && router_.form(batch->group) == ScriptForm::node_wide
             && result.reply && result.reply->type == REDIS_REPLY_ERROR
             && router_.retry_declared(batch->group, error)) {
-            requeue_declared(*batch);
+            requeue(*batch, true);
         } else if (!parsed) {
             fail(*batch, CallStatus::ok, error);
         } else {
@@ -391,9 +422,11 @@ void Batcher::on_reply(Batch* batch, const CallResult& result) noexcept
     }
 }
 
-// A node-wide call that found a key elsewhere wrote nothing: its requests go again, in calls
-// that declare their keys (one slot each), whose redirections the router follows.
-void Batcher::requeue_declared(Batch& batch) noexcept
+// Requests of a batch that wrote nothing go again, timed from its first request: `declared`,
+// a node-wide call that found a key elsewhere, in calls that declare their keys (one slot
+// each) whose redirections the router follows; else a batch whose node left the map, by the
+// router's groups.
+void Batcher::requeue(Batch& batch, bool declared) noexcept
 {
     std::vector<ScriptLimit> limits;
     for (size_t i = 0; i < batch.waiters.size() && !shut_down_; i++) {
@@ -407,8 +440,8 @@ void Batcher::requeue_declared(Batch& batch) noexcept
         CallStatus status = CallStatus::overloaded;
         try {
             batch.script.request_limits(i, limits);
-            status = route(limits.data(), limits.size(), handler, waiter.owner, true, waiter.id,
-                           &batch.since).status;
+            status = route(limits.data(), limits.size(), handler, waiter.owner, declared,
+                           waiter.id, &batch.since).status;
             if (status == CallStatus::ok) {
                 continue;
             }

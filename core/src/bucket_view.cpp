@@ -13,8 +13,9 @@ constexpr int64_t kMaxExactLevel = int64_t(1) << 53;  // Lua's doubles are exact
 constexpr int64_t kMaxPeriodMs = 86400000;              // one day, the longest rate period
 
 // core/lua/view.lua: mirrors view_stored() below (a key of another type reads as missing, as
-// in the decision script); values stay below 2^53 as in the decision script, except
-// tokens * period on a conversion, which is compared with the capacity first.
+// in the decision script; a value no bucket can hold is an error); values stay below 2^53 as
+// in the decision script, except tokens * period on a conversion, which is compared with the
+// capacity first.
 RATELIMIT_EMBED(view_lua, "core/lua/view.lua")
 
 std::optional<int64_t> number(std::string_view text)
@@ -74,19 +75,20 @@ std::optional<StoredBucket> parse_stored_bucket(std::string_view text)
     return StoredBucket{*level, 0, *stamp};
 }
 
-BucketView view_stored(std::optional<std::string_view> stored, const BucketParams& params,
-                       int64_t now_ms)
+std::optional<BucketView> view_stored(std::optional<std::string_view> stored,
+                                      const BucketParams& params, int64_t now_ms)
 {
     BucketView view;
     view.now_ms = now_ms;
     view.level_units = params.capacity_units();
-    std::optional<StoredBucket> bucket;
-    if (stored) {
-        bucket = parse_stored_bucket(*stored);
-    }
-    // Values no bucket can hold read as missing, as in the decision script.
-    if (!bucket || bucket->level_units >= kMaxExactLevel || bucket->period_ms > kMaxPeriodMs) {
+    if (!stored) {
         return view;
+    }
+    // A value no bucket can hold is unreadable, as in both scripts: never a full bucket.
+    std::optional<StoredBucket> bucket = parse_stored_bucket(*stored);
+    if (!bucket || bucket->level_units >= kMaxExactLevel || bucket->period_ms > kMaxPeriodMs
+        || bucket->stamp_ms >= kMaxExactLevel) {
+        return std::nullopt;
     }
     view.exists = true;
     BucketState state{bucket->level_units, bucket->stamp_ms, bucket->period_ms};

@@ -122,7 +122,10 @@ ClusterClient::Node* ClusterClient::node_of_group(int group) const noexcept
 int ClusterClient::group_of(std::string_view key) const noexcept
 {
     int slot = key_slot(key);
-    return node_wide_ ? -1 - int(node_for(slot).id) : slot;
+    // Until a map names the masters, calls go to a seed, which may be a replica: with their
+    // keys declared it answers MOVED, where a node-wide call would get READONLY (and the
+    // connection, with the other calls on it, would go).
+    return node_wide_ && has_map_ ? -1 - int(node_for(slot).id) : slot;
 }
 
 // Errors of a node-wide call that wrote nothing and that calls declaring their keys resolve: a
@@ -297,11 +300,10 @@ void ClusterClient::on_retry_timer() noexcept
         if (it == pending_.end()) {
             continue;
         }
-        if (Node* node = node_of_group(it->second.slot)) {
-            send(id, it->second, *node, false);
-        } else {
-            finish(id, CallResult{CallStatus::disconnected, nullptr});
-        }
+        // A node-wide call whose node left the map meanwhile goes to a node of the map, whose
+        // answer (a key not on it) sends its requests again per slot.
+        Node* node = node_of_group(it->second.slot);
+        send(id, it->second, node ? *node : *fallback_, false);
     }
 }
 

@@ -1,45 +1,86 @@
 #include "ratelimit/key.h"
 
+#include <cstring>
+#include <stdexcept>
+
 #include "ratelimit/cluster_map.h"
 #include "ratelimit/sha1.h"
 
 namespace ratelimit {
 namespace {
 
-// The {hash tag} of a long key, kept in front of its digest so that the bucket stays in the
-// slot Redis Cluster gives the key; a tag itself too long is replaced by its own digest, which
-// keeps keys sharing it together and the key short.
-void append_tag_of(std::string& out, std::string_view key)
-{
-    std::string_view tag = hash_tag(key);
-    if (tag.size() == key.size()) {
-        return;
+constexpr std::string_view kDigestMark = "#sha1:";
+constexpr size_t kDigestBytes = kDigestMark.size() + 40;
+// The longest {hash tag} kept as it is in front of a digest: "{" tag "}" digest fits.
+constexpr size_t kMaxKeptTagBytes = kMaxKeyBytes - 2 - kDigestBytes;
+static_assert(2 + kDigestBytes + kDigestBytes <= kMaxKeyBytes, "a digested tag must fit");
+
+// Writes into a KeyIdBuffer, never past it.
+class IdWriter {
+public:
+    explicit IdWriter(KeyIdBuffer& buffer) : buffer_(buffer) {}
+
+    void put(std::string_view bytes)
+    {
+        if (bytes.size() > buffer_.size() - len_) {
+            throw std::logic_error("key id longer than kMaxKeyBytes");
+        }
+        std::memcpy(buffer_.data() + len_, bytes.data(), bytes.size());
+        len_ += bytes.size();
     }
-    out += '{';
-    if (tag.size() > kMaxKeyBytes) {
-        out += "#sha1:";
-        out += sha1_hex(tag);
-    } else {
-        out.append(tag);
+
+    void put_digest(std::string_view of)
+    {
+        static const char hex[] = "0123456789abcdef";
+        char text[40];
+        char* p = text;
+        for (uint8_t byte : sha1(of)) {
+            *p++ = hex[byte >> 4];
+            *p++ = hex[byte & 0xf];
+        }
+        put(kDigestMark);
+        put(std::string_view(text, sizeof(text)));
     }
-    out += '}';
-}
+
+    std::string_view id() const { return std::string_view(buffer_.data(), len_); }
+
+private:
+    KeyIdBuffer& buffer_;
+    size_t len_ = 0;
+};
 
 }  // namespace
+
+std::string_view key_id(std::string_view key, KeyIdBuffer& scratch)
+{
+    if (key.size() <= kMaxKeyBytes) {
+        return key;
+    }
+    IdWriter id(scratch);
+    // The {hash tag} keeps the bucket in the slot Redis Cluster gives the key; a tag too long
+    // to fit is replaced by its own digest, which keeps keys sharing it together.
+    std::string_view tag = hash_tag(key);
+    if (tag.size() != key.size()) {
+        id.put("{");
+        if (tag.size() > kMaxKeptTagBytes) {
+            id.put_digest(tag);
+        } else {
+            id.put(tag);
+        }
+        id.put("}");
+    }
+    id.put_digest(key);
+    return id.id();
+}
 
 void append_bucket_key(std::string& out, std::string_view prefix, std::string_view policy,
                        std::string_view key)
 {
+    KeyIdBuffer scratch;
     out.append(prefix);
     out.append(policy);
     out += ':';
-    if (key.size() > kMaxKeyBytes) {
-        append_tag_of(out, key);
-        out += "#sha1:";
-        out += sha1_hex(key);
-    } else {
-        out.append(key);
-    }
+    out.append(key_id(key, scratch));
 }
 
 std::string bucket_key(std::string_view prefix, std::string_view policy, std::string_view key)
@@ -47,6 +88,21 @@ std::string bucket_key(std::string_view prefix, std::string_view policy, std::st
     std::string out;
     append_bucket_key(out, prefix, policy, key);
     return out;
+}
+
+bool same_bucket_key(std::string_view a, std::string_view b)
+{
+    bool a_long = a.size() > kMaxKeyBytes;
+    if (a_long == (b.size() > kMaxKeyBytes)) {
+        return a == b;  // both kept as they are, or both replaced by digests of themselves
+    }
+    std::string_view kept = a_long ? b : a;
+    if (kept.find("#sha1:") == std::string_view::npos) {
+        return false;  // every replacement holds one
+    }
+    std::string replaced;
+    append_bucket_key(replaced, {}, {}, a_long ? a : b);
+    return std::string_view(replaced).substr(1) == kept;  // past the ':' after the policy
 }
 
 }  // namespace ratelimit

@@ -22,6 +22,10 @@ struct RedisClient::Call {
     int64_t queued_ms = 0;      // when the caller started waiting: the deadline runs from it
     uint64_t epoch = 0;         // failure epoch then: one stall counts once
     int64_t deadline_ms = -1;   // -1 until the call is on a ready connection
+    int64_t limit_ms = 0;       // queued_ms + connect_timeout + timeout: no wait is longer
+
+    // When the call times out: its deadline on a ready connection, else its limit.
+    int64_t due_ms() const { return deadline_ms >= 0 ? deadline_ms : limit_ms; }
     Callback callback;          // empty once cancelled or timed out
     std::string command;        // kept for the NOSCRIPT fallback
     bool timed_out = false;
@@ -145,6 +149,7 @@ RedisClient::Submitted RedisClient::submit_call(std::string command, Callback ca
     call.id = next_id_;
     call.submitted_ms = loop_.now_ms();
     call.queued_ms = since ? std::min(since->ms, call.submitted_ms) : call.submitted_ms;
+    call.limit_ms = call.queued_ms + options_.connect_timeout_ms + options_.timeout_ms;
     call.epoch = since ? since->epoch : failure_epoch_;
     call.callback = std::move(callback);
     call.command = std::move(command);
@@ -155,9 +160,7 @@ RedisClient::Submitted RedisClient::submit_call(std::string command, Callback ca
         next_id_++;
         // A broken stream reports on_closed later; the call then fails as disconnected.
         transport_->write(calls_.back().command);
-        if (!call_timer_->armed()) {
-            arm_call_timer();
-        }
+        arm_call_timer_for(calls_.back().due_ms());
         return {CallStatus::ok, calls_.back().id};
     }
 
@@ -166,6 +169,7 @@ RedisClient::Submitted RedisClient::submit_call(std::string command, Callback ca
         calls_.push_back(std::move(call));
         next_id_++;
         transport_->write(calls_.back().command);
+        arm_call_timer_for(calls_.back().due_ms());
         return {CallStatus::ok, calls_.back().id};
     }
 
@@ -179,7 +183,9 @@ RedisClient::Submitted RedisClient::submit_call(std::string command, Callback ca
     }
     next_id_++;
     CallId id = calls_.back().id;
+    int64_t due = calls_.back().due_ms();
     if (phase_ == Phase::connecting) {
+        arm_call_timer_for(due);
         return {CallStatus::ok, id};
     }
 
@@ -190,6 +196,7 @@ RedisClient::Submitted RedisClient::submit_call(std::string command, Callback ca
         record_failure("cannot start connecting to Redis", failure_epoch_);
         return {state_ == ClientState::down ? CallStatus::down : CallStatus::disconnected, 0};
     }
+    arm_call_timer_for(due);
     return {CallStatus::ok, id};
 }
 
@@ -345,14 +352,15 @@ void RedisClient::become_ready()
         failures_ = 0;
         probe_timer_->stop();
     }
+    // The calls queued while connecting get `timeout` from now, within the wait they had left.
     int64_t deadline = loop_.now_ms() + options_.timeout_ms;
     for (Call& call : calls_) {
         if (call.kind == Call::Kind::user && call.deadline_ms < 0) {
-            call.deadline_ms = deadline;
+            call.deadline_ms = std::min(deadline, call.limit_ms);
         }
     }
     set_state(ClientState::up);
-    if (!shut_down_ && phase_ == Phase::ready && !call_timer_->armed()) {
+    if (!shut_down_ && phase_ == Phase::ready) {
         arm_call_timer();
     }
 }
@@ -366,7 +374,59 @@ void RedisClient::on_connect_timer() noexcept
         probe_failed("Redis probe: connect timeout");
         return;
     }
-    drop_connection("Redis connect timeout", CallStatus::timeout, true);
+    connect_timed_out();
+}
+
+// A connection attempt that took connect_timeout is a failure. If nothing was sent yet, the
+// calls whose callers may still wait (within connect_timeout + timeout of `since`) wait for a
+// new attempt at once, so that a slow first answer (a sentinel that hangs, a name lookup)
+// costs the attempt, not them.
+void RedisClient::connect_timed_out() noexcept
+{
+    static constexpr std::string_view why = "Redis connect timeout";
+    int64_t now = loop_.now_ms();
+    auto may_wait = [now](const Call& call) {
+        return call.kind == Call::Kind::user && call.callback && !call.timed_out
+               && call.limit_ms > now;
+    };
+    if (phase_ != Phase::connecting || failures_ + 1 >= options_.failures_to_down
+        || std::none_of(calls_.begin(), calls_.end(), may_wait)) {
+        drop_connection(why, CallStatus::timeout, true);
+        return;
+    }
+    log_error(why);
+    close_connection();
+    failures_++;
+    failure_epoch_++;
+    std::deque<Call> failed;
+    try {
+        std::deque<Call> all;
+        all.swap(calls_);
+        for (Call& call : all) {
+            if (may_wait(call)) {
+                unsent_ += call.command;
+                calls_.push_back(std::move(call));
+            } else if (call.kind == Call::Kind::user) {
+                failed.push_back(std::move(call));
+            }
+        }
+    } catch (...) {
+        unsent_.clear();
+        fail_all(CallStatus::timeout);
+        return;
+    }
+    if (start_connect()) {
+        arm_call_timer();
+    } else {
+        log_error("cannot start connecting to Redis");
+        unsent_.clear();
+        for (Call& call : calls_) {
+            failed.push_back(std::move(call));
+        }
+        calls_.clear();
+        set_state(ClientState::idle);
+    }
+    fail_calls(failed, CallStatus::timeout);
 }
 
 void RedisClient::on_probe_timer() noexcept
@@ -465,9 +525,7 @@ void RedisClient::handle_reply(redisReply* raw)
             again.command = std::move(fallback);
             again.fell_back = true;
             transport_->write(again.command);
-            if (!call_timer_->armed()) {
-                arm_call_timer();
-            }
+            arm_call_timer_for(again.due_ms());
             return;
         }
     }
@@ -511,21 +569,38 @@ void RedisClient::handle_reply(redisReply* raw)
 
 // Timeouts.
 
+// Deadlines need not grow in queue order (a NOSCRIPT or MOVED re-send keeps its older one):
+// the timer follows the earliest of them all.
 void RedisClient::arm_call_timer()
 {
-    int64_t now = loop_.now_ms();
+    bool any = false;
+    int64_t earliest = 0;
     for (const Call& call : calls_) {
-        if (call.kind == Call::Kind::user && !call.timed_out && call.deadline_ms >= 0) {
-            call_timer_->start(std::max<int64_t>(call.deadline_ms - now, 0));
-            return;
+        if (call.kind == Call::Kind::user && !call.timed_out
+            && (!any || call.due_ms() < earliest)) {
+            earliest = call.due_ms();
+            any = true;
         }
     }
     call_timer_->stop();
+    if (any) {
+        arm_call_timer_for(earliest);
+    }
+}
+
+// Makes the timer fire by `due` at the latest.
+void RedisClient::arm_call_timer_for(int64_t due)
+{
+    if (call_timer_->armed() && call_timer_due_ms_ <= due) {
+        return;
+    }
+    call_timer_due_ms_ = due;
+    call_timer_->start(std::max<int64_t>(due - loop_.now_ms(), 0));
 }
 
 void RedisClient::on_call_timer() noexcept
 {
-    if (shut_down_ || phase_ != Phase::ready) {
+    if (shut_down_ || phase_ == Phase::none) {
         return;
     }
     uint64_t generation = generation_;
@@ -535,14 +610,15 @@ void RedisClient::on_call_timer() noexcept
     // bumping the generation, so indexes stay valid.
     for (size_t i = 0; i < calls_.size(); i++) {
         Call& call = calls_[i];
-        if (call.kind != Call::Kind::user || call.timed_out || call.deadline_ms < 0) {
+        if (call.kind != Call::Kind::user || call.timed_out || call.due_ms() > now) {
             continue;
         }
-        if (call.deadline_ms > now) {
-            break;  // deadlines grow in deque order
-        }
         call.timed_out = true;
-        count_failure(call.epoch);
+        // Only a call on a ready connection timed out on Redis; a slow connection is the
+        // connect timer's to count.
+        if (call.deadline_ms >= 0) {
+            count_failure(call.epoch);
+        }
         expired++;
         notify(observer_.on_timeout);
         Callback callback = std::move(call.callback);
@@ -561,7 +637,7 @@ void RedisClient::on_call_timer() noexcept
         if (expired > 1) {
             message = std::to_string(expired) + " Redis calls timed out";
         }
-        if (failures_ >= options_.failures_to_down) {
+        if (failures_ >= options_.failures_to_down && phase_ == Phase::ready) {
             drop_connection(message, CallStatus::disconnected, false);
             return;
         }
@@ -658,6 +734,13 @@ void RedisClient::fail_all(CallStatus status) noexcept
     // Re-entrant submits land in the fresh calls_ (and start a new connection).
     std::deque<Call> failed;
     failed.swap(calls_);
+    fail_calls(failed, status);
+}
+
+// Calls each callback of `failed` (taken out of calls_) with `status`; a callback may cancel
+// one of the others.
+void RedisClient::fail_calls(std::deque<Call>& failed, CallStatus status) noexcept
+{
     Failing failing{&failed, failing_};
     failing_ = &failing;
     while (!failed.empty() && !shut_down_) {

@@ -91,6 +91,19 @@ std::optional<int64_t> parse_term(std::string_view text, size_t& pos)
     return *value * *unit;
 }
 
+// An invalid address as an error shows it: whole when its port is digits (or absent), else
+// without what follows the ':' ("password:secret" is an option written with ':').
+std::string shown_address(std::string_view arg)
+{
+    size_t colon = arg.find(':');
+    if (colon == std::string_view::npos || arg[0] == '[' || arg.substr(0, 5) == "unix:"
+        || arg.find_first_not_of("0123456789", colon + 1) == std::string_view::npos)
+    {
+        return std::string(arg);
+    }
+    return std::string(arg.substr(0, colon)) + ":...";
+}
+
 struct Parser {
     RedisConfig& config;
     std::string& error;
@@ -183,7 +196,8 @@ struct Parser {
                              : name == "ssl_server_name"         ? &config.ssl_server_name
                                                                  : nullptr;
         if (!field) {
-            return fail("unknown parameter " + quote(arg));
+            // Its value may be a secret under a misspelled name (pasword=): never shown.
+            return fail("unknown option " + quote(std::string(name) + "=..."));
         }
         return set_string(*field, value, arg);
     }
@@ -199,7 +213,7 @@ struct Parser {
         if (eq == std::string_view::npos || arg.substr(0, eq).find(':') != std::string_view::npos) {
             auto endpoint = parse_endpoint(arg);
             if (!endpoint) {
-                return fail("invalid address " + quote(arg));
+                return fail("invalid address " + quote(shown_address(arg)));
             }
             config.addresses.push_back(std::move(*endpoint));
             return true;

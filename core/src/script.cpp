@@ -139,6 +139,15 @@ void ScriptBatch::clear() noexcept
 void ScriptBatch::grow_slots()
 {
     slots_.assign(slots_.empty() ? 16 : slots_.size() * 2, Slot{});
+    index_keys();
+}
+
+// Fills the (empty or stale) slots with keys_[0..nkeys_).
+void ScriptBatch::index_keys() noexcept
+{
+    for (Slot& slot : slots_) {
+        slot.generation = 0;
+    }
     size_t mask = slots_.size() - 1;
     for (size_t k = 0; k < nkeys_; k++) {
         size_t i = std::hash<std::string_view>{}(keys_[k].name) & mask;
@@ -172,9 +181,21 @@ uint32_t ScriptBatch::key_index(std::string_view name, const BucketParams& param
 
 size_t ScriptBatch::add_request(const ScriptLimit* limits, size_t n)
 {
-    requests_.push_back(uint32_t(limits_.size()));
-    for (size_t i = 0; i < n; i++) {
-        limits_.push_back({key_index(limits[i].key, limits[i].params), limits[i].cost});
+    size_t first = limits_.size();
+    size_t nkeys = nkeys_;
+    try {
+        for (size_t i = 0; i < n; i++) {
+            limits_.push_back({key_index(limits[i].key, limits[i].params), limits[i].cost});
+        }
+        requests_.push_back(uint32_t(first));
+    } catch (...) {
+        // All or nothing: half a request would shift the verdicts of every later one.
+        limits_.resize(first);
+        if (nkeys_ != nkeys) {
+            nkeys_ = nkeys;
+            index_keys();
+        }
+        throw;
     }
     return requests_.size() - 1;
 }
@@ -363,6 +384,7 @@ bool parse_batch_reply(const redisReply* reply, const ScriptBatch& batch, BatchR
     }
     size_t nreq = batch.requests_.size();
     size_t nlimits = batch.limits_.size();
+    const char* token = reply->str;  // where the number being read starts
     out.allowed.resize(nreq);
     out.first.resize(nreq);
     out.levels.resize(nlimits);
@@ -376,6 +398,7 @@ bool parse_batch_reply(const redisReply* reply, const ScriptBatch& batch, BatchR
             }
             p++;
         }
+        token = p;
         auto [stop, ec] = std::from_chars(p, end, value);
         if (ec != std::errc() || stop == p || value < 0) {
             return false;
@@ -397,7 +420,15 @@ bool parse_batch_reply(const redisReply* reply, const ScriptBatch& batch, BatchR
         }
     }
     if (!ok || p != end) {
-        error = "unexpected reply to the ratelimit script";
+        // Never taken as a decision (a negative or past-full level is no bucket's): the whole
+        // call fails, and the log shows where, bounded and printable.
+        size_t at = size_t((ok ? p : token) - reply->str);
+        error = "unexpected reply to the ratelimit script at byte " + std::to_string(at) + ": \"";
+        for (size_t i = at; i < reply->len && i < at + 32; i++) {
+            char c = reply->str[i];
+            error += c >= 0x20 && c < 0x7f && c != '"' ? c : '?';
+        }
+        error += '"';
         return false;
     }
     return true;

@@ -199,6 +199,14 @@ http {{
     def reload(self):
         self.proc.send_signal(signal.SIGHUP)
 
+    def reload_and_wait(self, timeout=15):
+        """Reloads, then waits until the old workers have exited: every request from then on
+        meets the new configuration, however slow the machine."""
+        old = set(self.worker_pids())
+        self.reload()
+        assert wait_for(lambda: self.worker_pids() and not old & set(self.worker_pids()),
+                        timeout), "the old workers did not exit:\n%s" % self.log()[-2000:]
+
     def worker_pids(self):
         out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)],
                              capture_output=True, text=True).stdout

@@ -1,6 +1,7 @@
 """ratelimit_api: status, metrics, buckets and the dashboard's headers, against real traffic,
 a real Redis and several nginx workers; counters checked to the request."""
 
+import http.client
 import json
 import re
 import socket
@@ -180,8 +181,10 @@ HOSTILE = b'q"\\<script>alert(1)</script>\x01\x1f\x7f\xff\xfe&\'/%'
 
 
 def test_hostile_keys_in_status_and_buckets(redis, nginx_factory):
-    n = nginx_factory(api_conf(redis, "ratelimit_policy a rate=1r/h burst=1;", f"""
+    n = nginx_factory(api_conf(
+        redis, "ratelimit_policy a rate=1r/h burst=1; ratelimit_policy lt rate=1r/h burst=1;", f"""
         location /k {{ ratelimit $http_x_key policy=a; {BACKEND} }}
+        location /t {{ ratelimit $http_x_key policy=lt; {BACKEND} }}
     """))
     long_key = b"L" * 200
     for key in (HOSTILE, long_key):
@@ -209,6 +212,30 @@ def test_hostile_keys_in_status_and_buckets(redis, nginx_factory):
     assert n.get("/rl/buckets/a/" + hostile, method="DELETE").status == 204
     assert redis.cmd("EXISTS", b"rl:a:" + HOSTILE) == 0
     assert raw_get(n.port, b"/k", b"X-Key: " + HOSTILE + b"\r\n") == 200
+
+    # Long keys with a {hash tag} of 120 and 128 bytes: their ids were up to 176 bytes, written
+    # past the sketch's entries (defect 1 of issue 15). Every id fits in 128 bytes, the sketch
+    # counts what happened, and each id shown names its bucket.
+    tagged = [b"{" + bytes([c]) * length + b"}-" + str(i).encode()
+              for i, (c, length) in enumerate((c, length) for c in b"abcdefghijklmnop"
+                                              for length in (120, 128))]
+    for key in tagged:
+        statuses = [raw_get(n.port, b"/t", b"X-Key: " + key + b"\r\n") for _ in range(3)]
+        assert statuses == [200, 429, 429], key
+    raw = n.get("/rl/status").body
+    assert len(raw) < 16384, len(raw)
+    top = {urllib.parse.unquote_to_bytes(t["key"]): t["count"]
+           for t in policy(json.loads(raw), "lt")["top"]}
+    assert 0 < len(top) <= 10
+    assert all(0 < count <= 2 * len(tagged) for count in top.values()), top
+    assert sum(top.values()) <= 2 * len(tagged)
+    for key in top:
+        assert len(key) <= 128 and (key in tagged or key.startswith(b"{#sha1:")), key
+        b = json.loads(n.get("/rl/buckets/lt/" + urllib.parse.quote(key, safe="")).body)
+        assert b["exists"] is True and b["tokens"] < 0.01 and b["capacity"] == 1, (key, b)
+    redis_keys = redis.cmd("KEYS", "rl:lt:*")
+    assert len(redis_keys) == len(tagged)
+    assert max(len(k) for k in redis_keys) <= len(b"rl:lt:") + 128
 
 
 def test_bucket_get_reads_without_consuming_and_delete_refills(redis, nginx_factory):
@@ -248,6 +275,119 @@ def test_bucket_get_reads_without_consuming_and_delete_refills(redis, nginx_fact
     assert n.get("/one?k=u").header("X-RateLimit-Remaining") == "4"
 
 
+class HoldingProxy:
+    """A TCP proxy to Redis that, while `hold` is set, holds back the script replies (bulk
+    strings) on every connection until released; other replies (DEL's integer) pass."""
+
+    def __init__(self, redis_port):
+        self.redis_port = redis_port
+        self.port = free_port()
+        self.hold = threading.Event()
+        self.released = threading.Event()
+        self.held = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        self.stopped = False
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.sock.settimeout(0.1)
+        while not self.stopped:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                continue
+            server = socket.create_connection(("127.0.0.1", self.redis_port))
+            self.conns += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, replies):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if replies and self.hold.is_set() and data.startswith(b"$"):
+                    self.held += 1
+                    self.released.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.stopped = True
+        self.released.set()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def connections_to_two_workers(n, tries=40):
+    """Two keep-alive connections that different workers accepted (reuseport spreads them)."""
+    by_pid = {}
+    for _ in range(tries):
+        c = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+        c.request("GET", "/pid")
+        pid = c.getresponse().read()
+        if pid in by_pid:
+            c.close()
+        else:
+            by_pid[pid] = c
+        if len(by_pid) == 2:
+            return list(by_pid.values())
+    pytest.fail("every connection went to one worker")
+
+
+def get_on(conn, path, method="GET"):
+    conn.request(method, path)
+    r = conn.getresponse()
+    r.read()
+    return r
+
+
+# A decision call sent before the API's DELETE and answered after it (here: by another worker,
+# its reply held back) must not make the node remember the level from before the refill: the
+# refilled bucket would be rejected on the node for up to its refill time (an hour here).
+def test_reply_sent_before_a_refill_does_not_remember_the_old_level(redis, nginx_factory):
+    proxy = HoldingProxy(redis.port)
+    try:
+        conf = api_conf(None, "ratelimit_policy a rate=1r/h burst=2;", f"""
+            location /one {{ ratelimit $arg_k policy=a; {BACKEND} }}
+            location /pid {{ return 200 $pid; }}
+        """, http_extra=f"ratelimit_redis 127.0.0.1:{proxy.port} timeout=10s;")
+        n = nginx_factory(conf, workers=2)
+        a, b = connections_to_two_workers(n)
+        # Both workers connected, the script loaded.
+        assert get_on(a, "/one?k=warm-a").status == 200
+        assert get_on(b, "/one?k=warm-b").status == 200
+        assert get_on(a, "/one?k=u").getheader("X-RateLimit-Remaining") == "1"
+
+        proxy.hold.set()
+        result = {}
+        taker = threading.Thread(target=lambda: result.setdefault("r", get_on(a, "/one?k=u")))
+        taker.start()
+        # Redis took the last token (less than one left); its reply is held on the way back.
+        def took_last():
+            stored = re.fullmatch(rb"v2 (\d+) 3600000 \d+", redis.cmd("GET", "rl:a:u"))
+            return proxy.held == 1 and stored and int(stored.group(1)) < 3600000
+        assert wait_for(took_last), (proxy.held, redis.cmd("GET", "rl:a:u"))
+        assert get_on(b, "/rl/buckets/a/u", "DELETE").status == 204
+        assert redis.cmd("EXISTS", "rl:a:u") == 0
+        proxy.released.set()
+        taker.join()
+        assert result["r"].status == 200
+
+        r = get_on(b, "/one?k=u")
+        assert (r.status, r.getheader("X-RateLimit-Remaining")) == (200, "1")
+        assert policy(status(n), "a")["counters"]["rejected_on_node"] == 0
+    finally:
+        proxy.close()
+
+
 def test_bucket_get_reads_v1_and_v2_stored_formats(redis, nginx_factory):
     n = nginx_factory(api_conf(redis, "ratelimit_policy h rate=60r/h burst=10;", ""))
     now_ms = int(redis.cmd("TIME")[0]) * 1000
@@ -261,6 +401,10 @@ def test_bucket_get_reads_v1_and_v2_stored_formats(redis, nginx_factory):
     # Legacy v1 is in the reader's own period (3600000 units per token).
     redis.cmd("SET", "rl:h:v1", "%d %d" % (4 * 3600000, now_ms))
     assert 4 <= json.loads(n.get("/rl/buckets/h/v1").body)["tokens"] < 4.1
+    # A value no bucket can hold is an error, never a full bucket (as 0.3 read it).
+    redis.cmd("SET", "rl:h:bad", "v2 -3600000 3600000 %d" % now_ms)
+    assert n.get("/rl/buckets/h/bad").status == 503
+    assert "ratelimit: unreadable bucket value" in n.log()
 
 
 def test_buckets_in_local_mode(nginx_factory):
@@ -360,6 +504,19 @@ def test_password_never_shown(redis, nginx_factory):
     for path in ("/rl/status", "/rl/metrics", "/rl/"):
         assert secret.encode() not in n.get(path).body
     assert secret not in n.log()
+
+    # Error paths: a misspelled option (its value may be the password) is named, never shown.
+    for arg, shown in ((f"pasword={secret}", '"pasword=..."'),
+                       (f"Password={secret}", '"Password=..."'),
+                       (f"password:{secret}", '"password:..."')):
+        bad = nginx_factory(api_conf(None, f"""
+            ratelimit_redis 127.0.0.1:{redis.port} {arg} timeout=1s;
+            ratelimit_policy a rate=1r/h burst=3;
+        """), start=False)
+        t = bad.test_config()
+        assert t.returncode != 0
+        assert '"ratelimit_redis"' in t.stderr and shown in t.stderr, t.stderr
+        assert secret not in t.stderr + t.stdout + bad.log()
 
 
 def test_redis_down_buckets_503_and_state_logged_once(redis, nginx_factory):

@@ -2,6 +2,7 @@
 3-replica cluster: configuration checks, exact limits over all slots, hash tags, resharding
 under traffic, a replica promoted, a master lost, and the connection count per worker."""
 
+import collections
 import http.client
 import json
 import re
@@ -211,8 +212,11 @@ def test_exact_under_concurrency_from_two_nginx(redis_cluster, nginx_factory):
     ports = [nginx_factory(cfg, workers=2).port, nginx_factory(cfg, workers=2).port]
     hot = [keys_in(c, "p", 1, on_master(c, m), name="hot-%d-" % m.port)[0] for m in c.masters()]
     traffic = Traffic(ports, hot, threads=4)
-    time.sleep(1.5)
-    results = traffic.finish()
+    try:  # until every hot key is rejected, however slow the machine
+        assert wait_for(lambda: all(traffic.seen(k, 429) for k in hot), 60, 0.05)
+        time.sleep(0.2)  # a few more rejections
+    finally:
+        results = traffic.finish()
     assert traffic.errors == []
     for k in hot:
         mine = [r for r in results if r[1] == k]
@@ -306,6 +310,7 @@ class Traffic:
         self.errors = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
+        self.tally = collections.Counter()  # (key, status) -> answers so far, live
         self.threads = [threading.Thread(target=self._run, args=(ports[i % len(ports)], path, i),
                                          daemon=True)
                         for i in range(threads)]
@@ -324,12 +329,20 @@ class Traffic:
                 status, xs, rem = client.get(path, k)
                 end = time.monotonic()
                 mine.append((end, k, status, xs, rem, end - start))
+                with self.lock:
+                    self.tally[(k, status)] += 1
         except Exception as e:  # noqa: BLE001 - every failure is a finding
             self.errors.append(repr(e))
         finally:
             client.close()
             with self.lock:
                 self.results.extend(mine)
+
+    def seen(self, key, status=None):
+        """Answers so far for `key` (with `status`, if given)."""
+        with self.lock:
+            return sum(n for (k, st), n in self.tally.items()
+                       if k == key and status in (None, st))
 
     def finish(self):
         self.stop.set()
@@ -360,8 +373,9 @@ def test_resharding_under_traffic_loses_no_decision(redis_cluster, nginx_factory
 
     traffic = Traffic(n.port, keys)
     tagged_traffic = Traffic(n.port, tags, path="/tagged", threads=2)
-    try:
-        time.sleep(0.7)
+    try:  # every key has its bucket before the slots move, however slow the machine
+        assert wait_for(lambda: all(traffic.seen(k) for k in keys)
+                        and all(tagged_traffic.seen(t) for t in tags), 30, 0.05)
         t0 = time.monotonic()
         c.cli("--cluster", "reshard", src.addr, "--cluster-from", src.node_id(),
               "--cluster-to", dst.node_id(), "--cluster-slots", "300", "--cluster-yes")
@@ -764,9 +778,61 @@ def test_one_connection_per_worker_per_master(redis_cluster, nginx_factory):
     assert_one_per_worker()
 
     # A reload: new workers, one connection each per master; the old ones' are gone.
-    old = set(n.worker_pids())
-    n.reload()
-    assert wait_for(lambda: len(n.worker_pids()) == 2 and not old & set(n.worker_pids()), 10)
+    n.reload_and_wait()
     traffic()
     assert_one_per_worker()
 
+
+
+def test_requests_while_the_worker_reads_the_slot_map_wait_for_it(redis_cluster, nginx_factory):
+    """Requests that arrive while a worker connects and reads the slot map — at start, after
+    its connections are killed, after a reload — are decided by Redis, never failed, even when
+    the first seed is a replica (as after a failover): before the map, calls go there with
+    their keys declared, and its MOVED sends them on."""
+    c = redis_cluster
+    masters = c.masters()
+    seeds = " ".join([c.replica_of(masters[0]).addr] + [m.addr for m in masters])
+    n = nginx_factory(conf(c, location("/"), "ratelimit_policy p rate=1r/h burst=1000000;",
+                           seeds=seeds, listen="reuseport"), workers=2, start=False)
+    keys = []
+    for m in masters:
+        keys += keys_in(c, "p", 3, on_master(c, m), name="start-%d-" % m.port)
+    failures = []
+
+    def at_once(rounds=3, threads=8):
+        """Concurrent keep-alive connections, each over every key, started together."""
+        go = threading.Event()
+
+        def run():
+            go.wait()
+            cl = Client(n.port)
+            for _ in range(rounds):
+                for k in keys:
+                    got = cl.get("/", k)
+                    if got[:2] != (200, "PASSED"):
+                        failures.append((k, got))
+            cl.close()
+        workers = [threading.Thread(target=run) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        go.set()
+        for t in workers:
+            t.join()
+
+    n.start()
+    at_once()  # the workers' first requests: no connection, no slot map yet
+    assert failures == [], failures[:5]
+
+    for node in c.live():  # every connection goes (as on a restart of the nodes)
+        node.cmd("CLIENT", "KILL", "TYPE", "normal")
+    at_once()
+    assert failures == [], failures[:5]
+
+    old = set(n.worker_pids())
+    n.reload()
+    deadline = time.monotonic() + 15
+    while old & set(n.worker_pids()) and time.monotonic() < deadline:
+        at_once(rounds=1)  # while the new workers start
+    at_once()
+    assert not old & set(n.worker_pids())
+    assert failures == [], failures[:5]

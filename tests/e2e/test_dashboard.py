@@ -40,7 +40,7 @@ class DevTools:
         cmd_r, out_w = (high_fd(fd) for fd in (cmd_r, out_w))
         args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
                 "--remote-debugging-pipe", "--user-data-dir=%s" % (workdir / "chromium"),
-                "--no-first-run", "--window-size=1280,1100", "--hide-scrollbars", url]
+                "--no-first-run", "--window-size=1280,1700", "--hide-scrollbars", url]
         self.proc = subprocess.Popen(
             ["bash", "-c", 'exec "$0" "$@" 3<&%d 4>&%d' % (cmd_r, out_w)] + args,
             pass_fds=(cmd_r, out_w), stdout=subprocess.DEVNULL,
@@ -111,7 +111,7 @@ class DevTools:
 
 # What the page shows, read from its DOM.
 PAGE_STATE = """(() => {
-  const cards = {};
+  const cards = [];  // [name, card]: a policy may be named "__proto__"
   for (const s of document.querySelectorAll('section[data-policy]')) {
     const counters = {};
     for (const b of s.querySelectorAll('.counters b')) {
@@ -123,7 +123,8 @@ PAGE_STATE = """(() => {
       series[line.getAttribute('class')] = pts ? pts.split(' ').map(p => Number(p.split(',')[1])) : [];
     }
     const keys = [...s.querySelectorAll('td.key')].map(td => td.textContent);
-    cards[s.dataset.policy] = {counters, series, keys, legend: s.querySelector('.legend').textContent};
+    cards.push([s.dataset.policy,
+                {counters, series, keys, legend: s.querySelector('.legend').textContent}]);
   }
   return {cards, scripts: document.scripts.length, version: document.getElementById('version').textContent,
           redis: document.getElementById('redis-state').textContent,
@@ -137,10 +138,19 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
     ratelimit_redis 127.0.0.1:{redis.port};
     ratelimit_policy api rate=20r/s burst=20;
     ratelimit_policy login rate=5r/m burst=3;
+    ratelimit_policy constructor rate=1r/m burst=2;
+    ratelimit_policy toString rate=1r/m burst=2;
+    ratelimit_policy __proto__ rate=1r/m burst=2;
     server {{
         listen 127.0.0.1:@PORT@;
         location /api {{ ratelimit $http_x_key policy=api; {BACKEND} }}
         location /login {{ ratelimit $http_x_key policy=login; {BACKEND} }}
+        location /odd {{
+            ratelimit $http_x_key policy=constructor;
+            ratelimit $http_x_key policy=toString;
+            ratelimit $http_x_key policy=__proto__;
+            {BACKEND}
+        }}
         location /ratelimit/ {{ ratelimit_api write; }}
     }}
     """)
@@ -154,6 +164,7 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
             n.get("/api", {"X-Key": "heavy"})
             if i % 4 == 0:
                 n.get("/login", {"X-Key": hostile})
+                n.get("/odd", {"X-Key": "odd"})
             i += 1
             time.sleep(0.01)
 
@@ -168,9 +179,12 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
         time.sleep(2.5)  # two more polls: the page catches up with the final counters
 
         state = browser.eval(PAGE_STATE)
+        state["cards"] = dict(state["cards"])
         status = json.loads(n.get("/ratelimit/status").body)
         assert state["error"] == ""
-        assert set(state["cards"]) == {"api", "login"}
+        # Names that are also properties of every JavaScript object (defect 11 of issue 15).
+        odd = ("constructor", "toString", "__proto__")
+        assert set(state["cards"]) == {"api", "login", *odd}
         assert state["version"] == status["version"] and state["redis"] == "up"
         assert state["refill"] is True
         assert state["scripts"] == 1, "a key became markup"
@@ -179,6 +193,10 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
             shown = {k: v for k, v in card["counters"].items()}
             assert shown == p["counters"], p["name"]
             assert [k for k in card["keys"]] == [t["key"] for t in p["top"]]
+        for name in odd:
+            card = state["cards"][name]
+            assert 2 <= card["counters"]["passed"] <= 3 and card["counters"]["rejected"] > 0, name
+            assert card["keys"] == ["odd"], name
         api = state["cards"]["api"]
         assert api["counters"]["passed"] > 50 and api["counters"]["rejected"] > 20
         # The chart drew the traffic: points above the baseline (y=132) for both series.

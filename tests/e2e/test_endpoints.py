@@ -359,7 +359,10 @@ def test_sentinel_switch_master_moves_a_healthy_connection(workdir, nginx_factor
             "connect_timeout=200ms timeout=200ms;"))
         assert status_of(n, "before")[0] == "PASSED"
         assert master.call("EXISTS", "rl:p:before") == 1
-        time.sleep(0.3)  # the subscription is on its way
+        # The subscription to +switch-master is on a sentinel before the failover (a condition,
+        # not a sleep: on a busy machine it takes longer).
+        assert wait_for(lambda: any(b"cmd=subscribe" in s.call("CLIENT", "LIST")
+                                    for s in sentinels), 5)
 
         assert sentinels[0].call("SENTINEL", "FAILOVER", "m") == "OK"
         assert wait_for(lambda: sentinels[0].master() == replica.port, 10)
@@ -426,6 +429,206 @@ def test_sentinel_naming_the_master_by_host_name(workdir, nginx_factory):
             nxdomain.close()
     finally:
         dns.close()
+        if sentinel:
+            sentinel.stop()
+        master.stop()
+
+
+class FakeSentinel:
+    """A sentinel that misbehaves, on 127.0.0.1: with `master` None it accepts connections and
+    never answers (a hung sentinel); else it names `master` ("ip", port) for every
+    get-master-addr-by-name (a lying one, when that is a replica)."""
+
+    def __init__(self, master=None):
+        self.master = master
+        self.accepted = 0
+        self.asked = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.stopped = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            self.conns.append(conn)
+            if self.master:
+                threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn):
+        buf = b""
+        try:
+            while not self.stopped:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                buf += chunk
+                while True:
+                    command, buf = self._command(buf)
+                    if command is None:
+                        break
+                    conn.sendall(self._answer(command))
+        except OSError:
+            pass
+
+    @staticmethod
+    def _command(buf):
+        """One RESP array of bulk strings from the front of `buf`, or None if incomplete."""
+        if b"\r\n" not in buf:
+            return None, buf
+        head, rest = buf.split(b"\r\n", 1)
+        args = []
+        for _ in range(int(head[1:])):
+            if b"\r\n" not in rest:
+                return None, buf
+            size, rest = rest.split(b"\r\n", 1)
+            n = int(size[1:])
+            if len(rest) < n + 2:
+                return None, buf
+            args.append(rest[:n])
+            rest = rest[n + 2:]
+        return [a.decode() for a in args], rest
+
+    def _answer(self, command):
+        verb = command[0].upper()
+        if verb == "SENTINEL" and command[1].lower() == "get-master-addr-by-name":
+            self.asked += 1
+            ip, port = self.master[0].encode(), str(self.master[1]).encode()
+            return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(ip), ip, len(port), port)
+        if verb == "SUBSCRIBE":
+            return b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n"
+        if verb in ("AUTH", "PING"):
+            return b"+OK\r\n"
+        return b"-ERR unknown command\r\n"
+
+    def close(self):
+        self.stopped = True
+        self.thread.join()
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+def until_decided(n, key, within=10.0):
+    """Requests until Redis decides one; none may wait longer than connect_timeout + timeout
+    (0.4 s in these configurations) and the test's slack. Returns the statuses seen."""
+    start = time.monotonic()
+    seen = []
+    while time.monotonic() - start < within:
+        status, elapsed = status_of(n, key)
+        assert elapsed < 0.4 + 0.3, "a request waited %.3fs" % elapsed
+        seen.append(status)
+        if status == "PASSED":
+            return seen
+        assert status == "FAILED_OPEN", status
+        time.sleep(0.02)
+    raise AssertionError("Redis never decided %d requests: ...%s" % (len(seen), seen[-5:]))
+
+
+def sentinel_conf(sentinels):
+    addresses = " ".join("127.0.0.1:%d" % port for port in sentinels)
+    return location_conf(f"ratelimit_redis {addresses} mode=sentinel master=m "
+                         "connect_timeout=200ms timeout=200ms;")
+
+
+@pytest.mark.parametrize("hung", [1, 2])
+def test_sentinels_that_hang_are_passed_over(workdir, nginx_factory, hung):
+    """One or two sentinels that accept and never answer, before a good one: each gets its own
+    timeout, the search goes on past a connection that gave up, the master is reached, and the
+    good sentinel is asked first from then on."""
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port())
+    fakes = [FakeSentinel() for _ in range(hung)]
+    sentinel = None
+    try:
+        sentinel = Sentinel(workdir / "s", master.port, quorum=1)
+        assert wait_for(lambda: sentinel.master() == master.port, 5)
+        n = nginx_factory(sentinel_conf([f.port for f in fakes] + [sentinel.port]))
+        seen = until_decided(n, "k")
+        if hung == 1:
+            # The first sentinel's timeout costs the first connection attempt, not the
+            # request: it waits for the next attempt within connect_timeout + timeout.
+            assert seen == ["PASSED"], seen
+        assert master.call("EXISTS", "rl:p:k") == 1
+        for fake in fakes:
+            assert fake.accepted >= 1
+            assert "sentinel 127.0.0.1:%d, master \"m\": timed out" % fake.port in n.log()
+        accepted = [fake.accepted for fake in fakes]
+
+        master.call("CLIENT", "KILL", "TYPE", "normal")  # nginx reconnects, asking again
+        until_decided(n, "k2")
+        assert master.call("EXISTS", "rl:p:k2") == 1
+        assert [fake.accepted for fake in fakes] == accepted, "a hung sentinel was asked first"
+    finally:
+        for fake in fakes:
+            fake.close()
+        if sentinel:
+            sentinel.stop()
+        master.stop()
+
+
+def test_sentinel_naming_a_replica_is_passed_over_and_logged(workdir, nginx_factory):
+    """A first sentinel that names a replica as the master: ROLE there says "slave", so the
+    next sentinel is asked and the master is used; the log names the sentinel that misled, and
+    it is not asked first again."""
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port(),
+                          "--repl-diskless-sync-delay", "0")
+    replica = RedisProcess(workdir / "replica", "127.0.0.1", free_port(),
+                           "--replicaof", "127.0.0.1", str(master.port))
+    liar = FakeSentinel(("127.0.0.1", replica.port))
+    sentinel = None
+    try:
+        sentinel = Sentinel(workdir / "s", master.port, quorum=1)
+        assert wait_for(lambda: sentinel.master() == master.port, 5)
+        n = nginx_factory(sentinel_conf([liar.port, sentinel.port]))
+        until_decided(n, "k")
+        assert master.call("EXISTS", "rl:p:k") == 1
+        assert liar.asked >= 1
+        assert ("sentinel 127.0.0.1:%d, master \"m\": named 127.0.0.1:%d, which is not a master "
+                "(ROLE: slave)" % (liar.port, replica.port)) in n.log()
+        assert "READONLY" not in n.log()  # never sent a decision to the replica
+        asked = liar.asked
+
+        master.call("CLIENT", "KILL", "TYPE", "normal")
+        until_decided(n, "k2")
+        assert master.call("EXISTS", "rl:p:k2") == 1
+        assert liar.asked == asked, "the sentinel that misled was asked first again"
+    finally:
+        liar.close()
+        if sentinel:
+            sentinel.stop()
+        replica.stop()
+        master.stop()
+
+
+def test_sentinel_master_checked_without_role_permission_is_used_and_said(workdir, nginx_factory):
+    """An ACL user without +role (as the 0.3 README gave it) cannot run the ROLE check: the
+    address named is used unchecked, and the log says what to add."""
+    master = RedisProcess(workdir / "master", "127.0.0.1", free_port())
+    sentinel = None
+    try:
+        assert master.call("ACL", "SETUSER", "nginx", "on", ">secret", "~rl:*", "+evalsha",
+                           "+eval", "+ping", "+select", "+mget", "+psetex", "+get", "+del",
+                           "+time") == "OK"
+        sentinel = Sentinel(workdir / "s", master.port, quorum=1)
+        assert wait_for(lambda: sentinel.master() == master.port, 5)
+        n = nginx_factory(location_conf(
+            f"ratelimit_redis 127.0.0.1:{sentinel.port} mode=sentinel master=m user=nginx "
+            "password=secret connect_timeout=200ms timeout=200ms;"))
+        assert status_of(n, "k")[0] == "PASSED"
+        assert master.call("EXISTS", "rl:p:k") == 1
+        assert "the user may not run ROLE (add +role to its ACL)" in n.log()
+        assert "secret" not in n.log()
+    finally:
         if sentinel:
             sentinel.stop()
         master.stop()

@@ -123,13 +123,15 @@ def test_error_reply_takes_the_failure_mode(redis, nginx_factory):
 def test_redis_killed_and_restarted_mid_load(redis, nginx_factory):
     n = nginx_factory(conf(redis.port, "open", burst=100000), workers=2)
     load = Load(n.port, threads=6, record_status=True)
-    try:
-        time.sleep(0.5)
+    try:  # conditions, not sleeps: a busy machine answers fewer requests per second
+        assert wait_for(lambda: ("PASSED" in {x for _, x in load.results[-20:]}), 10)
         redis.proc.kill()  # SIGKILL: no goodbye to the clients
         redis.proc.wait()
-        time.sleep(0.7)
+        killed = len(load.results)
+        assert wait_for(lambda: "FAILED_OPEN" in {x for _, x in load.results[killed:]}, 10)
         redis.start()
-        time.sleep(2.5)  # the probe brings Redis back within a second or so
+        # The probe brings Redis back within a second or so.
+        assert wait_for(lambda: [x for _, x in load.results[-20:]] == ["PASSED"] * 20, 15)
     finally:
         load.finish()
     assert load.errors == []

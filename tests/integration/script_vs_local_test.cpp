@@ -4,6 +4,7 @@
 #include <hiredis/hiredis.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -15,7 +16,9 @@
 #include <thread>
 #include <vector>
 
+#include "ratelimit/key.h"
 #include "ratelimit/script.h"
+#include "ratelimit/sha1.h"
 #include "ratelimit/token_bucket.h"
 #include "raw_redis.h"
 
@@ -23,6 +26,8 @@ namespace ratelimit {
 namespace {
 
 using Requests = std::vector<std::vector<ScriptLimit>>;
+class Mirror;
+class RandomBatches;
 
 using testing::ReplyPtr;
 
@@ -83,6 +88,9 @@ protected:
         return result;
     }
 
+    void run_and_check(RandomBatches& batches, const Requests& requests, int step,
+                       Mirror& mirror, BatchReply& reply);
+
     ScriptBatch batch_;
     ScriptForm form_ = ScriptForm::keys_declared;
 };
@@ -118,8 +126,9 @@ public:
             }
             for (size_t i = 0; allowed && i < limits.size(); i++) {
                 if (limits[i].cost > 0) {
-                    states_[std::string(limits[i].key)] = {local[i].level_units, reply.now_ms,
-                                                           limits[i].params.period_ms};
+                    BucketState after = stored_state(inputs[i].state, local[i], reply.now_ms);
+                    after.period_ms = limits[i].params.period_ms;
+                    states_[std::string(limits[i].key)] = after;
                 }
             }
         }
@@ -155,50 +164,77 @@ std::set<std::string> written(const Requests& requests, const BatchReply& reply)
     return keys;
 }
 
+// Four keys, each with its own parameters, named at random by the requests of one batch.
+class RandomBatches {
+public:
+    static constexpr size_t kKeys = 4;
+    const std::string keys[kKeys] = {"rl:a:k", "rl:b:k", "rl:c:k", "rl:d:k"};
+    const BucketParams params[kKeys] = {
+        {50, 1000, 3}, {600, 60000, 5}, {7, 1000, 2}, {1, 60000, 4}};
+
+    explicit RandomBatches(unsigned seed) : rng(seed) {}
+
+    Requests next()
+    {
+        Requests requests(1 + rng() % 8);
+        for (auto& limits : requests) {
+            size_t first = rng() % kKeys;
+            size_t n = 1 + rng() % 3;
+            for (size_t j = 0; j < n; j++) {
+                size_t k = (first + j) % kKeys;
+                limits.push_back({keys[k], params[k], int64_t(rng() % 4)});
+            }
+        }
+        return requests;
+    }
+
+    std::mt19937 rng;
+};
+
+// Runs one batch by `step`'s form and verb and checks the reply and what was stored against
+// `mirror`: the value (level, period, stamp) and a TTL that ends when readers see it full.
+void ScriptVsLocal::run_and_check(RandomBatches& batches, const Requests& requests, int step,
+                                  Mirror& mirror, BatchReply& reply)
+{
+    std::map<std::string, std::optional<std::string>> before;
+    for (const auto& k : batches.keys) {
+        before[k] = get(k);
+    }
+    // Both forms of the script, each by EVALSHA and by EVAL, against one mirror.
+    form_ = (step / 2) % 2 ? ScriptForm::node_wide : ScriptForm::keys_declared;
+    reply = run(requests, step % 2 == 0);
+    mirror.check(requests, reply);
+    auto wrote = written(requests, reply);
+    for (size_t i = 0; i < RandomBatches::kKeys; i++) {
+        const std::string& k = batches.keys[i];
+        if (!wrote.count(k)) {
+            // Untouched, rejected and cost-0 keys are not written (they may expire).
+            auto now = get(k);
+            EXPECT_TRUE(now == before[k] || !now) << k;
+            continue;
+        }
+        const BucketState* s = mirror.state(k);
+        ASSERT_NE(s, nullptr);
+        EXPECT_EQ(get(k), stored(s->level_units, s->period_ms, s->stamp_ms)) << k;
+        long long ttl = pttl(k);
+        int64_t reset = outcome_after(batches.params[i], 0, s->level_units, true).reset_ms
+                        + std::max<int64_t>(0, s->stamp_ms - reply.now_ms);
+        EXPECT_LE(ttl, reset);
+        EXPECT_GE(ttl, reset - 50);
+    }
+}
+
 TEST_F(ScriptVsLocal, RandomBatchesMatchLocalMathsOneByOne)
 {
-    const std::string keys[4] = {"rl:a:k", "rl:b:k", "rl:c:k", "rl:d:k"};
-    const BucketParams params[4] = {{50, 1000, 3}, {600, 60000, 5}, {7, 1000, 2}, {1, 60000, 4}};
-    std::mt19937 rng(12345);
+    RandomBatches batches(12345);
     Mirror mirror;
     int allowed = 0;
     int rejected = 0;
     int shared = 0;
     for (int step = 0; step < 250; step++) {
-        Requests requests(1 + rng() % 8);
-        for (auto& limits : requests) {
-            size_t first = rng() % 4;
-            size_t n = 1 + rng() % 3;
-            for (size_t j = 0; j < n; j++) {
-                size_t k = (first + j) % 4;
-                limits.push_back({keys[k], params[k], int64_t(rng() % 4)});
-            }
-        }
-        std::map<std::string, std::optional<std::string>> before;
-        for (const auto& k : keys) {
-            before[k] = get(k);
-        }
-        // Both forms of the script, each by EVALSHA and by EVAL, against one mirror.
-        form_ = (step / 2) % 2 ? ScriptForm::node_wide : ScriptForm::keys_declared;
-        BatchReply reply = run(requests, step % 2 == 0);
-        mirror.check(requests, reply);
-        auto wrote = written(requests, reply);
-        for (const auto& k : keys) {
-            if (!wrote.count(k)) {
-                // Untouched, rejected and cost-0 keys are not written (they may expire).
-                auto now = get(k);
-                EXPECT_TRUE(now == before[k] || !now) << k;
-                continue;
-            }
-            const BucketState* s = mirror.state(k);
-            ASSERT_NE(s, nullptr);
-            EXPECT_EQ(get(k), stored(s->level_units, s->period_ms, reply.now_ms)) << k;
-            const BucketParams& p = params[&k - keys];
-            long long ttl = pttl(k);
-            int64_t reset = outcome_after(p, 0, s->level_units, true).reset_ms;
-            EXPECT_LE(ttl, reset);
-            EXPECT_GE(ttl, reset - 50);
-        }
+        Requests requests = batches.next();
+        BatchReply reply;
+        run_and_check(batches, requests, step, mirror, reply);
         for (size_t r = 0; r < requests.size(); r++) {
             (reply.allowed[r] ? allowed : rejected)++;
         }
@@ -207,7 +243,7 @@ TEST_F(ScriptVsLocal, RandomBatchesMatchLocalMathsOneByOne)
             total += limits.size();
         }
         shared += batch_.keys() < total ? 1 : 0;  // some key named by several requests
-        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 12));
+        std::this_thread::sleep_for(std::chrono::milliseconds(batches.rng() % 12));
         if (HasFailure()) {
             FAIL() << "at step " << step;
         }
@@ -215,6 +251,71 @@ TEST_F(ScriptVsLocal, RandomBatchesMatchLocalMathsOneByOne)
     EXPECT_GT(allowed, 100);
     EXPECT_GT(rejected, 100);
     EXPECT_GT(shared, 100);
+}
+
+// Buckets stamped ahead of Redis's clock (written by a master whose clock was ahead, before a
+// failover): the level is as of the stamp, which both keep, so the lag is credited once.
+TEST_F(ScriptVsLocal, StampsAheadOfRedisTimeMatchLocalMaths)
+{
+    RandomBatches batches(777);
+    Mirror mirror;
+    int ahead = 0;
+    for (int step = 0; step < 120; step++) {
+        if (step % 10 == 0) {
+            int64_t now = redis_now_ms();
+            for (size_t k = 0; k < RandomBatches::kKeys; k++) {
+                const BucketParams& p = batches.params[k];
+                BucketState s{int64_t(batches.rng() % p.capacity_units()),
+                              now + 100 + int64_t(batches.rng() % 3000), p.period_ms};
+                argv({"SET", batches.keys[k], stored(s.level_units, s.period_ms, s.stamp_ms)});
+                mirror.set(batches.keys[k], s);
+            }
+        }
+        Requests requests = batches.next();
+        BatchReply reply;
+        run_and_check(batches, requests, step, mirror, reply);
+        for (const auto& k : written(requests, reply)) {
+            ahead += mirror.state(k)->stamp_ms > reply.now_ms ? 1 : 0;
+        }
+        if (HasFailure()) {
+            FAIL() << "at step " << step;
+        }
+    }
+    EXPECT_GT(ahead, 20);  // writes that kept a stamp ahead of the call's time
+}
+
+// Two limits of one request that become one Redis key: a long key and the text of its digest.
+// The caller merges them (summed cost, ngx_ratelimit_handler.cpp); the script refuses them
+// unmerged, which before 0.4 it checked against one level and took twice (a negative level).
+TEST_F(ScriptVsLocal, TwoLimitsOnOneRedisKey)
+{
+    const BucketParams p{1, 60000, 5};
+    std::string long_key(200, 'k');
+    std::string redis_key = bucket_key("rl:", "p", long_key);
+    ASSERT_EQ(redis_key, bucket_key("rl:", "p", "#sha1:" + sha1_hex(long_key)));
+    ASSERT_TRUE(same_bucket_key(long_key, "#sha1:" + sha1_hex(long_key)));
+
+    for (auto form : {ScriptForm::keys_declared, ScriptForm::node_wide}) {
+        form_ = form;
+        argv({"DEL", redis_key});
+        batch_.clear();
+        ScriptLimit both[2] = {{redis_key, p, 3}, {redis_key, p, 2}};
+        batch_.add_request(both, 2);
+        std::string command;
+        batch_.append_eval(command, form);
+        auto refused = send_raw(command);
+        ASSERT_EQ(refused->type, REDIS_REPLY_ERROR);
+        EXPECT_NE(std::string(refused->str).find("ratelimit: bad arguments"), std::string::npos);
+        EXPECT_EQ(argv({"EXISTS", redis_key})->integer, 0);
+
+        // Merged, as the handler sends them: 5 of 5, then 5 more refused; never below empty.
+        Mirror mirror;
+        Requests merged = {{{redis_key, p, 5}}, {{redis_key, p, 5}}, {{redis_key, p, 1}}};
+        BatchReply reply = run(merged);
+        mirror.check(merged, reply);
+        EXPECT_EQ(reply.allowed, (std::vector<uint8_t>{1, 0, 0}));
+        EXPECT_EQ(get(redis_key), stored(0, 60000, reply.now_ms));
+    }
 }
 
 TEST_F(ScriptVsLocal, ManyRequestsOnOneKeyInOneBatch)
@@ -400,20 +501,36 @@ TEST_F(ScriptVsLocal, LargeValuesStayIntegers)
     mirror.check(small, reply);
 }
 
-TEST_F(ScriptVsLocal, MalformedStoredValueCountsAsFull)
+// A value no bucket can hold (junk, a negative level as two limits on one key wrote before
+// 0.4) fails the call with an error naming the key: never read as a full bucket, and left as
+// it is (it expires, or the API's DELETE refills it).
+TEST_F(ScriptVsLocal, UnreadableStoredValueIsAnErrorNeverFull)
 {
     const BucketParams p{10, 1000, 3};
     for (const char* junk :
          {"garbage", "-5 100", "1e+15 100", "12", "1 2 3", "v1 100 1000 5", "v2 100 0 5",
           "v2 100 86400001 5", "v2 99999999999999999 1000 5", "v2 100 1000 5x", "v2 100 1000",
-          "vx 100 1000 5", "v2 -1 1000 5", " 1 2"}) {
-        argv({"SET", "rl:p:bad", junk});
-        BatchReply reply = run({{{"rl:p:bad", p, 1}}, {{"rl:p:bad", p, 0}}});
-        EXPECT_TRUE(reply.allowed[0]) << junk;
-        EXPECT_EQ(reply.levels[0], 2000) << junk;
-        EXPECT_EQ(reply.levels[1], 2000) << junk;
-        EXPECT_EQ(get("rl:p:bad"), stored(2000, 1000, reply.now_ms)) << junk;
+          "vx 100 1000 5", "v2 -1 1000 5", " 1 2", "v2 -3000 1000 5", "v2 100 1000 -5",
+          "v2 100 1000 9007199254740992"}) {
+        argv({"SET", "rl:p:bad\r\n\xff", junk});
+        for (auto form : {ScriptForm::keys_declared, ScriptForm::node_wide}) {
+            batch_.clear();
+            ScriptLimit ok{"rl:p:good", p, 1};
+            ScriptLimit bad{"rl:p:bad\r\n\xff", p, 1};
+            batch_.add_request(&ok, 1);
+            batch_.add_request(&bad, 1);
+            std::string command;
+            batch_.append_eval(command, form);
+            auto reply = send_raw(command);
+            BatchReply result;
+            std::string error;
+            EXPECT_FALSE(parse_batch_reply(reply.get(), batch_, result, error)) << junk;
+            EXPECT_EQ(error, "ratelimit: unreadable bucket value at rl:p:bad???") << junk;
+            EXPECT_EQ(get("rl:p:bad\r\n\xff"), junk);
+            EXPECT_EQ(argv({"EXISTS", "rl:p:good"})->integer, 0);  // nothing written
+        }
     }
+    // A key of another type reads as missing (GET/MGET cannot tell it from no key).
     argv({"HSET", "rl:p:hash", "f", "v"});
     BatchReply reply = run({{{"rl:p:hash", p, 0}}});
     EXPECT_TRUE(reply.allowed[0]);

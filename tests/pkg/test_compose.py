@@ -45,9 +45,11 @@ def test_compose_structure():
     assert redis_addrs == {"redis:6379"}, "the instances must share one Redis"
     host_ports = []
     for name, s in instances.items():
-        assert (COMPOSE.parent / s["build"]["context"] / s["build"]["dockerfile"]).resolve() \
-            == REPO / "Dockerfile", name
         assert "redis" in s["depends_on"], name
+        # Docker's DNS, so that a recreated Redis container's new address is followed.
+        assert s["environment"]["RATELIMIT_RESOLVER"] == "127.0.0.11", name
+        # While Redis is away, the instances together admit no more than the limit.
+        assert s["environment"]["RATELIMIT_NODES"] == str(len(instances)), name
         backend_host = s["environment"]["RATELIMIT_BACKEND"].split(":")[0]
         assert backend_host in all_services, f"{name}: backend {backend_host} is no service"
         assert backend_host in s["depends_on"], name
@@ -60,10 +62,33 @@ def test_compose_structure():
             assert source.is_file(), f"{name} mounts {source}, which does not exist"
 
 
+def test_compose_builds_the_image_once():
+    all_services = services()
+    builders = {name: s for name, s in all_services.items() if "build" in s}
+    assert len(builders) == 1, f"more than one service builds an image: {sorted(builders)}"
+    (builder, b), = builders.items()
+    assert (COMPOSE.parent / b["build"]["context"] / b["build"]["dockerfile"]).resolve() \
+        == REPO / "Dockerfile"
+    assert b["pull_policy"] == "build"
+    version = re.search(r'#define RATELIMIT_VERSION "(.*)"',
+                        (REPO / "core/include/ratelimit/version.h").read_text()).group(1)
+    assert b["image"] == f"nginx-ratelimit:{version}"
+    users = {name for name, s in all_services.items() if s.get("image") == b["image"]}
+    assert set(nginx_services()) | {"backend"} <= users
+    for name in users - {builder}:
+        assert all_services[name]["pull_policy"] == "never", name
+
+
+def entrypoint_defaults():
+    """The variables the entry point sets when the environment does not."""
+    script = (EXAMPLES / "docker" / "docker-entrypoint.sh").read_text()
+    return dict(re.findall(r'^: "\$\{(\w+):=([^}]*)\}"', script, flags=re.M))
+
+
 def render(template, environment, tmp):
     """envsubst of the entry point, with service names replaced by 127.0.0.1."""
     text = template.read_text()
-    for var, value in environment.items():
+    for var, value in {**entrypoint_defaults(), **environment}.items():
         host, _, port = value.partition(":")
         if host in services():
             value = f"127.0.0.1:{port}"
@@ -100,4 +125,8 @@ def test_mounted_config_passes_nginx_t(service, source, tmp_path):
     r = nginx_t(conf)
     assert r.returncode == 0 and "test is successful" in r.stderr, f"{service}: {r.stderr}"
     if "ratelimit_redis" in conf.read_text():
-        assert re.search(r"ratelimit_redis 127\.0\.0\.1:6379 ", conf.read_text())
+        text = conf.read_text()
+        assert re.search(r"ratelimit_redis 127\.0\.0\.1:6379 ", text)
+        assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=\d+s", text, flags=re.M)
+        nodes = len(nginx_services())
+        assert re.search(rf"^\s*ratelimit_failure_mode local nodes={nodes};", text, flags=re.M)

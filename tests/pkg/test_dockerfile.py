@@ -103,14 +103,17 @@ def test_dockerfile_steps_build_install_and_configure(replayed, tmp_path):
     conf = final.path("nginx.conf").read_text()
     assert "ratelimit_redis 127.0.0.1:6379 " in conf
     assert "server 127.0.0.1:8081;" in conf
+    assert "resolver 127.0.0.11 valid=10s" in conf and "ratelimit_failure_mode local nodes=1;" in conf
 
-    # What a container started with other addresses gets: only those two variables change.
+    # What a container started with other values gets: only those variables change.
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-           "RATELIMIT_REDIS": "127.0.0.2:6390", "RATELIMIT_BACKEND": "127.0.0.3:9000"}
+           "RATELIMIT_REDIS": "127.0.0.2:6390", "RATELIMIT_BACKEND": "127.0.0.3:9000",
+           "RATELIMIT_RESOLVER": "127.0.0.53", "RATELIMIT_NODES": "3"}
     r, path = render(final, env)
     assert r.returncode == 0 and "test is successful" in r.stderr, r.stderr
     conf = path.read_text()
     assert "ratelimit_redis 127.0.0.2:6390 " in conf and "server 127.0.0.3:9000;" in conf
+    assert "resolver 127.0.0.53 " in conf and "ratelimit_failure_mode local nodes=3;" in conf
     assert "$rl_role" in conf and "$hostname" in conf and "$binary_remote_addr" in conf
     assert "${" not in conf
 

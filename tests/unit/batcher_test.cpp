@@ -4,9 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <new>
 #include <string>
 #include <vector>
 
+#include "fail_alloc.h"
 #include "fake_loop.h"
 
 namespace ratelimit {
@@ -84,14 +86,15 @@ protected:
         }
         return loop.transport().take();
     }
-    static std::string expected(const std::vector<std::vector<ScriptLimit>>& requests)
+    static std::string expected(const std::vector<std::vector<ScriptLimit>>& requests,
+                                ScriptForm form = ScriptForm::keys_declared)
     {
         ScriptBatch batch;
         for (const auto& r : requests) {
             batch.add_request(r.data(), r.size());
         }
         std::string out;
-        batch.append_evalsha(out);
+        batch.append_evalsha(out, form);
         return out;
     }
 
@@ -256,12 +259,63 @@ TEST_F(BatcherTest, ShutdownDropsEverything)
 }
 
 
+// Out of memory while queueing: the request is queued whole (script and waiter) or not at all,
+// whichever allocation fails; the verdicts of the requests around it stay theirs.
+TEST_F(BatcherTest, OutOfMemoryInQueueIsAllOrNothing)
+{
+    const std::vector<ScriptLimit> a = {{"rl:policy-a:first-key", params, 1}};
+    const std::vector<ScriptLimit> b = {{"rl:policy-b:second-key", params, 2},
+                                        {"rl:policy-b:third-key-of-b", params, 3}};
+    const std::vector<ScriptLimit> c = {{"rl:policy-c:fourth-key", params, 1}};
+    int refused = 0;
+    int queued = 0;
+    for (size_t n = 0; n < 40; n++) {
+        batcher.reset();  // each round from cold: every buffer allocated anew
+        client.reset();
+        loop.transports.clear();
+        make();
+        std::vector<Seen> seen;
+        Req ra{1, 0, &seen}, rb{2, b.size(), &seen}, rc{3, 0, &seen};
+        decide(ra, a);
+        bool threw = false;
+        testing_fakes::fail_allocation_after(n);
+        try {
+            batcher->decide(b.data(), b.size(), record, &rb);
+        } catch (const std::bad_alloc&) {
+            threw = true;
+        }
+        bool failed = testing_fakes::allocation_failed();
+        testing_fakes::allow_allocations();
+        EXPECT_EQ(threw, failed) << n;
+        (threw ? refused : queued)++;
+        decide(rc, c);
+        EXPECT_EQ(batcher->waiting(), threw ? 2u : 3u) << n;
+        std::string wire = run_and_take();
+        if (threw) {
+            EXPECT_EQ(wire, expected({a, c})) << n;
+            loop.transport().feed(reply(1, {{true, {9001}}, {true, {9003}}}));
+        } else {
+            EXPECT_EQ(wire, expected({a, b, c})) << n;
+            loop.transport().feed(reply(1, {{true, {9001}}, {true, {8002, 7002}}, {true, {9003}}}));
+        }
+        ASSERT_EQ(seen.size(), threw ? 2u : 3u) << n;
+        EXPECT_EQ(seen[0].levels, (std::vector<int64_t>{9001})) << n;
+        EXPECT_EQ(seen.back().request, 3) << n;
+        EXPECT_EQ(seen.back().levels, (std::vector<int64_t>{9003})) << n;
+        EXPECT_EQ(batcher->waiting(), 0u);
+        if (HasFailure()) {
+            FAIL() << "failing allocation " << n;
+        }
+    }
+    EXPECT_GT(refused, 3);  // several allocations of queue() failed in turn
+    EXPECT_GT(queued, 0);   // and past them all, the request queued
+}
+
 // Two groups on one connection: keys ending in 'y' form group 1, the others group 0.
-class TwoGroups final : public CallRouter {
+// Calls of every group over one connection, the group of each recorded as it leaves.
+class RecordingRouter : public CallRouter {
 public:
-    TwoGroups(EventLoop& loop, RedisClient& client) : single(loop, client) {}
-    int group_of(std::string_view key) const noexcept override { return key.back() == 'y'; }
-    bool available(int group) const noexcept override { return group != down_group; }
+    RecordingRouter(EventLoop& loop, RedisClient& client) : single(loop, client) {}
     RedisClient::Since since(int group) const noexcept override { return single.since(group); }
     RedisClient::Submitted submit(int group, std::string command, Callback callback,
                                   const RedisClient::Since* since) override
@@ -272,8 +326,16 @@ public:
     void cancel(CallId id) noexcept override { single.cancel(id); }
 
     SingleRedis single;
-    int down_group = -1;
     std::vector<int> groups_sent;
+};
+
+class TwoGroups final : public RecordingRouter {
+public:
+    using RecordingRouter::RecordingRouter;
+    int group_of(std::string_view key) const noexcept override { return key.back() == 'y'; }
+    bool available(int group) const noexcept override { return group != down_group; }
+
+    int down_group = -1;
 };
 
 class GroupedBatcherTest : public BatcherTest {
@@ -366,6 +428,134 @@ TEST_F(GroupedBatcherTest, CancellingASplitRequestDropsEveryPart)
     loop.transport().feed(reply(5, {{true, {9000}}}));
     loop.transport().feed(reply(5, {{true, {9000}}}));
     EXPECT_TRUE(seen.empty());
+}
+
+// Node-wide calls (group 0) that go again declared when the node answers that a key is not
+// there: per slot, keys ending in 'y' in group 2, the others in group 1.
+class NodeWide final : public RecordingRouter {
+public:
+    using RecordingRouter::RecordingRouter;
+    int group_of(std::string_view) const noexcept override { return 0; }
+    int slot_group_of(std::string_view key) const noexcept override
+    {
+        return key.back() == 'y' ? 2 : 1;
+    }
+    ScriptForm form(int group) const noexcept override
+    {
+        return group == 0 ? ScriptForm::node_wide : ScriptForm::keys_declared;
+    }
+    bool retry_declared(int group, std::string_view error) noexcept override
+    {
+        retries++;
+        return group == 0 && error.find("not on this node") != std::string_view::npos;
+    }
+    bool available(int) const noexcept override { return true; }
+
+    int retries = 0;
+};
+
+class RequeueDeclaredTest : public BatcherTest {
+protected:
+    ~RequeueDeclaredTest() override { batcher.reset(); }  // before the router it uses
+    void SetUp() override
+    {
+        client = std::make_unique<RedisClient>(loop, ClientOptions{});
+        router = std::make_unique<NodeWide>(loop, *client);
+        batcher = std::make_unique<Batcher>(loop, *router, BatcherOptions{});
+    }
+    // A (x and y: two slots) and B (x) leave in one node-wide call, which the node refuses.
+    void send_and_refuse()
+    {
+        ida = decide(a, limits_a);
+        idb = decide(b, limits_b);
+        EXPECT_EQ(run_and_take(), expected({limits_a, limits_b}, ScriptForm::node_wide));
+        loop.transport().feed("-ERR ratelimit: a key is not on this node\r\n");
+        loop.advance(0);
+    }
+
+    std::unique_ptr<NodeWide> router;
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen};
+    const std::vector<ScriptLimit> limits_a = {{"rl:p:x", params, 1}, {"rl:p:y", params, 2}};
+    const std::vector<ScriptLimit> limits_b = {{"rl:q:x", params, 1}};
+    uint64_t ida = 0, idb = 0;
+};
+
+// Sent again once, declared and per slot (A split over two), each request with one verdict.
+TEST_F(RequeueDeclaredTest, RefusedNodeWideCallGoesAgainOncePerSlotOneVerdictEach)
+{
+    send_and_refuse();
+    EXPECT_TRUE(seen.empty());
+    EXPECT_EQ(batcher->waiting(), 3u);  // A's two parts and B
+    // Each in a batch of its own, timed from the first call: A's part x, A's part y, B.
+    EXPECT_EQ(loop.transport().take(), expected({{limits_a[0]}}) + expected({{limits_a[1]}})
+                                           + expected({limits_b}));
+    EXPECT_EQ(router->groups_sent, (std::vector<int>{0, 1, 2, 1}));
+    loop.transport().feed(reply(7, {{true, {9000}}}));
+    EXPECT_TRUE(seen.empty());  // A's other part is still out
+    loop.transport().feed(reply(7, {{false, {1000}}}));
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].request, 1);
+    EXPECT_TRUE(seen[0].decided);
+    EXPECT_FALSE(seen[0].allowed);  // its y part was refused
+    EXPECT_EQ(seen[0].levels, (std::vector<int64_t>{9000, 1000}));
+    loop.transport().feed(reply(7, {{true, {8000}}}));
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[1].request, 2);
+    EXPECT_TRUE(seen[1].allowed);
+    EXPECT_EQ(seen[1].levels, (std::vector<int64_t>{8000}));
+    loop.advance(0);
+    EXPECT_EQ(loop.transport().take(), "");  // nothing goes a third time
+    EXPECT_EQ(router->groups_sent.size(), 4u);
+    EXPECT_EQ(batcher->waiting(), 0u);
+    EXPECT_EQ(router->retries, 1);
+}
+
+// A declared call refused in turn fails its requests: never a second re-send.
+TEST_F(RequeueDeclaredTest, ReSentCallRefusedAgainFailsItsRequests)
+{
+    send_and_refuse();
+    loop.transport().take();
+    for (int i = 0; i < 3; i++) {
+        loop.transport().feed("-ERR ratelimit: a key is not on this node\r\n");
+    }
+    loop.advance(0);
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_FALSE(seen[0].decided);
+    EXPECT_FALSE(seen[1].decided);
+    EXPECT_NE(seen[1].error.find("not on this node"), std::string::npos);
+    EXPECT_EQ(loop.transport().take(), "");
+    EXPECT_EQ(router->groups_sent.size(), 4u);
+}
+
+// Cancelled while it goes again: no verdict for it (neither part of a split), the others'.
+TEST_F(RequeueDeclaredTest, CancelDuringTheReSendDropsOnlyThatRequest)
+{
+    send_and_refuse();
+    batcher->cancel(ida);
+    EXPECT_EQ(batcher->waiting(), 1u);
+    loop.transport().take();
+    loop.transport().feed(reply(7, {{true, {9000}}}));
+    loop.transport().feed(reply(7, {{true, {7000}}}));
+    loop.transport().feed(reply(7, {{true, {8000}}}));
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].request, 2);
+    EXPECT_EQ(seen[0].levels, (std::vector<int64_t>{8000}));
+    batcher->cancel(idb);  // finished: nothing to do
+    EXPECT_EQ(batcher->waiting(), 0u);
+}
+
+// Cancelled before the refusal came back: it does not go again at all.
+TEST_F(RequeueDeclaredTest, CancelledBeforeTheRefusalIsNotSentAgain)
+{
+    ida = decide(a, limits_a);
+    idb = decide(b, limits_b);
+    run_and_take();
+    batcher->cancel(idb);
+    loop.transport().feed("-ERR ratelimit: a key is not on this node\r\n");
+    loop.advance(0);
+    EXPECT_EQ(loop.transport().take(), expected({{limits_a[0]}}) + expected({{limits_a[1]}}));
+    EXPECT_EQ(batcher->waiting(), 2u);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "fake_loop.h"
+#include "ratelimit/batcher.h"
 #include "ratelimit/resp.h"
 
 namespace ratelimit {
@@ -43,6 +44,22 @@ private:
 std::string bulk(const std::string& text)
 {
     return "$" + std::to_string(text.size()) + "\r\n" + text + "\r\n";
+}
+
+// The script's reply to one request: Redis time, its flag, its level.
+std::string script_reply(int64_t now, bool allowed, int64_t level)
+{
+    return bulk(std::to_string(now) + (allowed ? " 1 " : " 0 ") + std::to_string(level));
+}
+
+// What the batcher sends for one request of one limit, in `form`.
+std::string script_call(const ScriptLimit& limit, ScriptForm form)
+{
+    ScriptBatch batch;
+    batch.add_request(&limit, 1);
+    std::string out;
+    batch.append_evalsha(out, form);
+    return out;
 }
 
 // A CLUSTER SLOTS reply: slots 0-8191 on port 7000, 8192-16383 on `upper` (all 127.0.0.1).
@@ -205,6 +222,30 @@ TEST_F(ClusterClientTest, RedirectsDoNotOpenTheBreaker)
 class NodeWideTest : public ClusterClientTest {
 protected:
     NodeWideTest() : ClusterClientTest(true) {}
+    ~NodeWideTest() override { batcher.reset(); }  // before the cluster it uses
+
+    struct Verdicts {
+        std::vector<Verdict> seen;
+        std::vector<int64_t> levels;
+    };
+    static void record(void* owner, const Verdict& verdict) noexcept
+    {
+        auto* into = static_cast<Verdicts*>(owner);
+        into->seen.push_back(verdict);
+        into->levels.push_back(verdict.decided ? verdict.levels[0] : -1);
+    }
+    // One request of one limit through a batcher over the cluster.
+    void decide(const ScriptLimit& limit, Verdicts& into)
+    {
+        if (!batcher) {
+            batcher = std::make_unique<Batcher>(loop, *cluster);
+        }
+        ASSERT_EQ(batcher->decide(&limit, 1, &NodeWideTest::record, &into).status,
+                  CallStatus::ok);
+    }
+
+    const BucketParams params{10, 1000, 10};
+    std::unique_ptr<Batcher> batcher;
 };
 
 TEST_F(NodeWideTest, KeysOfOneMasterShareAGroupAndTheNodeWideForm)
@@ -222,6 +263,28 @@ TEST_F(NodeWideTest, KeysOfOneMasterShareAGroupAndTheNodeWideForm)
     EXPECT_EQ(node("127.0.0.1:7001").take(), "node-wide");
 }
 
+// Before the map, calls go to a seed that may be a replica: declaring their keys, so that it
+// answers MOVED (a node-wide call would get READONLY, which drops the connection).
+TEST_F(NodeWideTest, BeforeTheMapCallsDeclareTheirKeysAndFollowMoved)
+{
+    EXPECT_EQ(cluster->group_of("foo"), 12182);
+    EXPECT_EQ(cluster->form(cluster->group_of("foo")), ScriptForm::keys_declared);
+    const ScriptLimit limit{"foo", params, 1};
+    Verdicts verdicts;
+    decide(limit, verdicts);
+    loop.advance(0);  // the map is asked for; the call goes to the seed as well
+    FakeTransport& seed = node("127.0.0.1:7000");
+    EXPECT_EQ(seed.take(),
+              format_command({"CLUSTER", "SLOTS"}) + script_call(limit, ScriptForm::keys_declared));
+    seed.feed(two_masters(7001));
+    EXPECT_LT(cluster->group_of("foo"), 0);  // node-wide from now on
+    seed.feed("-MOVED 12182 127.0.0.1:7001\r\n");
+    EXPECT_EQ(node("127.0.0.1:7001").take(), script_call(limit, ScriptForm::keys_declared));
+    node("127.0.0.1:7001").feed(script_reply(5000, true, 9000));
+    ASSERT_EQ(verdicts.seen.size(), 1u);
+    EXPECT_TRUE(verdicts.seen[0].decided);
+}
+
 TEST_F(NodeWideTest, KeyNotOnTheNodeGoesAgainDeclaredAndAnOldServerEndsNodeWideCalls)
 {
     load_map();
@@ -234,6 +297,64 @@ TEST_F(NodeWideTest, KeyNotOnTheNodeGoesAgainDeclaredAndAnOldServerEndsNodeWideC
     EXPECT_TRUE(cluster->retry_declared(
         upper, "ERR Error compiling script (new function): user_script:1: unexpected symbol"));
     EXPECT_EQ(cluster->group_of("foo"), 12182);  // per slot from now on
+}
+
+// The re-send itself: a node-wide call that finds its key elsewhere wrote nothing; its request
+// goes again once, declaring its key, to the slot's master (following the MOVED), and gets
+// one verdict.
+TEST_F(NodeWideTest, KeyNotOnTheNodeIsSentAgainDeclaredOnceWithOneVerdict)
+{
+    load_map();
+    const ScriptLimit limit{"foo", params, 1};  // slot 12182: 7001 by the map
+    Verdicts verdicts;
+    decide(limit, verdicts);
+    loop.advance(0);
+    FakeTransport& upper = node("127.0.0.1:7001");
+    EXPECT_EQ(upper.take(), script_call(limit, ScriptForm::node_wide));
+    upper.feed("-ERR Script attempted to access a non local key in a cluster node script\r\n");
+    EXPECT_TRUE(verdicts.seen.empty());
+    loop.advance(0);
+    // Sent again declaring its key, to the slot's master by the map...
+    EXPECT_EQ(upper.take(), script_call(limit, ScriptForm::keys_declared));
+    EXPECT_EQ(node("127.0.0.1:7000").take(), "");
+    // ...which names the slot's real master.
+    upper.feed("-MOVED 12182 127.0.0.1:7002\r\n");
+    EXPECT_EQ(node("127.0.0.1:7002").take(), script_call(limit, ScriptForm::keys_declared));
+    node("127.0.0.1:7002").feed(script_reply(5000, true, 9000));
+    ASSERT_EQ(verdicts.seen.size(), 1u);
+    EXPECT_TRUE(verdicts.seen[0].decided);
+    EXPECT_TRUE(verdicts.seen[0].allowed);
+    EXPECT_EQ(verdicts.levels[0], 9000);
+    loop.advance(1000);  // the map is asked for again (after the MOVED), the script not
+    std::string later = upper.take() + node("127.0.0.1:7000").take()
+                        + node("127.0.0.1:7002").take();
+    EXPECT_EQ(later.find("EVAL"), std::string::npos) << later;
+    EXPECT_EQ(verdicts.seen.size(), 1u);
+}
+
+// A node-wide batch queued for a master that leaves the map before the batch leaves goes to
+// the key's new master, instead of failing as disconnected.
+TEST_F(NodeWideTest, BatchQueuedForANodeThatLeftTheMapIsRoutedAgain)
+{
+    load_map();
+    loop.advance(5000);  // the periodic refresh asks a master
+    if (node("127.0.0.1:7001").take() == format_command({"CLUSTER", "SLOTS"})) {
+        node("127.0.0.1:7001").feed("-ERR busy\r\n");  // then 7000 is asked
+    }
+    EXPECT_EQ(node("127.0.0.1:7000").take(), format_command({"CLUSTER", "SLOTS"}));
+    const ScriptLimit limit{"foo", params, 1};
+    Verdicts verdicts;
+    decide(limit, verdicts);  // for 7001, queued in this iteration
+    node("127.0.0.1:7000").feed(two_masters(7002));  // 7001 leaves the map and goes
+    EXPECT_LT(cluster->group_of("foo"), 0);
+    EXPECT_FALSE(cluster->routes(-1 - 1));  // 7001 was the second node made
+    loop.advance(0);
+    EXPECT_EQ(node("127.0.0.1:7002").take(), script_call(limit, ScriptForm::node_wide));
+    EXPECT_TRUE(verdicts.seen.empty());
+    node("127.0.0.1:7002").feed(script_reply(5000, true, 9000));
+    ASSERT_EQ(verdicts.seen.size(), 1u);
+    EXPECT_TRUE(verdicts.seen[0].decided);
+    EXPECT_EQ(verdicts.levels[0], 9000);
 }
 
 }  // namespace

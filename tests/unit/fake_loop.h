@@ -93,6 +93,7 @@ public:
         : loop_(loop), fn(std::move(fn)), kind(kind)
     {
     }
+    ~FakeTimer() override;
     void start(int64_t delay_ms) noexcept override;
     void stop() noexcept override { armed_ = false; }
     bool armed() const noexcept override { return armed_; }
@@ -159,6 +160,13 @@ public:
     std::vector<FakeTransport*> transports;
     std::vector<FakeTimer*> timers;
 };
+
+// A loop may outlive what made its timers (a test that makes its client again).
+inline FakeTimer::~FakeTimer()
+{
+    auto& timers = loop_.timers;
+    timers.erase(std::remove(timers.begin(), timers.end(), this), timers.end());
+}
 
 inline void FakeTimer::start(int64_t delay_ms) noexcept
 {

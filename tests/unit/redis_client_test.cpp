@@ -351,23 +351,76 @@ TEST_F(RedisClientTest, AuthErrorDropsConnection)
     EXPECT_EQ(loop.transport().connects, 2);
 }
 
-TEST_F(RedisClientTest, ConnectTimeoutFailsQueuedCallsWithTimeout)
+// A connect that takes connect_timeout is a failure, and a new attempt starts at once for the
+// calls that may still wait; each fails by connect_timeout + timeout from its queuing.
+TEST_F(RedisClientTest, ConnectTimeoutRetriesWithinEachCallsWait)
 {
     ClientOptions o;
     o.connect_timeout_ms = 200;
     o.timeout_ms = 50;
+    o.failures_to_down = 3;
     make(o);
-    std::vector<Seen> seen;
-    get("a", seen);
+    std::vector<Seen> a, b;
+    get("a", a);        // waits until +250 at most
     loop.advance(100);  // longer than timeout_ms: still connecting
-    EXPECT_TRUE(seen.empty());
-    get("b", seen);
+    EXPECT_TRUE(a.empty());
+    get("b", b);        // until +350
+    loop.advance(100);  // the connect timeout: a second attempt, both still waiting
+    EXPECT_TRUE(a.empty());
+    EXPECT_TRUE(b.empty());
+    EXPECT_EQ(loop.transport().connects, 2);
+    EXPECT_EQ(client->state(), ClientState::connecting);
+    loop.advance(50);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+    EXPECT_TRUE(b.empty());
     loop.advance(100);
-    ASSERT_EQ(seen.size(), 2u);
-    EXPECT_EQ(seen[0].status, CallStatus::timeout);
-    EXPECT_EQ(seen[1].status, CallStatus::timeout);
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].status, CallStatus::timeout);
+    loop.advance(50);  // the second attempt's timeout: nobody waits, no third attempt
     EXPECT_EQ(client->state(), ClientState::idle);
-    EXPECT_GE(loop.transport().closes, 1);
+    EXPECT_EQ(loop.transport().connects, 2);
+    EXPECT_GE(loop.transport().closes, 2);
+}
+
+// The retry serves the calls once the second attempt connects (a slow first answer, such as a
+// sentinel that hangs, costs the attempt, not the requests).
+TEST_F(RedisClientTest, ConnectTimeoutRetryDeliversTheWaitingCalls)
+{
+    ClientOptions o;
+    o.connect_timeout_ms = 200;
+    o.timeout_ms = 100;
+    make(o);
+    std::vector<Seen> a;
+    get("a", a);
+    loop.advance(200);
+    EXPECT_TRUE(a.empty());
+    loop.transport().accept();  // the second attempt
+    EXPECT_EQ(loop.transport().take(), cmd("GET a"));
+    loop.transport().feed(":7\r\n");
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::ok);
+    EXPECT_EQ(a[0].text, "7");
+    EXPECT_EQ(client->state(), ClientState::up);
+}
+
+// Three connect timeouts in a row open the breaker: the calls fail at once.
+TEST_F(RedisClientTest, ConnectTimeoutsOpenTheBreaker)
+{
+    ClientOptions o;
+    o.connect_timeout_ms = 100;
+    o.timeout_ms = 1000;
+    o.failures_to_down = 3;
+    make(o);
+    std::vector<Seen> a;
+    get("a", a);
+    loop.advance(200);
+    EXPECT_TRUE(a.empty());
+    EXPECT_EQ(loop.transport().connects, 3);
+    loop.advance(100);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+    EXPECT_EQ(client->state(), ClientState::down);
 }
 
 TEST_F(RedisClientTest, QueuedCallsGetTimeoutFromConnection)
@@ -533,17 +586,77 @@ TEST_F(RedisClientTest, TimeoutRunsFromWhenTheCallerStartedWaiting)
 {
     ClientOptions o;
     o.timeout_ms = 100;
+    o.failures_to_down = 10;
     make(o);
     connect_up();
-    std::vector<Seen> seen;
-    RedisClient::Since since{loop.now, client->failure_epoch()};
-    loop.advance(60);
-    ASSERT_EQ(client->submit(cmd("GET a"), record(seen), &since).status, CallStatus::ok);
+    std::vector<Seen> a, b;
+    get("a", a);  // due at +100
+    loop.advance(10);
+    // b (a MOVED re-send, say) started waiting 60 ms ago: due at +50, before a, behind it.
+    RedisClient::Since since{loop.now - 60, client->failure_epoch()};
+    ASSERT_EQ(client->submit(cmd("GET b"), record(b), &since).status, CallStatus::ok);
     loop.advance(39);
-    EXPECT_TRUE(seen.empty());
+    EXPECT_TRUE(b.empty());
     loop.advance(1);
-    ASSERT_EQ(seen.size(), 1u);
-    EXPECT_EQ(seen[0].status, CallStatus::timeout);
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].status, CallStatus::timeout);
+    EXPECT_TRUE(a.empty());
+    loop.advance(49);
+    EXPECT_TRUE(a.empty());
+    loop.advance(1);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+}
+
+// While (re)connecting, a call gets `timeout` once the connection is up, but never waits
+// longer than connect_timeout + timeout from when its caller started waiting.
+TEST_F(RedisClientTest, NoWaitLongerThanConnectTimeoutPlusTimeout)
+{
+    ClientOptions o;
+    o.connect_timeout_ms = 200;
+    o.timeout_ms = 50;
+    make(o);
+    std::vector<Seen> a, b;
+    get("a", a);  // starts the connection: due at most at +250
+    // b started waiting 100 ms before it was queued (at -100): due at +150 at the latest.
+    RedisClient::Since since{loop.now - 100, client->failure_epoch()};
+    ASSERT_EQ(client->submit(cmd("GET b"), record(b), &since).status, CallStatus::ok);
+    loop.advance(120);
+    loop.transport().accept();  // a is due at +170, b still at +150
+    loop.advance(29);
+    EXPECT_TRUE(b.empty());
+    loop.advance(1);
+    ASSERT_EQ(b.size(), 1u);
+    EXPECT_EQ(b[0].status, CallStatus::timeout);
+    EXPECT_TRUE(a.empty());
+    loop.advance(20);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+    EXPECT_EQ(client->state(), ClientState::up);
+}
+
+// A call whose caller has waited connect_timeout + timeout times out even while the
+// connection is still being made (a connect that started after it was queued).
+TEST_F(RedisClientTest, OldCallTimesOutWhileConnecting)
+{
+    ClientOptions o;
+    o.connect_timeout_ms = 200;
+    o.timeout_ms = 50;
+    make(o);
+    std::vector<Seen> a;
+    RedisClient::Since since{loop.now - 200, client->failure_epoch()};
+    ASSERT_EQ(client->submit(cmd("GET a"), record(a), &since).status, CallStatus::ok);
+    loop.advance(49);
+    EXPECT_TRUE(a.empty());
+    loop.advance(1);
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_EQ(a[0].status, CallStatus::timeout);
+    // Not a failure of Redis: the connection goes on, and the late reply is swallowed.
+    loop.transport().accept();
+    EXPECT_EQ(client->state(), ClientState::up);
+    loop.transport().feed("$1\r\nv\r\n");
+    EXPECT_EQ(a.size(), 1u);
+    EXPECT_EQ(client->pending(), 0u);
 }
 
 TEST_F(RedisClientTest, ErrorRepliesCountPerRoundTripGoodRepliesReset)
@@ -673,18 +786,25 @@ TEST_F(RedisClientTest, NoscriptFallbackKeepsIdForCancelAndItsDeadline)
 {
     ClientOptions o;
     o.timeout_ms = 100;
+    o.failures_to_down = 10;
     o.noscript_fallback = [](std::string_view) { return cmd("EVAL %s 0", "return 1"); };
     make(o);
     connect_up();
-    std::vector<Seen> a, b;
+    std::vector<Seen> a, b, c;
     auto sa = client->submit(cmd("EVALSHA %s 0", "abc"), record(a));
-    loop.advance(80);
-    loop.transport().feed("-NOSCRIPT x\r\n");
+    loop.advance(50);
+    get("c", c);  // due at +150
+    loop.advance(30);
+    loop.transport().feed("-NOSCRIPT x\r\n");  // a's EVAL goes behind c, still due at +100
     loop.advance(19);  // the timeout covers the resend: 100 ms from the submit
     EXPECT_TRUE(a.empty());
     loop.advance(1);
     ASSERT_EQ(a.size(), 1u);
     EXPECT_EQ(a[0].status, CallStatus::timeout);
+    EXPECT_TRUE(c.empty());
+    loop.transport().feed("$1\r\nv\r\n");  // c's reply
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(c[0].text, "v");
 
     auto sb = client->submit(cmd("EVALSHA %s 0", "abc"), record(b));
     loop.transport().feed(":5\r\n");  // late reply to a's EVAL: swallowed

@@ -343,6 +343,25 @@ TEST(ScriptReply, WrongShapes)
     EXPECT_TRUE(parse_batch_reply(good.get(), batch, result, error)) << error;
 }
 
+// What the log shows of a reply it cannot take: where, and a bounded, printable excerpt.
+TEST(ScriptReply, UnreadableReplyErrorSaysWhereBounded)
+{
+    ScriptBatch batch;
+    ScriptLimit limit[1] = {{"rl:a:k", kA, 1}};
+    batch.add_request(limit, 1);
+    auto bulk = [](const std::string& text) {
+        return read_resp("$" + std::to_string(text.size()) + "\r\n" + text + "\r\n");
+    };
+    BatchReply result;
+    std::string error;
+    EXPECT_FALSE(parse_batch_reply(bulk("5 1 -3000").get(), batch, result, error));
+    EXPECT_EQ(error, "unexpected reply to the ratelimit script at byte 4: \"-3000\"");
+    std::string junk = "5 1 10 \"" + std::string(1000, '\x01');
+    EXPECT_FALSE(parse_batch_reply(bulk(junk).get(), batch, result, error));
+    EXPECT_EQ(error, "unexpected reply to the ratelimit script at byte 6: \" "
+                         + std::string(31, '?') + "\"");
+}
+
 TEST(ScriptReply, Noscript)
 {
     auto reply = read_resp("-NOSCRIPT No matching script. Please use EVAL.\r\n");

@@ -110,10 +110,11 @@ private:
     Queued decide_split(const ScriptLimit* limits, size_t n, VerdictHandler handler,
                         void* owner, bool declared, uint64_t id,
                         const RedisClient::Since* since);
-    void requeue_declared(Batch& batch) noexcept;
+    void requeue(Batch& batch, bool declared) noexcept;
     static void on_part(void* part, const Verdict& verdict) noexcept;
     void cancel_waiter(uint64_t id) noexcept;
     Batch& open_batch(int group, const RedisClient::Since* since = nullptr);
+    void close_empty(Batch& batch) noexcept;
     void flush() noexcept;
     bool send(Batch& batch) noexcept;  // false: it failed at once and was recycled
     void on_reply(Batch* batch, const CallResult& result) noexcept;

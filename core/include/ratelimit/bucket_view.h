@@ -2,7 +2,9 @@
 // Lua script with time from Redis (`TIME`), and the same reading in C++ for tests and tools.
 // Both read every stored format: v2 "v2 <level_units> <period_ms> <stamp_ms>" (any v<N>,
 // N >= 2, fields after the 4th ignored) and legacy v1 "<level_units> <stamp_ms>" (in the
-// reader's own period). A missing or unreadable value is a full bucket that does not exist.
+// reader's own period). A missing value (or a key of another type) is a full bucket that does
+// not exist; a value no bucket can hold (junk, a negative level, a level, period or stamp past
+// what the scripts read exactly) is an error, never a full bucket.
 #pragma once
 
 #include <cstdint>
@@ -30,9 +32,10 @@ struct BucketView {
     int64_t now_ms = 0;
 };
 
-// What the script replies for `stored` (nullopt: no key) at `now_ms`.
-BucketView view_stored(std::optional<std::string_view> stored, const BucketParams& params,
-                       int64_t now_ms);
+// What the script replies for `stored` (nullopt: no key) at `now_ms`; nullopt where the
+// script replies an error (the value is unreadable).
+std::optional<BucketView> view_stored(std::optional<std::string_view> stored,
+                                      const BucketParams& params, int64_t now_ms);
 
 const std::string& bucket_view_script();
 

@@ -32,6 +32,13 @@ public:
         (void) error;
         return false;
     }
+    // False once the node of `group` has left the map since calls were queued for it: their
+    // requests are routed again (group_of tells where to now).
+    virtual bool routes(int group) const noexcept
+    {
+        (void) group;
+        return true;
+    }
     // False while the node serving `group` is down: its requests take the failure mode at once.
     virtual bool available(int group) const noexcept = 0;
     // Now, as a call of `group` queued now would be timed and counted.

@@ -58,6 +58,7 @@ public:
         return group < 0 ? ScriptForm::node_wide : ScriptForm::keys_declared;
     }
     bool retry_declared(int group, std::string_view error) noexcept override;
+    bool routes(int group) const noexcept override { return node_of_group(group) != nullptr; }
     bool available(int group) const noexcept override;
     RedisClient::Since since(int group) const noexcept override;
     RedisClient::Submitted submit(int group, std::string command, Callback callback,

@@ -1,20 +1,34 @@
-// Redis keys for buckets: "<prefix><policy>:<key>", bounded in length.
+// Redis keys for buckets: "<prefix><policy>:<key id>", the key id bounded in length.
 #pragma once
 
+#include <array>
 #include <string>
 #include <string_view>
 
 namespace ratelimit {
 
+// The longest key id: every buffer holding one is sized from this.
 constexpr size_t kMaxKeyBytes = 128;
 
-// Appends "<prefix><policy>:<key>" to `out`. A `key` longer than kMaxKeyBytes is replaced
-// by "#sha1:" and its 40-digit SHA-1, so no client controls the length of a Redis key; its
-// {hash tag}, if any, stays in front of the digest (see cluster_map.h). Binary keys are kept
-// byte for byte.
+// Room for a key id that is not the key itself.
+using KeyIdBuffer = std::array<char, kMaxKeyBytes>;
+
+// The id of `key` in its bucket's Redis key, at most kMaxKeyBytes: the key itself (returned
+// without a copy) if it is that short; otherwise "#sha1:" and its 40-digit SHA-1, written into
+// `scratch`, so no client controls the length of a Redis key. A long key's {hash tag}, if any,
+// stays in front of the digest (see cluster_map.h), itself digested if the whole would not fit.
+// A short id is used as it is, so the id of a long key names the same bucket given as a key.
+// Binary keys are kept byte for byte.
+std::string_view key_id(std::string_view key, KeyIdBuffer& scratch);
+
+// Appends "<prefix><policy>:<key id>" to `out`.
 void append_bucket_key(std::string& out, std::string_view prefix, std::string_view policy,
                        std::string_view key);
 
 std::string bucket_key(std::string_view prefix, std::string_view policy, std::string_view key);
+
+// True when two keys of one policy name one bucket: equal, or one too long to keep and the other
+// the very text it is replaced by ("#sha1:<digest>"). Allocates only in that last case.
+bool same_bucket_key(std::string_view a, std::string_view b);
 
 }  // namespace ratelimit

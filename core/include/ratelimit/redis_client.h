@@ -84,7 +84,9 @@ public:
     // Sends one RESP-encoded command (see redisFormatCommand). Never calls `callback`
     // synchronously: any immediate failure is returned instead, and the callback dropped.
     // `since` (default: now) is when the caller started waiting: the timeout runs from then
-    // and covers the NOSCRIPT resend, and a failure counted after it is the same stall.
+    // and covers the NOSCRIPT resend, and a failure counted after it is the same stall. A
+    // call queued while connecting gets `timeout` once the connection is up, and never waits
+    // longer than connect_timeout + timeout from `since`.
     struct Since {
         int64_t ms;      // loop time
         uint64_t epoch;  // failure_epoch() then
@@ -127,8 +129,11 @@ private:
     void on_connect_timer() noexcept;
     void on_probe_timer() noexcept;
     void arm_call_timer();
+    void arm_call_timer_for(int64_t due_ms);
     void close_connection() noexcept;
     void fail_all(CallStatus status) noexcept;
+    void fail_calls(std::deque<Call>& failed, CallStatus status) noexcept;
+    void connect_timed_out() noexcept;
     bool count_failure(uint64_t epoch) noexcept;
     void record_failure(std::string_view what, uint64_t epoch) noexcept;
     void set_state(ClientState state) noexcept;
@@ -155,6 +160,7 @@ private:
     int failures_ = 0;
     uint64_t failure_epoch_ = 0;
     int64_t last_latency_ms_ = -1;
+    int64_t call_timer_due_ms_ = 0;  // when call_timer_ fires, while it is armed
     bool shut_down_ = false;
 };
 

@@ -45,8 +45,9 @@ struct ScriptLimit {
 class ScriptBatch {
 public:
     void clear() noexcept;
-    // Adds one request. Its keys must be distinct (the caller merges a bucket named twice into
-    // one limit whose cost is the sum). Returns the request's index.
+    // Adds one request, or nothing if it throws (std::bad_alloc). Its keys must be distinct
+    // (the caller merges a bucket named twice into one limit whose cost is the sum). Returns
+    // the request's index.
     size_t add_request(const ScriptLimit* limits, size_t n);
 
     size_t requests() const noexcept;
@@ -87,6 +88,7 @@ private:
 
     uint32_t key_index(std::string_view name, const BucketParams& params);
     void grow_slots();
+    void index_keys() noexcept;
     void append_command(std::string& out, std::string_view verb, std::string_view script,
                         ScriptForm form) const;
     bool simple(size_t request) const noexcept;

@@ -26,7 +26,8 @@ struct LimitOutcome {
 // A level written under a period of `from_period_ms` in units of `to`'s period: whole tokens
 // kept, the fraction scaled down, capped at `to`'s capacity. from_period_ms 0 or equal to
 // to.period_ms: the level as is. A period outside (0, 86400000] or a level of 2^53 or more
-// cannot come from a valid bucket and reads as full (as the script does). Exact, no overflow.
+// cannot come from a valid bucket and reads as full (the zone never holds one; a stored Redis
+// value like that is an error to the scripts and to view_stored). Exact, no overflow.
 int64_t convert_level(int64_t level_units, int64_t from_period_ms, const BucketParams& to);
 
 // The level of `state` at `now_ms`: converted to `params`' period, refilled, capped at
