@@ -366,6 +366,10 @@ def test_dashboard_draws_the_factor_over_time(backend, nginx_factory, workdir):
     browser = DevTools(workdir, "http://127.0.0.1:%d/api/" % n.port)
     try:
         browser.attach_to_page()
+        # The page has drawn the factor at 1 before the overload starts.
+        assert wait_for(lambda: browser.eval(
+            "String(!!document.querySelector('section[data-adaptive=\"backend\"] "
+            "polyline.series-factor'))") in (True, "true"), timeout=15, step=0.2)
 
         async def overload():
             await offer([n.port], 3 * C, 5, [], time.monotonic())
