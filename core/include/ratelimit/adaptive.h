@@ -75,12 +75,14 @@ double overload(const IntervalCounts& counts, const AdaptiveTargets& targets,
 // - past a target otherwise: multiplicative decrease from the factor the counts were taken
 //   under, cut = min(max_cut, decrease_gain * overload), and no higher than what the upstream
 //   kept up with (measured_under * good answers / admitted) less drain * cut, so that its
-//   queue drains; that capacity estimate becomes the ceiling;
+//   queue drains; when slow, that capacity estimate becomes the ceiling;
+// - within the targets but behind (more admitted than answered well, by more than `behind`
+//   or sqrt(answered)): down to what was answered, a new ceiling;
 // - a queue building (warm share above the slow target) but within targets: hold;
 // - healthy: increase by add_step + factor * step, step doubling from first_step each
 //   healthy interval in a row up to max_step; near the ceiling (near_ceiling of it) by
 //   first_step only, for ceiling_intervals, then the ceiling is forgotten (capacity came
-//   back) and the step doubles on;
+//   back) and the step doubles again from first_step;
 // always within [min_factor, 1].
 AdaptiveState next_state(const AdaptiveState& state, double measured_under,
                          const IntervalCounts& counts, const AdaptiveTargets& targets,
