@@ -30,14 +30,22 @@ flood, default "limit_req openresty ratelimit"; empty: no flood), FLOOD_DUR (s o
 phase, default DUR/2), MEM (limiters measured for memory, default "ratelimit openresty"; empty:
 none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_BENCH (path of
 core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
-RESULTS (file to write, default bench/RESULTS.md; empty: none).
+RESULTS (file to write, default bench/RESULTS.md; empty: none), SHAPING (0: no shaping row).
 A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
 BENCH_ONLY=cluster: the cluster row alone (rl-cluster, beside the standalone ratelimit row and
 the SET PX reference measured alike; no flood, no memory, no micro-benchmarks); it replaces only
 the cluster section of RESULTS (the part between its <!-- cluster --> markers, appended when
 there is none), leaving the full run's tables.
+BENCH_ONLY=shaping: the shaping row alone (delay=): a steady overload of 2x the rate on one key,
+sent open-loop (a fixed schedule, whatever the answers) for SHAPE_DUR s (default 10), against
+limit_req with delay= and this module (Redis and local mode) shaped alike: the admitted rate
+against the policy's (target within 2 %), the longest wait against the bound (burst - delay) /
+rate, and nginx CPU per request (from /proc/<pid>/schedstat) against limit_req's (target within
+3 us). It replaces the shaping section of RESULTS (between <!-- shaping --> markers) and plots
+the last round's waits and admitted counts to bench/shaping.png.
 """
 
+import asyncio
 import os
 import platform
 import re
@@ -71,8 +79,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 REDIS_VARIANTS = ("openresty", "ratelimit", "rl-cluster")  # the variants that talk to Redis
 CLUSTER_MASTERS = 3
 ONLY = os.environ.get("BENCH_ONLY", "")
-if ONLY not in ("", "cluster"):
-    sys.exit("BENCH_ONLY=%s: only BENCH_ONLY=cluster is known" % ONLY)
+if ONLY not in ("", "cluster", "shaping"):
+    sys.exit("BENCH_ONLY=%s: only BENCH_ONLY=cluster or shaping is known" % ONLY)
 
 LUA_MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so",
                "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
@@ -89,6 +97,16 @@ SCENARIOS = {
 }
 
 
+# Shaping (delay=): SHAPE_RATE r/s, bucket SHAPE_BURST with SHAPE_DELAY at once; limit_req's
+# equivalent is burst - 1 and delay - 1 (it admits burst + 1 at once). Offered: 2x the rate.
+SHAPE_RATE, SHAPE_BURST, SHAPE_DELAY = 200, 40, 20
+SHAPE_DUR = float(os.environ.get("SHAPE_DUR", "10"))
+SHAPE_WARM = 1.5  # s: the first burst drains (burst / (offered - rate) = 0.2 s) before counting
+SHAPE_VARIANTS = ("limit_req", "ratelimit", "rl-local")
+SHAPE_TRACES = {}  # variant -> its last run's (sent at, seconds to answer, status), for the plot
+SHAPE_PLOT = HERE / "shaping.png"  # beside RESULTS.md
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,6 +121,8 @@ def base_variant(variant):
 
 def limiter(variant, redis, scenario="open"):
     """(main-level lines, http-level lines, location lines) of each variant."""
+    if scenario == "shaping":
+        return shaping_limiter(variant, redis)
     rate, burst, peer_rate, peer_burst = SCENARIOS[scenario]
     redis_port = redis["port"]
     if variant == "baseline":
@@ -513,6 +533,220 @@ def measure_flood(run, variant, redis):
             "workers": workers}
 
 
+def shaping_limiter(variant, redis):
+    """The shaping row's limiters: limit_req delay= and this module's delay=, shaped alike. Each
+    answer's status and $request_time (the wait, measured by nginx) go to logs/shaped.log, and
+    this module's computed wait ($ratelimit_delay)."""
+    log = ("log_format shaped '$status $request_time%s';\n"
+           % ("" if variant == "limit_req" else " $ratelimit_delay"),
+           "access_log logs/shaped.log shaped;\n")
+    if variant == "limit_req":
+        return ("", log[0] + "limit_req_zone $http_x_api_key zone=z:1m rate=%dr/s;\n"
+                "limit_req_status 429;\nlimit_req_log_level info;" % SHAPE_RATE,
+                log[1] + "limit_req zone=z burst=%d delay=%d;"
+                % (SHAPE_BURST - 1, SHAPE_DELAY - 1))
+    policy = ("ratelimit_policy shaped rate=%dr/s burst=%d delay=%d;\nratelimit_log_level info;"
+              % (SHAPE_RATE, SHAPE_BURST, SHAPE_DELAY))
+    redis_line = "ratelimit_redis 127.0.0.1:%d;\n" % redis["port"] if variant == "ratelimit" else ""
+    return ("load_module %s;" % MODULE, log[0] + redis_line + policy,
+            log[1] + "ratelimit $http_x_api_key policy=shaped;")
+
+
+def schedstat_ns(pid):
+    """CPU time of a process in ns (finer than /proc/<pid>/stat's ticks at low request rates)."""
+    return int(Path("/proc/%d/schedstat" % pid).read_text().split()[0])
+
+
+async def shaped_client(port, rate, seconds):
+    """Sends `rate` requests/s on one key for `seconds`, open-loop: each at its scheduled time on
+    an idle keep-alive connection (a new one when none is idle). Returns, per request, (sent at,
+    seconds until the answer's headers, status)."""
+    idle, results, tasks = [], [], []
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Api-Key: shaped\r\n\r\n"
+
+    async def one(sent):
+        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = conn
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        answered = time.monotonic()
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        await reader.readexactly(length)
+        results.append((sent - loop_start, answered - sent, int(head.split()[1])))
+        if b"connection: close" in head.lower():
+            writer.close()
+        else:
+            idle.append(conn)
+
+    loop_start = time.monotonic()
+    n = int(rate * seconds)
+    for i in range(n):
+        when = loop_start + i / rate
+        pause = when - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        tasks.append(asyncio.ensure_future(one(time.monotonic())))
+    await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
+    return results
+
+
+def measure_shaping(run, variant, redis):
+    """One shaped run: admitted rate, longest wait, nginx CPU per request."""
+    flush(redis)
+    (run / "logs").mkdir(exist_ok=True)
+    served = run / "logs" / "shaped.log"
+    served.unlink(missing_ok=True)
+    nginx = start_nginx(run, variant, redis, 1, scenario="shaping")
+    try:
+        cpu0 = schedstat_ns(nginx["worker"])
+        results = asyncio.run(shaped_client(nginx["port"], 2 * SHAPE_RATE, SHAPE_DUR))
+        cpu1 = schedstat_ns(nginx["worker"])
+    finally:
+        stop_nginx(nginx)
+    problems = [l for l in log_problems(run, variant)]
+    if problems:
+        print("   shaping %s: %d error-log lines, e.g. %s" % (variant, len(problems),
+                                                            problems[0][:200]))
+    SHAPE_TRACES[variant] = results
+    steady = [r for r in results if r[0] >= SHAPE_WARM]
+    last = max(r[0] for r in results)
+    admitted = sum(1 for r in steady if r[2] == 200)
+    ok = [r[1] for r in results if r[2] == 200]
+    lines = [line.split() for line in served.read_text().splitlines()]
+    waits = [float(f[1]) * 1000 for f in lines if f[0] == "200"]
+    computed = [int(f[2]) for f in lines if f[0] == "200" and len(f) > 2]
+    return {"offered_s": len(results) / (last + 1.0 / (2 * SHAPE_RATE)),
+            "admitted_s": admitted / (last - SHAPE_WARM + 1.0 / (2 * SHAPE_RATE)),
+            "max_wait_ms": max(waits) if waits else 0.0,
+            "client_max_ms": max(ok) * 1000 if ok else 0.0,
+            "computed_max_ms": max(computed) if computed else -1.0,
+            "errors": sum(1 for r in results if r[2] not in (200, 429)) + len(problems),
+            "nginx_us": (cpu1 - cpu0) / 1000.0 / max(len(results), 1)}
+
+
+def table_shaping(rows):
+    bound = (SHAPE_BURST - SHAPE_DELAY) * 1000.0 / SHAPE_RATE
+    lreq = rows.get("limit_req", {}).get("nginx_us")
+    out = ["Shaping (medians of %d round(s)): %dr/s, burst %d, delay %d here (limit_req: burst %d delay %d, the same "
+           "shaping); offered 2x the rate on one key, open-loop, %.0f s; admitted counted after "
+           "%.1f s; longest wait bound (burst - delay) / rate = %.0f ms." % (
+               ROUNDS, SHAPE_RATE, SHAPE_BURST, SHAPE_DELAY, SHAPE_BURST - 1, SHAPE_DELAY - 1,
+               SHAPE_DUR,
+               SHAPE_WARM, bound), "",
+           "| limiter | offered req/s | admitted req/s | × rate | longest wait computed ms "
+           "($ratelimit_delay) | longest wait served ms (nginx's $request_time) | longest at "
+           "the client ms | nginx CPU µs/req | − limit_req µs | errors + log lines |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for v, r in rows.items():
+        out.append("| %s | %.1f | %.1f | %.3f | %s | %.0f | %.1f | %.1f | %s | %d |" % (
+            v, r["offered_s"], r["admitted_s"], r["admitted_s"] / SHAPE_RATE,
+            "-" if r["computed_max_ms"] < 0 else "%.0f" % r["computed_max_ms"], r["max_wait_ms"],
+            r["client_max_ms"], r["nginx_us"],
+            "-" if lreq is None or v == "limit_req" else "%+.1f" % (r["nginx_us"] - lreq),
+            r["errors"]))
+    return "\n".join(out)
+
+
+def plot_shaping(traces, path=SHAPE_PLOT):
+    """The shaping runs as a picture (SVG, then PNG through headless Chromium when there is
+    one): per limiter, each request's wait at the client against when it was sent, with the
+    bound (burst - delay) / rate; and the admitted count against burst + rate x t."""
+    bound = (SHAPE_BURST - SHAPE_DELAY) * 1000.0 / SHAPE_RATE
+    w, h, pad = 420, 200, 40
+    parts = []
+    for row, (variant, results) in enumerate(traces.items()):
+        top = 30 + row * (h + 50)
+        span = max(r[0] for r in results) or 1.0
+        ymax = bound * 1.6
+
+        def x(t, left):
+            return left + pad + t / span * (w - pad - 10)
+
+        def y(v, vmax):
+            return top + h - min(v, vmax) / vmax * (h - 20)
+        for left, title in ((0, "wait at the client (ms); red: rejected; line: bound"),
+                            (w + 20, "admitted requests; line: burst + rate x t")):
+            parts.append('<rect x="%d" y="%d" width="%d" height="%d" fill="#fbfcfd" '
+                         'stroke="#d5dae3"/>' % (left + pad, top, w - pad - 10, h))
+            parts.append('<text x="%d" y="%d" font-size="12">%s: %s</text>'
+                         % (left + pad, top - 6, variant, title))
+        parts.append('<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#b7791f" '
+                     'stroke-dasharray="4 3"/>' % (x(0, 0), x(span, 0), y(bound, ymax),
+                                                   y(bound, ymax)))
+        parts.append('<text x="2" y="%.1f" font-size="10">%.0f ms</text>'
+                     % (y(bound, ymax) + 3, bound))
+        for sent, took, status in results:
+            parts.append('<circle cx="%.1f" cy="%.1f" r="1.2" fill="%s"/>' % (
+                x(sent, 0), y(took * 1000, ymax), "#2f7d4f" if status == 200 else "#c2412d"))
+        admitted, points = 0, []
+        total = sum(1 for r in results if r[2] == 200)
+        cmax = max(total, SHAPE_BURST + SHAPE_RATE * span) * 1.05
+        for sent, _, status in sorted(results):
+            if status == 200:
+                admitted += 1
+                points.append("%.1f,%.1f" % (x(sent, w + 20), y(admitted, cmax)))
+        parts.append('<polyline fill="none" stroke="#2f7d4f" stroke-width="2" points="%s"/>'
+                     % " ".join(points))
+        parts.append('<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#b7791f" '
+                     'stroke-dasharray="4 3"/>' % (x(0, w + 20), x(span, w + 20),
+                                                   y(SHAPE_BURST, cmax),
+                                                   y(SHAPE_BURST + SHAPE_RATE * span, cmax)))
+        parts.append('<text x="%d" y="%d" font-size="10">0 .. %.0f s</text>'
+                     % (w + 20 + pad, top + h + 14, span))
+    height = 30 + len(traces) * (h + 50)
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+           'font-family="sans-serif"><rect width="100%%" height="100%%" fill="white"/>%s</svg>'
+           % (2 * w + 30, height, "".join(parts)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chromium = shutil.which("chromium")
+    if not chromium:  # the SVG itself, then
+        path = path.with_suffix(".svg")
+        path.write_text(svg)
+        return path
+    with tempfile.TemporaryDirectory(prefix="rl-plot-") as tmp:
+        svg_path = Path(tmp) / "shaping.svg"
+        svg_path.write_text(svg)
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--hide-scrollbars", "--user-data-dir=%s/profile" % tmp,
+                        "--screenshot=%s" % path, "--window-size=%d,%d" % (2 * w + 30, height),
+                        svg_path.as_uri()], capture_output=True, timeout=60)
+    return path
+
+
+def run_shaping(started, load0):
+    """BENCH_ONLY=shaping: the shaping row alone, written to its section of RESULTS."""
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
+        run = Path(d)
+        os.chmod(run, 0o755)
+        (run / "tmp").mkdir()
+        redis = start_redis(run)
+        try:
+            runs = {v: [] for v in SHAPE_VARIANTS}
+            for rnd in range(ROUNDS):  # interleaved, as the other rows
+                for v in SHAPE_VARIANTS:
+                    r = measure_shaping(run, v, redis)
+                    runs[v].append(r)
+                    print("round %d shaping %-9s offered %6.1f/s admitted %6.1f/s longest wait "
+                          "%4.0f ms nginx %5.1f us/req" % (rnd + 1, v, r["offered_s"],
+                                                           r["admitted_s"], r["max_wait_ms"],
+                                                           r["nginx_us"]), flush=True)
+            rows = {v: median_of(runs[v]) for v in SHAPE_VARIANTS}
+        finally:
+            stop_redis(redis)
+    text = table_shaping(rows)
+    print()
+    print(text)
+    print("\nplot:", plot_shaping(SHAPE_TRACES))
+    if RESULTS:
+        write_section(SHAPING_BEGIN, SHAPING_END, "BENCH_ONLY=shaping", started, load0,
+                      "asyncio open-loop client, %.0f s per limiter" % SHAPE_DUR, text)
+        print("\nthe shaping section of %s replaced" % RESULTS)
+    return 0
+
+
 def measure_set_reference(redis):
     """Redis CPU of one `SET key value PX ms`, pipelined at depth 16, 50 clients, 10k keys."""
     port = redis["port"]
@@ -598,11 +832,13 @@ def median_of(rows):
 
 
 def main():
-    if not shutil.which("wrk"):
+    if not shutil.which("wrk") and ONLY != "shaping":  # the shaping row has its own client
         print("wrk is missing (apt-get install wrk)")
         return 1
     started = datetime.now(timezone.utc)
     load0 = os.getloadavg()[0]
+    if ONLY == "shaping":
+        return run_shaping(started, load0)
     if ONLY == "cluster":  # with the standalone row, measured alike, to compare with
         micro, variants, flooded, memory_of = "", ["ratelimit", "rl-cluster"], [], []
     else:
@@ -617,6 +853,8 @@ def main():
     clustered = any(base_variant(v)[0] == "rl-cluster" for v in variants + flooded)
     results = {v: [] for v in variants}
     floods = {v: [] for v in flooded}
+    shaped = [] if ONLY == "cluster" or os.environ.get("SHAPING") == "0" else SHAPE_VARIANTS
+    shaping = {}
     refs, memory = [], {}
     with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
         run = Path(d)
@@ -657,6 +895,8 @@ def main():
                 memory[v] = measure_memory(run, v, redis)
                 print("memory %-10s %d keys, %.0f bytes/key; e.g. %s"
                       % (v, memory[v]["keys"], memory[v]["bytes"], memory[v]["sample"]), flush=True)
+            for v in shaped:
+                shaping[v] = measure_shaping(run, v, redis)
         finally:
             stop_redis(redis)
             if cluster:
@@ -670,11 +910,16 @@ def main():
     else:
         tables = [table_variants(variants, med, results, ref), table_floods(flooded, fmed),
                   table_memory(memory), table_targets(med, fmed, ref, memory)]
+        if shaping:
+            tables.append("%s\n%s\n%s" % (SHAPING_BEGIN, table_shaping(shaping), SHAPING_END))
+            print("shaping plot:", plot_shaping(SHAPE_TRACES))
     text = "\n\n".join(t for t in tables + [clusters] if t)
     print()
     print(text)
     if RESULTS and ONLY == "cluster":
-        write_cluster_section(started, load0, clusters)
+        write_section(CLUSTER_BEGIN, CLUSTER_END, "BENCH_ONLY=cluster", started, load0,
+                      "wrk -t1 -c%d, %d s per run after %d s of warm-up, %d round(s)"
+                      % (CONNS, DUR, WARM, ROUNDS), clusters)
         print("\nthe cluster section of %s replaced" % RESULTS)
     elif RESULTS:
         # The cluster table between markers, which a BENCH_ONLY=cluster run replaces.
@@ -876,21 +1121,24 @@ def machine():
 CLUSTER_BEGIN, CLUSTER_END = "<!-- cluster -->", "<!-- /cluster -->"
 
 
-def write_cluster_section(started, load0, clusters):
-    """BENCH_ONLY=cluster: replaces the cluster section of RESULTS, keeping the rest."""
+SHAPING_BEGIN, SHAPING_END = "<!-- shaping -->", "<!-- /shaping -->"
+
+
+def write_section(begin, end, only, started, load0, how, table):
+    """BENCH_ONLY=...: replaces that row's section of RESULTS (between `begin` and `end`),
+    keeping the rest; appended when there is none."""
     path = Path(RESULTS)
     old = path.read_text() if path.exists() else "# make bench results\n"
     commit = first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
     section = "\n".join([
-        CLUSTER_BEGIN,
-        "Measured alone (`BENCH_ONLY=cluster`, not in the run above): %s (UTC), commit %s, "
-        "load average at start %.1f, at end %.1f; wrk -t1 -c%d, %d s per run after %d s of "
-        "warm-up, %d round(s)." % (started.strftime("%Y-%m-%d %H:%M"), commit, load0,
-                                  os.getloadavg()[0], CONNS, DUR, WARM, ROUNDS),
-        "", clusters, CLUSTER_END])
-    if CLUSTER_BEGIN in old and CLUSTER_END in old:
-        head, rest = old.split(CLUSTER_BEGIN, 1)
-        text = head + section + rest.split(CLUSTER_END, 1)[1]
+        begin,
+        "Measured alone (`%s`, not in the run above): %s (UTC), commit %s, load average at "
+        "start %.1f, at end %.1f; %s." % (only, started.strftime("%Y-%m-%d %H:%M"), commit,
+                                         load0, os.getloadavg()[0], how),
+        "", table, end])
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = old.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)

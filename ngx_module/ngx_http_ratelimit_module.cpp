@@ -9,6 +9,7 @@
 
 #include "ngx_ratelimit.h"
 #include "ngx_ratelimit_adaptive.h"
+#include "ngx_ratelimit_delay.h"
 #include "ngx_ratelimit_loop.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/version.h"
@@ -118,13 +119,19 @@ bool resolve_limits(ngx_conf_t* cf, MainConf* mcf, LocConf* lcf)
             uses_variable = true;
             continue;
         }
-        if (limit.policy == nullptr) {
-            limit.policy = find_policy(mcf, limit.policy_name);
+        if (limit.policy) {
+            continue;  // resolved (and checked) at an enclosing level
         }
+        limit.policy = find_policy(mcf, limit.policy_name);
         if (limit.policy == nullptr) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                           "\"ratelimit\" uses unknown policy \"%V\" in %V:%ui",
                           &limit.policy_name, &limit.file, limit.line);
+            return false;
+        }
+        if (!check_delay(cf, limit.policy->name, limit.policy->params, limit.delay, limit.file,
+                         limit.line))
+        {
             return false;
         }
     }
@@ -412,7 +419,7 @@ try {
 }
 
 
-// ratelimit_policy name rate=Nr/s|m|h|d [burst=N];
+// ratelimit_policy name rate=Nr/s|m|h|d [burst=N] [delay=N];
 char* set_policy(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 try {
     auto* mcf = static_cast<MainConf*>(conf);
@@ -433,6 +440,7 @@ try {
     std::optional<ratelimit::Rate> rate;
     std::optional<int64_t> burst;
     ngx_str_t adaptive = ngx_null_string;
+    int64_t delay = ratelimit::kNoDelay;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         std::string_view arg = as_view(value[i]);
         if (arg.substr(0, 9) == "adaptive=") {
@@ -465,6 +473,12 @@ try {
             }
             continue;
         }
+        if (arg.substr(0, 6) == "delay=") {
+            if (!parse_delay(cf, cmd->name, arg.substr(6), delay)) {
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
+            continue;
+        }
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": invalid parameter \"%V\"",
                            &cmd->name, &value[i]);
         return static_cast<char*>(NGX_CONF_ERROR);
@@ -483,6 +497,12 @@ try {
         return static_cast<char*>(NGX_CONF_ERROR);
     }
 
+    if (!check_delay(cf, value[1], params, delay, cf->conf_file->file.name,
+                     cf->conf_file->line))
+    {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+
     auto* policy = static_cast<Policy*>(ngx_array_push(&mcf->policies));
     if (policy == nullptr) {
         return static_cast<char*>(NGX_CONF_ERROR);
@@ -493,6 +513,7 @@ try {
     policy->stats = nullptr;
     policy->adaptive_name = adaptive;  // resolved by init_main_conf
     policy->adaptive = nullptr;
+    policy->delay = delay;
     return NGX_CONF_OK;
 } catch (...) {
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": out of memory", &cmd->name);
@@ -530,7 +551,7 @@ bool copy_position(ngx_conf_t* cf, ngx_str_t* file, ngx_uint_t* line)
 }
 
 
-// ratelimit key policy=name|$variable [cost=number|$variable];
+// ratelimit key policy=name|$variable [cost=number|$variable] [delay=number];
 char* set_limit(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 {
     auto* lcf = static_cast<LocConf*>(conf);
@@ -548,6 +569,7 @@ char* set_limit(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
     }
     ngx_memzero(limit, sizeof(Limit));
     limit->cost = 1;
+    limit->delay = ratelimit::kNoDelay;
     if (!copy_position(cf, &limit->file, &limit->line)) {
         return static_cast<char*>(NGX_CONF_ERROR);
     }
@@ -598,6 +620,12 @@ char* set_limit(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
                 return static_cast<char*>(NGX_CONF_ERROR);
             }
             limit->cost = *parsed;
+            continue;
+        }
+        if (ngx_strncmp(arg.data, "delay=", 6) == 0) {
+            if (!parse_delay(cf, cmd->name, as_view(arg).substr(6), limit->delay)) {
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
             continue;
         }
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": invalid parameter \"%V\"",
@@ -811,8 +839,9 @@ ngx_command_t commands[] = {
      NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
 
     {ngx_string("ratelimit"),
-     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE23, set_limit,
-     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE23
+         | NGX_CONF_TAKE4,
+     set_limit, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
 
     {ngx_string("ratelimit_default_policy"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,

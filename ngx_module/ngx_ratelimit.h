@@ -31,6 +31,7 @@ struct Policy {
     PolicyStats* stats;  // its counters in the zone, bound by name; nullptr: not counted
     ngx_str_t adaptive_name;  // adaptive=name, or empty
     Adaptive* adaptive;       // resolved adaptive=name, or nullptr
+    int64_t delay;       // delay=N, or ratelimit::kNoDelay (ngx_ratelimit_delay.cpp)
 };
 
 // $ratelimit_status of a request.
@@ -44,6 +45,8 @@ enum class Status : ngx_uint_t {
     failed_closed,
     local_passed,
     local_rejected,
+    delayed,           // passed after waiting (delay=)
+    delayed_dry_run,   // would have waited; passed at once
 };
 
 // One `ratelimit` line.
@@ -56,6 +59,7 @@ struct Limit {
     int64_t cost;
     ngx_str_t file;                          // where it was written (a copy), for late errors
     ngx_uint_t line;
+    int64_t delay;                           // delay=N on this line, or kNoDelay: the policy's
 };
 
 enum HeaderStyle : ngx_uint_t {
@@ -134,6 +138,8 @@ struct CountedLimit {
 // rejected without asking Redis (a subset of the rejected). Takes no lock.
 void count_request(const CountedLimit* limits, size_t n, Status status,
                    bool decided_on_node) noexcept;
+// One request that waits `wait_ms` (delay=) for `policy`: the delay histogram.
+void count_delay(const Policy* policy, int64_t wait_ms) noexcept;
 // One script call to Redis that carried `decisions` requests' decisions.
 void count_script_call(size_t decisions) noexcept;
 // Binds every configured policy to its counters in the zone (by name, so that they survive

@@ -18,6 +18,7 @@
 #include "ratelimit/bucket_view.h"
 #include "ratelimit/key.h"
 #include "ratelimit/resp.h"
+#include "ratelimit/shaping.h"
 #include "ratelimit/version.h"
 
 namespace ngx_ratelimit {
@@ -33,7 +34,7 @@ const char kNoncePlaceholder[] = "@NONCE@";
 
 const char* const kStatusLabels[kStatuses] = {
     "", "passed", "rejected", "rejected_dry_run", "skipped", "failed_open", "failed_closed",
-    "local_passed", "local_rejected",
+    "local_passed", "local_rejected", "delayed", "delayed_dry_run",
 };
 
 std::string number(double value)
@@ -177,6 +178,27 @@ void append_redis(std::string& out, MainConf* mcf)
 }
 
 
+// delay= of a policy and the waits it made: sum and histogram (not cumulative), in ms.
+void append_delay(std::string& out, const Policy& policy)
+{
+    out += ",\"delay\":";
+    out += policy.delay == ratelimit::kNoDelay ? "null" : std::to_string(policy.delay);
+    const PolicyStats* stats = policy.stats;
+    int64_t count = 0;
+    std::string buckets;
+    for (size_t i = 0; i < kDelayBuckets; i++) {
+        int64_t n = stats ? read_counter(stats->delay_buckets[i]) : 0;
+        count += n;
+        buckets += i ? ",{\"le_ms\":" : "{\"le_ms\":";
+        buckets += i + 1 < kDelayBuckets ? std::to_string(kDelayBoundsMs[i]) : "null";
+        buckets += ",\"count\":" + std::to_string(n) + "}";
+    }
+    out += ",\"waits\":{\"count\":" + std::to_string(count) + ",\"sum_ms\":"
+           + std::to_string(stats ? read_counter(stats->delay_sum_ms) : 0) + ",\"buckets\":["
+           + buckets + "]}";
+}
+
+
 void append_policy(std::string& out, const Policy& policy)
 {
     out += "{\"name\":";
@@ -196,6 +218,7 @@ void append_policy(std::string& out, const Policy& policy)
     } else {
         out += ",\"factor\":1";
     }
+    append_delay(out, policy);
     out += ",\"counters\":{";
     const PolicyStats* stats = policy.stats;
     for (size_t s = size_t(Status::passed); s < kStatuses; s++) {
@@ -334,6 +357,29 @@ void append_redis_metrics(std::string& out, const NodeStats& node)
 }
 
 
+// The waits of delay=, per policy, as a histogram in seconds.
+void append_delay_metrics(std::string& out, const Policy* policies, ngx_uint_t n)
+{
+    metric_head(out, "delay_seconds", "histogram",
+                "Time requests waited before passing (delay=), per policy.");
+    for (ngx_uint_t p = 0; p < n; p++) {
+        const PolicyStats* stats = policies[p].stats;
+        std::string label = policy_label(policies[p]);
+        int64_t cumulative = 0;
+        for (size_t i = 0; i < kDelayBuckets; i++) {
+            cumulative += stats ? read_counter(stats->delay_buckets[i]) : 0;
+            std::string le = i + 1 < kDelayBuckets ? number(double(kDelayBoundsMs[i]) / 1000.0)
+                                                   : "+Inf";
+            metric(out, "delay_seconds_bucket", label + ",le=\"" + le + '"', cumulative);
+        }
+        int64_t sum_ms = stats ? read_counter(stats->delay_sum_ms) : 0;
+        out += "nginx_ratelimit_delay_seconds_sum{" + label + "} "
+               + number(double(sum_ms) / 1000.0) + '\n';
+        metric(out, "delay_seconds_count", label, cumulative);
+    }
+}
+
+
 // mode=cluster: per master, as the worker answering sees it. Addresses need no escaping.
 void append_cluster_metrics(std::string& out)
 {
@@ -386,6 +432,7 @@ std::string metrics_text(MainConf* mcf)
         metric(out, "rejected_on_node_total", policy_label(policies[i]),
                stats ? read_counter(stats->rejected_on_node) : 0);
     }
+    append_delay_metrics(out, policies, mcf->policies.nelts);
     metric_head(out, "policy_burst", "gauge", "Bucket capacity of each policy, in requests.");
     for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
         metric(out, "policy_burst", policy_label(policies[i]), policies[i].params.burst);

@@ -133,10 +133,12 @@ bool is_rejection(Status status)
 }
 
 
-size_t latency_bucket(int64_t ms)
+// The histogram bucket of `ms` among `bounds` (then +Inf).
+template <size_t N>
+size_t histogram_bucket(const int64_t (&bounds)[N], int64_t ms)
 {
     size_t i = 0;
-    while (i < kLatencyBuckets - 1 && ms > kLatencyBoundsMs[i]) {
+    while (i < N && ms > bounds[i]) {
         i++;
     }
     return i;
@@ -224,6 +226,15 @@ void count_request(const CountedLimit* limits, size_t n, Status status,
 }
 
 
+void count_delay(const Policy* policy, int64_t wait_ms) noexcept
+{
+    if (PolicyStats* stats = policy->stats) {
+        add(stats->delay_buckets[histogram_bucket(kDelayBoundsMs, wait_ms)]);
+        add(stats->delay_sum_ms, wait_ms);
+    }
+}
+
+
 void count_script_call(size_t decisions) noexcept
 {
     if (shared) {
@@ -254,7 +265,7 @@ void observe_redis(ratelimit::ClientObserver& observer)
         if (status != ratelimit::CallStatus::ok) {
             return;
         }
-        add(node->latency_buckets[latency_bucket(latency_ms)]);
+        add(node->latency_buckets[histogram_bucket(kLatencyBoundsMs, latency_ms)]);
         add(node->latency_sum_ms, latency_ms);
         add(node->latency_count);
         node->last_latency_ms = ngx_atomic_uint_t(latency_ms);

@@ -10,10 +10,14 @@
 
 namespace ngx_ratelimit {
 
-constexpr size_t kStatuses = size_t(Status::local_rejected) + 1;
+constexpr size_t kStatuses = size_t(Status::delayed_dry_run) + 1;
 // Upper bounds of the Redis round-trip histogram, in milliseconds; +Inf follows.
 constexpr int64_t kLatencyBoundsMs[] = {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000};
 constexpr size_t kLatencyBuckets = sizeof(kLatencyBoundsMs) / sizeof(kLatencyBoundsMs[0]) + 1;
+// Upper bounds of the delay= wait histogram, in milliseconds; +Inf follows.
+constexpr int64_t kDelayBoundsMs[] = {10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
+                                      60000};
+constexpr size_t kDelayBuckets = sizeof(kDelayBoundsMs) / sizeof(kDelayBoundsMs[0]) + 1;
 
 // Top rejected keys: a Space-Saving sketch per minute over the last kTopSlots minutes,
 // updated under a try-lock that skips on contention.
@@ -43,6 +47,8 @@ struct PolicyStats {
     ngx_atomic_t by_status[kStatuses];  // requests, by $ratelimit_status
     ngx_atomic_t rejected_on_node;      // rejected without a Redis call
     TopKeys* top;                       // nullptr: no room left in the zone
+    ngx_atomic_t delay_buckets[kDelayBuckets];  // waits (delay=), not cumulative
+    ngx_atomic_t delay_sum_ms;
     size_t name_len;
     u_char name[1];
 };

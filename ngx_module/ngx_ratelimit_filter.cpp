@@ -102,7 +102,7 @@ ngx_int_t header_filter(ngx_http_request_t* r) noexcept
 }
 
 
-enum class Var : uintptr_t { status, limit, remaining, reset, policy };
+enum class Var : uintptr_t { status, limit, remaining, reset, policy, delay };
 
 
 ngx_int_t get_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
@@ -126,15 +126,17 @@ ngx_int_t get_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
         set(name.data, name.len);
         return NGX_OK;
     }
-    if (!ctx->has_report) {
+    if (!ctx->has_report && which != Var::delay) {
         return NGX_OK;
     }
     if (which == Var::policy) {
         set(ctx->policy.data, ctx->policy.len);
         return NGX_OK;
     }
-    int64_t number = which == Var::limit ? ctx->limit
-                     : which == Var::remaining ? ctx->remaining : ctx->reset;
+    int64_t number = which == Var::limit       ? ctx->limit
+                     : which == Var::remaining ? ctx->remaining
+                     : which == Var::reset     ? ctx->reset
+                                               : ctx->wait_ms;
     auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
     if (p == nullptr) {
         return NGX_ERROR;
@@ -154,6 +156,8 @@ ngx_http_variable_t variables[] = {
     {ngx_string("ratelimit_reset"), nullptr, get_variable, uintptr_t(Var::reset),
      NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("ratelimit_policy"), nullptr, get_variable, uintptr_t(Var::policy),
+     NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("ratelimit_delay"), nullptr, get_variable, uintptr_t(Var::delay),
      NGX_HTTP_VAR_NOCACHEABLE, 0},
 };
 

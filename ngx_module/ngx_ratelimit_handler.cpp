@@ -6,6 +6,7 @@
 #include <string>
 
 #include "ngx_ratelimit_adaptive.h"
+#include "ngx_ratelimit_delay.h"
 #include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_request.h"
 #include "ngx_ratelimit_zone.h"
@@ -25,6 +26,8 @@ ngx_str_t status_names[] = {
     ngx_string("FAILED_CLOSED"),
     ngx_string("LOCAL_PASSED"),
     ngx_string("LOCAL_REJECTED"),
+    ngx_string("DELAYED"),
+    ngx_string("DELAYED_DRY_RUN"),
 };
 
 // The Redis keys of the request being queued, reused by every request of this worker.
@@ -148,9 +151,12 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
         int64_t cost = request_cost(r, limits[i]);
         if (RequestLimit* twin = same_bucket(ctx, policy, key)) {
             twin->cost = std::min<int64_t>(twin->cost + cost, 1000000000LL * 64);
+            twin->delay = stricter_delay(twin->delay, limit_delay(limits[i], policy));
             continue;
         }
-        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost, false, params_in_force(*policy)};
+        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost, false,
+                                                   params_in_force(*policy),
+                                                   limit_delay(limits[i], policy)};
     }
     return NGX_OK;
 }
@@ -189,11 +195,13 @@ void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
                     const ratelimit::LimitOutcome* outcomes, bool allowed, bool local_fallback)
 {
     ratelimit::LimitReport reports[kMaxLimitsPerRequest];
+    ratelimit::BucketParams buckets[kMaxLimitsPerRequest];
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         RequestLimit& limit = ctx->limits[i];
         limit.lacked_tokens = !allowed && outcomes[i].retry_after_ms > 0;
-        reports[i] = ratelimit::make_report(as_view(limit.policy->name),
-                                            bucket_of(limit, lcf, local_fallback), outcomes[i]);
+        buckets[i] = bucket_of(limit, lcf, local_fallback);
+        reports[i] = ratelimit::make_report(as_view(limit.policy->name), buckets[i],
+                                            outcomes[i]);
     }
     size_t best = ratelimit::most_restrictive(reports, ctx->nlimits);
     const ratelimit::LimitReport& report = reports[best];
@@ -212,6 +220,8 @@ void apply_outcomes(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
     if (allowed) {
         ctx->status = local_fallback ? Status::local_passed : Status::passed;
         ctx->rc = NGX_DECLINED;
+        shape(r, ctx, lcf, buckets, outcomes, local_fallback ? lcf->failure_nodes : 1,
+              local_fallback);
         return;
     }
     if (lcf->dry_run) {
@@ -337,6 +347,9 @@ void count(RequestCtx* ctx) noexcept
     count_request(counted, ctx->nlimits, ctx->status,
                   ctx->on_node && ctx->status == Status::rejected);
     count_admitted(ctx);
+    if (ctx->wait_ms > 0) {
+        count_delay(ctx->limits[ctx->wait_limit].policy, ctx->wait_ms);
+    }
 }
 
 
@@ -457,13 +470,21 @@ ngx_int_t start_deciding(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
 }
 
 
+// What the handler returns once the request is decided: an admitted request that must wait
+// (delay=) waits first (ngx_ratelimit_delay.cpp).
+ngx_int_t proceed(ngx_http_request_t* r, RequestCtx* ctx, ngx_int_t rc) noexcept
+{
+    return rc == NGX_DECLINED && ctx->wait_ms > 0 ? start_delay(r, ctx) : rc;
+}
+
+
 ngx_int_t decide(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
 {
     ngx_int_t rc = start_deciding(r, ctx, lcf);
     if (rc != NGX_AGAIN && ctx->status != Status::none && ctx->status != Status::skipped) {
         count(ctx);
     }
-    return rc;
+    return proceed(r, ctx, rc);
 }
 
 
@@ -480,6 +501,7 @@ ngx_int_t decide_after_exception(ngx_http_request_t* r, RequestCtx* ctx, LocConf
     ctx->phase = Phase::done;
     ctx->has_report = false;
     ctx->rejected = false;
+    ctx->wait_ms = 0;
     try {
         apply_failure(r, ctx, lcf);
     } catch (...) {
@@ -529,10 +551,11 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept
     if (ctx) {
         switch (ctx->phase) {
         case Phase::waiting:
+        case Phase::delaying:
             return NGX_AGAIN;
         case Phase::resumed:
             ctx->phase = Phase::done;
-            return ctx->rc;
+            return proceed(r, ctx, ctx->rc);
         case Phase::done:
             // Decided once already (internal redirect, error page): never twice.
             return NGX_DECLINED;

@@ -8,7 +8,7 @@
 
 namespace ngx_ratelimit {
 
-enum class Phase { waiting, resumed, done };
+enum class Phase { waiting, resumed, delaying, done };
 
 // One evaluated limit of this request; buckets named twice are merged (costs summed).
 struct RequestLimit {
@@ -17,6 +17,7 @@ struct RequestLimit {
     int64_t cost;
     bool lacked_tokens;  // the request was rejected for want of this bucket's tokens
     ratelimit::BucketParams params;  // its policy's, as in force when decided
+    int64_t delay;       // delay=N in force for this limit, or kNoDelay
 };
 
 // Lives in the request pool, inside the pool cleanup entry that finds it again after an
@@ -39,6 +40,8 @@ struct RequestCtx {
     ngx_uint_t nlimits;
     uint64_t pending;             // the batcher's id while Redis decides, else 0
     ngx_event_t resume_ev;
+    int64_t wait_ms;              // delay=: how long it waits (waited) before it goes on
+    ngx_uint_t wait_limit;        // the limit whose wait is the longest
 };
 
 static_assert(std::is_trivially_destructible<RequestCtx>::value, "lives in a pool");

@@ -97,12 +97,11 @@ bool same_bucket_key(std::string_view a, std::string_view b)
         return a == b;  // both kept as they are, or both replaced by digests of themselves
     }
     std::string_view kept = a_long ? b : a;
-    if (kept.find("#sha1:") == std::string_view::npos) {
+    if (kept.find(kDigestMark) == std::string_view::npos) {
         return false;  // every replacement holds one
     }
-    std::string replaced;
-    append_bucket_key(replaced, {}, {}, a_long ? a : b);
-    return std::string_view(replaced).substr(1) == kept;  // past the ':' after the policy
+    KeyIdBuffer scratch;
+    return key_id(a_long ? a : b, scratch) == kept;
 }
 
 }  // namespace ratelimit

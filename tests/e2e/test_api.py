@@ -116,7 +116,8 @@ def test_counters_are_exact_across_workers(request, nginx_factory, workdir, mode
     on_node = a["counters"]["rejected_on_node"]
     assert a["counters"] == {"passed": 8, "rejected": 3, "rejected_dry_run": 2,
                              "failed_open": 0, "failed_closed": 0, "local_passed": 0,
-                             "local_rejected": 0, "rejected_on_node": on_node}
+                             "local_rejected": 0, "delayed": 0, "delayed_dry_run": 0,
+                             "rejected_on_node": on_node}
     assert 0 <= on_node <= (3 if mode == "redis" else 0)
     assert b["counters"]["passed"] == 3 and b["counters"]["rejected"] == 0
     assert (a["rate"], a["burst"], b["burst"]) == ("1r/h", 5, 100)

@@ -54,7 +54,7 @@ def test_there_are_snippets():
     names = {p.name for p in SNIPPETS}
     for expected in ("api-roles.conf", "allowlist.conf", "user-and-global.conf", "cost.conf",
                      "dry-run.conf", "local-mode.conf", "sentinel.conf", "tls.conf",
-                     "cluster.conf"):
+                     "cluster.conf", "from-limit-req.conf"):
         assert expected in names
 
 

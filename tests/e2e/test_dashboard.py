@@ -138,6 +138,7 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
     ratelimit_redis 127.0.0.1:{redis.port};
     ratelimit_policy api rate=20r/s burst=20;
     ratelimit_policy login rate=5r/m burst=3;
+    ratelimit_policy shaped rate=10r/s burst=10 delay=5;
     ratelimit_policy constructor rate=1r/m burst=2;
     ratelimit_policy toString rate=1r/m burst=2;
     ratelimit_policy __proto__ rate=1r/m burst=2;
@@ -145,6 +146,7 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
         listen 127.0.0.1:@PORT@;
         location /api {{ ratelimit $http_x_key policy=api; {BACKEND} }}
         location /login {{ ratelimit $http_x_key policy=login; {BACKEND} }}
+        location /shaped {{ ratelimit $http_x_key policy=shaped; {BACKEND} }}
         location /odd {{
             ratelimit $http_x_key policy=constructor;
             ratelimit $http_x_key policy=toString;
@@ -168,14 +170,21 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
             i += 1
             time.sleep(0.01)
 
+    def shaped_traffic():  # one client at a time: past the first 5, each waits its turn
+        while not stop.is_set():
+            n.get("/shaped", {"X-Key": "s"})
+
     t = threading.Thread(target=traffic)
     t.start()
+    shaper = threading.Thread(target=shaped_traffic)
+    shaper.start()
     browser = DevTools(workdir, "http://127.0.0.1:%d/ratelimit/" % n.port)
     try:
         browser.attach_to_page()
         time.sleep(6)  # real seconds of polling while the traffic runs
         stop.set()
         t.join()
+        shaper.join()
         time.sleep(2.5)  # two more polls: the page catches up with the final counters
 
         state = browser.eval(PAGE_STATE)
@@ -184,7 +193,7 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
         assert state["error"] == ""
         # Names that are also properties of every JavaScript object (defect 11 of issue 15).
         odd = ("constructor", "toString", "__proto__")
-        assert set(state["cards"]) == {"api", "login", *odd}
+        assert set(state["cards"]) == {"api", "login", "shaped", *odd}
         assert state["version"] == status["version"] and state["redis"] == "up"
         assert state["refill"] is True
         assert state["scripts"] == 1, "a key became markup"
@@ -204,6 +213,12 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
             ys = api["series"][series]
             assert len(ys) >= 4, series
             assert min(ys) < 120, (series, ys)
+        # Delayed requests beside passed and rejected ones: counted, and a series of their own.
+        shaped = state["cards"]["shaped"]
+        assert shaped["counters"]["delayed"] > 20, shaped["counters"]
+        ys = shaped["series"]["series-delayed"]
+        assert len(ys) >= 4 and min(ys) < 120, ys
+        assert "delayed" in shaped["legend"]
         # The hostile key is listed as text, percent-encoded as the buckets path takes it.
         login = state["cards"]["login"]
         assert login["keys"] and login["keys"][0].startswith("%3Cimg%20src%3Dx")
@@ -228,4 +243,5 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
     finally:
         stop.set()
         t.join()
+        shaper.join()
         browser.close()

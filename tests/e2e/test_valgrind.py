@@ -1,5 +1,6 @@
 """Client aborts and Redis timeouts with nginx under valgrind (memcheck), over HTTP/1.1 and
-HTTP/2 (h2c): the paths where a request goes away while its Redis call is still pending.
+HTTP/2 (h2c): the paths where a request goes away while its Redis call is still pending, or
+while it waits on its delay= timer.
 
 nginx runs as a single process (master_process off) so that memcheck sees the request
 handling. Slow, so skipped unless RL_VALGRIND=1 (`make test-valgrind` sets it)."""
@@ -93,6 +94,7 @@ class H2:
         self.next_id = 1
         self.status = {}  # stream id -> status
         self.done = set()  # streams ended (END_STREAM or RST_STREAM from the server)
+        self.ended_at = {}  # stream id -> time.monotonic() when its end was read
         self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self._frame(4, 0, 0, b""))
 
     @staticmethod
@@ -142,6 +144,7 @@ class H2:
                 raise AssertionError("GOAWAY from nginx: %r" % payload)
             if ftype == 3 or (ftype in (0, 1) and flags & 1):
                 self.done.add(sid)
+                self.ended_at.setdefault(sid, time.monotonic())
         return [self.status.get(sid) for sid in sids]
 
     def close(self):
@@ -251,6 +254,33 @@ def test_api_bucket_calls_of_requests_that_went_away(redis, valgrind_nginx):
     assert h2.wait([h2.request(path="/rl/status")]) == ["200"]
     h2.close()
     assert n.get("/rl/buckets/p/k").status == 200
+
+
+def test_client_aborts_while_delayed(redis, valgrind_nginx):
+    # delay=: requests that hold only a timer while they wait, then go away (HTTP/1.1 closed,
+    # an h2 stream reset, an h2 connection closed with a stream waiting) before it fires.
+    # 2r/s burst=8 delay=1: past the first request, the k-th waits (k - 1) x 500 ms.
+    n = valgrind_nginx(conf(redis.port, "5s").replace("rate=1r/h burst=1000",
+                                                      "rate=2r/s burst=8 delay=1"))
+    assert status_of(n) == (200, "PASSED")
+    h2 = H2(n.h2port)
+    clients = h1_abort(n, 2)
+    kept = h2.request()
+    cancelled = h2.request()
+    dropped = H2(n.h2port)
+    dropped.request()
+    time.sleep(0.3)
+    h2.reset(cancelled)
+    dropped.close()
+    for s in clients:
+        s.close()
+    assert h2.wait([kept], timeout=20) == ["200"]
+    access_log = n.dir / "logs" / "access.log"
+    assert wait_for(lambda: access_log.read_text().count(" 499 ") >= 4, 10)
+    time.sleep(3)  # past every timer the gone requests had
+    assert status_of(n, key="other") == (200, "PASSED")
+    assert h2.wait([h2.request(key="other")]) == ["200"]
+    h2.close()
 
 
 def test_tls_handshake_verification_failure_reuse_and_shutdown(workdir, valgrind_nginx,
