@@ -392,7 +392,7 @@ BAD_CONFIGS = [
     ("ratelimit_redis 127.0.0.1:99999;", ["ratelimit_redis", "127.0.0.1:99999"]),
     ("ratelimit_redis 127.0.0.1:6379 timeout=abc;", ["ratelimit_redis", "timeout=abc"]),
     ("ratelimit_redis 127.0.0.1:6379 connect_timeout=-1s;", ["ratelimit_redis", "connect_timeout=-1s"]),
-    ("ratelimit_redis 127.0.0.1:6379 color=blue;", ["ratelimit_redis", "color=blue"]),
+    ("ratelimit_redis 127.0.0.1:6379 color=blue;", ["ratelimit_redis", "unknown option \"color=...\""]),
     ("ratelimit_redis 127.0.0.1:6379 db=x;", ["ratelimit_redis", "db=x"]),
     ("ratelimit_redis 127.0.0.1:6379; ratelimit_redis 127.0.0.1:6380;", ["ratelimit_redis", "duplicate"]),
     ("ratelimit_redis 127.0.0.1:6379 mode=sentinel;", ["ratelimit_redis", "master"]),
