@@ -13,7 +13,7 @@ JOBS      ?= $(shell nproc)
 PACKAGES := nginx nginx-dev libhiredis-dev libssl-dev libev-dev googletest libgtest-dev cmake g++ make \
             redis-server redis-tools python3 python3-pytest curl ca-certificates openssl procps \
             valgrind clang libclang-rt-14-dev strace chromium libbenchmark-dev \
-            fonts-dejavu-core python3-prometheus-client python3-matplotlib
+            fonts-dejavu-core python3-prometheus-client python3-matplotlib nlohmann-json3-dev
 
 # Files embedded at build time (core/include/ratelimit/embed.h) count as sources.
 EMBEDDED    := $(wildcard ngx_module/dashboard/* core/lua/*)
@@ -199,7 +199,8 @@ run: deps module
 # then baseline, limit_req, OpenResty + Redis and this module interleaved in one run, the flood,
 # the SET PX reference and the memory per bucket, checked against issue 8's targets and written
 # to bench/RESULTS.md (~10 min; DUR, ROUNDS, VARIANTS... shorten it, see bench/bench.py), and
-# mode=cluster on 3 local masters (BENCH_ONLY=cluster: that row alone).
+# mode=cluster on 3 local masters (BENCH_ONLY=cluster: that row alone), and rows at a moderate
+# paced rate, proxied, with a global key leased or not (BENCH_ONLY=moderate: those alone).
 # Its peers need packages of their own.
 BENCH_PACKAGES := wrk libnginx-mod-http-lua lua-resty-core lua-nginx-redis
 
@@ -224,7 +225,7 @@ soak: deps module
 # modules-enabled symlink and nginx-abi-* dependency) from a copy of the sources in build/deb/,
 # so the repository stays clean. Needs only DEB_PACKAGES: the Dockerfile runs this target too.
 .PHONY: deb test-pkg
-DEB_PACKAGES := nginx nginx-dev libhiredis-dev debhelper dpkg-dev build-essential
+DEB_PACKAGES := nginx nginx-dev libhiredis-dev nlohmann-json3-dev debhelper dpkg-dev build-essential
 DEB_VERSION  := $(shell sed -n 's/^\#define RATELIMIT_VERSION "\(.*\)"/\1/p' core/include/ratelimit/version.h)
 DEB_NAME     := libnginx-mod-http-ratelimit
 DEB_SRC      := $(BUILD)/deb/$(DEB_NAME)-$(DEB_VERSION)

@@ -10,6 +10,10 @@ request is decided):
   openresty    access_by_lua + lua-resty-redis + EVALSHA token bucket (bench/peers/)
   ratelimit    this module, Redis mode (shared, exact)
   rl-local     this module, local mode (shared memory)
+  ratelimit-ovr  `ratelimit` with OVERRIDES (default 100,000) per-key overrides in force (runtime
+               limits, issue 18) in a 32m zone: the wrk keys' own (same bucket as the policy, so
+               every request finds one) and the rest for other keys; its nginx CPU per request
+               against `ratelimit`'s is the lookup's cost (VARIANTS="ratelimit ratelimit-ovr")
   rl-cluster   this module, mode=cluster, on a Redis Cluster of 3 masters (no replicas) started
                on this machine beside the standalone Redis; besides the totals, per master: its
                share of the decisions, Redis CPU per decision, decisions per script call
@@ -32,6 +36,14 @@ none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_B
 core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
 RESULTS (file to write, default bench/RESULTS.md; empty: none), SHAPING (0: no shaping row).
 A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
+Last, the moderate-load rows (BENCH_ONLY=moderate: those alone): a paced client
+(wrk with a delay() hook of random exponential waits, 20 connections: about MODERATE_RPS
+requests/s in all, default 1000; a slow answer delays its connection's next request)
+against nginx proxying each request to an upstream (another server of the same nginx);
+limit_req and this module on random keys (1 worker), then one global key on 2 instances
+(1 worker each, half the rate each) with lease= off and on (lease=50ms). Rows: achieved rate,
+p50/p99, p99 added vs limit_req, script calls per decision (decisions per call), Redis CPU per
+decision. It replaces only the section between <!-- moderate --> markers of RESULTS.
 BENCH_ONLY=cluster: the cluster row alone (rl-cluster, beside the standalone ratelimit row and
 the SET PX reference measured alike; no flood, no memory, no micro-benchmarks); it replaces only
 the cluster section of RESULTS (the part between its <!-- cluster --> markers, appended when
@@ -72,6 +84,7 @@ FLOOD_CONNS, LEGIT_CONNS = 40, 10
 FLOOD_RATE = 100  # r/s and burst of the flood's policy; legitimate keys stay far below it
 FLOOD_DUR = int(os.environ.get("FLOOD_DUR", str(max(2, DUR // 2))))
 MEM_KEYS = int(os.environ.get("MEM_KEYS", "100000"))
+OVERRIDES = int(os.environ.get("OVERRIDES", "100000"))
 REF_N = int(os.environ.get("REF_N", "300000"))
 CORE_BENCH = os.environ.get("CORE_BENCH", str(REPO / "build" / "core" / "core_bench"))
 RESULTS = os.environ.get("RESULTS", str(HERE / "RESULTS.md"))
@@ -79,8 +92,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 REDIS_VARIANTS = ("openresty", "ratelimit", "rl-cluster")  # the variants that talk to Redis
 CLUSTER_MASTERS = 3
 ONLY = os.environ.get("BENCH_ONLY", "")
-if ONLY not in ("", "cluster", "shaping"):
-    sys.exit("BENCH_ONLY=%s: only BENCH_ONLY=cluster or shaping is known" % ONLY)
+if ONLY not in ("", "cluster", "shaping", "moderate"):
+    sys.exit("BENCH_ONLY=%s: only BENCH_ONLY=cluster, shaping or moderate is known" % ONLY)
+# BENCH_ONLY=moderate: the offered rate (requests/s) of the moderate-load rows.
+MODERATE_RPS = int(os.environ.get("MODERATE_RPS", "1000"))
 
 LUA_MODULES = ["/usr/lib/nginx/modules/ndk_http_module.so",
                "/usr/lib/nginx/modules/ngx_http_lua_module.so"]
@@ -142,6 +157,9 @@ def limiter(variant, redis, scenario="open"):
     policy = "ratelimit_policy bench rate=%s burst=%d;" % (rate, burst)
     if variant == "ratelimit":
         return (rl[0], "ratelimit_redis 127.0.0.1:%d;\n%s" % (redis_port, policy), rl[2])
+    if variant == "ratelimit-ovr":
+        return (rl[0], "ratelimit_zone 32m;\nratelimit_redis 127.0.0.1:%d;\n%s"
+                % (redis_port, policy), rl[2])
     if variant == "rl-local":
         return (rl[0], "ratelimit_zone 16m;\n" + policy, rl[2])
     if variant == "rl-cluster":
@@ -150,16 +168,16 @@ def limiter(variant, redis, scenario="open"):
     raise ValueError(variant)
 
 
-def write_conf(run, variant, port, redis, workers=1, scenario="open"):
-    main, http, loc = limiter(variant, redis, scenario)
+def nginx_conf(run, name, main, workers, http):
+    """Writes <run>/<name>.conf: `main` lines, then an http block with `http` in it."""
     user = "user root;" if os.geteuid() == 0 else ""
-    conf = run / ("%s.conf" % variant)
+    conf = run / ("%s.conf" % name)
     conf.write_text(f"""
 {main}
 {user}
 worker_processes {workers};
-error_log {run}/error-{variant}.log warn;
-pid {run}/nginx-{variant}.pid;
+error_log {run}/error-{name}.log warn;
+pid {run}/nginx-{name}.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -169,14 +187,20 @@ http {{
     fastcgi_temp_path {run}/tmp;
     uwsgi_temp_path {run}/tmp;
     scgi_temp_path {run}/tmp;
+{http}
+}}
+""")
+    return conf
+
+
+def write_conf(run, variant, port, redis, workers=1, scenario="open"):
+    main, http, loc = limiter(variant, redis, scenario)
+    return nginx_conf(run, variant, main, workers, f"""
     {http}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location / {{ {loc} empty_gif; }}
-    }}
-}}
-""")
-    return conf
+    }}""")
 
 
 def cpu_ticks(pid):
@@ -285,6 +309,30 @@ def redis_ports(redis):
 def flush(redis):
     for port in redis_ports(redis):
         redis_call(port, "FLUSHALL")
+
+
+def load_overrides(port, n, nkeys=10000):
+    """n overrides of policy `bench` written into Redis as the API's write script leaves them
+    (nodes load them at their first poll): key1..key<nkeys> (wrk's keys) with the policy's own
+    burst, so decisions stay those of `ratelimit`, then other keys."""
+    def resp(*args):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        return out
+    burst = SCENARIOS["open"][1]
+    buf = bytearray()
+    for i in range(1, n + 1):
+        field = "bench:key%d" % i if i <= nkeys else "bench:other%d" % i
+        buf += resp("HSET", "rl:{overrides}:data", field, '{"burst":%d}' % burst)
+        buf += resp("ZADD", "rl:{overrides}:changes", i, field)
+    buf += resp("SET", "rl:{overrides}:version", n)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(buf)
+        seen = b""
+        while seen.count(b"\r\n") < 2 * n + 1:
+            seen += s.recv(1 << 20)
 
 
 def start_redis(run):
@@ -466,8 +514,12 @@ def measure(run, variant, redis):
     """One run of a variant: throughput, latency, CPU per request, Redis calls."""
     name, workers = base_variant(variant)
     flush(redis)
+    if name == "ratelimit-ovr":
+        load_overrides(redis["port"], OVERRIDES)
     nginx = start_nginx(run, name, redis, workers)
     try:
+        if name == "ratelimit-ovr":
+            time.sleep(2)  # the first poll loads them, 1000 a call
         wrk(nginx["port"], WARM, latency=False)
         meter = Meter(nginx, redis)
         result = wrk(nginx["port"], DUR)
@@ -835,6 +887,8 @@ def main():
     if not shutil.which("wrk") and ONLY != "shaping":  # the shaping row has its own client
         print("wrk is missing (apt-get install wrk)")
         return 1
+    if ONLY == "moderate":
+        return moderate_main()
     started = datetime.now(timezone.utc)
     load0 = os.getloadavg()[0]
     if ONLY == "shaping":
@@ -927,6 +981,142 @@ def main():
             tables.append("%s\n%s\n%s" % (CLUSTER_BEGIN, clusters, CLUSTER_END))
         write_results(started, load0, micro, "\n\n".join(t for t in tables if t))
         print("\nwritten to", RESULTS)
+    if not ONLY:
+        return moderate_main()
+    return 0
+
+
+# ---------------------------------------------------------------- moderate load
+
+MODERATE_CONNS = 20
+MODERATE_ROWS = (  # name, limiter, instances, lease
+    ("limit_req, random keys", "limit_req", 1, ""),
+    ("ratelimit, random keys", "ratelimit", 1, ""),
+    ("global key, 2 instances, leases off", "ratelimit", 2, ""),
+    ("global key, 2 instances, leases on (50ms)", "ratelimit", 2, "50ms"),
+)
+
+
+def moderate_conf(run, name, port, backend, redis, limiter_name, lease):
+    """nginx proxying every request to an upstream server of its own, with the limiter."""
+    if limiter_name == "limit_req":
+        main, http = "", ("limit_req_zone $http_x_api_key zone=z:10m rate=100000r/s;\n"
+                          "limit_req_status 429;")
+        loc = "limit_req zone=z burst=100000 nodelay;"
+    else:
+        main = "load_module %s;" % MODULE
+        http = ("ratelimit_redis 127.0.0.1:%d;\nratelimit_policy bench rate=100000r/s "
+                "burst=100000 %s;" % (redis["port"], "lease=" + lease if lease else ""))
+        loc = "ratelimit $http_x_api_key policy=bench;"
+    return nginx_conf(run, name, main, 1, f"""
+    {http}
+    upstream backend {{ server 127.0.0.1:{backend}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{backend};
+        location / {{ empty_gif; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            {loc}
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://backend;
+        }}
+    }}""")
+
+
+def moderate_start(run, name, redis, limiter_name, lease):
+    port, backend = free_port(), free_port()
+    conf = moderate_conf(run, name, port, backend, redis, limiter_name, lease)
+    proc = subprocess.Popen([NGINX, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if not wait_port(port):
+        proc.kill()
+        raise RuntimeError("nginx (%s) did not start: %s" % (name, proc.stderr.read()))
+    return {"proc": proc, "port": port}
+
+
+def moderate_row(run, redis, row):
+    """One row: paced wrk per instance (the rate split between them) after a warm-up."""
+    title, limiter_name, instances, lease = row
+    flush(redis)
+    nginxes = [moderate_start(run, "mod%d" % i, redis, limiter_name, lease)
+               for i in range(instances)]
+    delay = MODERATE_CONNS * 1000.0 * instances / MODERATE_RPS
+    env = {"DELAY_MS": "%.3f" % delay}
+    if instances > 1:
+        env["KEY"] = "global"
+    try:
+        for n in nginxes:
+            wrk_start(n["port"], WARM, MODERATE_CONNS, False, **env).communicate()
+        i0 = redis_info(redis["port"])
+        procs = [wrk_start(n["port"], DUR, MODERATE_CONNS, True, **env) for n in nginxes]
+        results = [wrk_result(p) for p in procs]
+        i1 = redis_info(redis["port"])
+    finally:
+        for n in nginxes:
+            stop_nginx(n)
+    problems = []
+    for i in range(instances):
+        problems += log_problems(run, "mod%d" % i)
+    requests = sum(r["requests"] for r in results)
+    c0, _ = script_calls(i0)
+    c1, _ = script_calls(i1)
+    calls = c1 - c0
+    return {"title": title, "rps": sum(r["rps"] for r in results),
+            "p50_us": max(r["p50_us"] for r in results), "p99_us": max(r["p99_us"] for r in results),
+            "calls_per_dec": calls / requests if requests else 0.0,
+            "calls_s": calls / DUR, "redis_us": (redis_cpu_s(i1) - redis_cpu_s(i0)) * 1e6
+            / max(requests, 1), "errors": sum(errors(r) for r in results) + len(problems)}
+
+
+def moderate_main():
+    started = datetime.now(timezone.utc)
+    load0 = os.getloadavg()[0]
+    rows = {r[0]: [] for r in MODERATE_ROWS}
+    with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
+        run = Path(d)
+        os.chmod(run, 0o755)
+        (run / "tmp").mkdir()
+        redis = start_redis(run)
+        try:
+            for rnd in range(ROUNDS):
+                for row in MODERATE_ROWS:
+                    r = moderate_row(run, redis, row)
+                    rows[row[0]].append(r)
+                    print("round %d %-44s %6.0f req/s  p99 %5.2f ms  calls/decision %.2f  "
+                          "redis %5.1f us/decision  errors %d"
+                          % (rnd + 1, row[0], r["rps"], r["p99_us"] / 1000, r["calls_per_dec"],
+                             r["redis_us"], r["errors"]), flush=True)
+        finally:
+            stop_redis(redis)
+    med = {k: {f: statistics.median(r[f] for r in v) for f in v[0] if f != "title"}
+           for k, v in rows.items()}
+    lreq = med[MODERATE_ROWS[0][0]]["p99_us"]
+    table = ["| row (paced, about %d req/s offered, proxied) | req/s | p50 ms | p99 ms | "
+             "p99 added vs limit_req ms | script calls/decision | decisions/call | "
+             "script calls/s | Redis CPU µs/decision | errors |" % MODERATE_RPS,
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for title, _, _, _ in MODERATE_ROWS:
+        m = med[title]
+        redis_row = title != MODERATE_ROWS[0][0]
+        table.append("| %s | %.0f | %.2f | %.2f | %s | %s | %s | %s | %s | %d |" % (
+            title, m["rps"], m["p50_us"] / 1000, m["p99_us"] / 1000,
+            fmt((m["p99_us"] - lreq) / 1000, "%+.2f") if redis_row else "-",
+            fmt(m["calls_per_dec"], "%.3f") if redis_row else "-",
+            fmt(1 / m["calls_per_dec"], "%.1f") if redis_row and m["calls_per_dec"] else "-",
+            fmt(m["calls_s"], "%.0f") if redis_row else "-",
+            fmt(m["redis_us"]) if redis_row else "-", m["errors"]))
+    text = "\n".join(table)
+    print()
+    print(text)
+    if RESULTS:
+        write_section(MODERATE_BEGIN, MODERATE_END, "BENCH_ONLY=moderate", started, load0,
+                      "wrk -t1 -c%d paced by its delay() hook, %d s per run after %d s of "
+                      "warm-up, medians of %d round(s)" % (MODERATE_CONNS, DUR, WARM, ROUNDS),
+                      text)
+        print("\nthe moderate section of %s replaced" % RESULTS)
     return 0
 
 
@@ -1119,6 +1309,7 @@ def machine():
 
 
 CLUSTER_BEGIN, CLUSTER_END = "<!-- cluster -->", "<!-- /cluster -->"
+MODERATE_BEGIN, MODERATE_END = "<!-- moderate -->", "<!-- /moderate -->"
 
 
 SHAPING_BEGIN, SHAPING_END = "<!-- shaping -->", "<!-- /shaping -->"

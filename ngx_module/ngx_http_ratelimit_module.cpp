@@ -9,9 +9,11 @@
 
 #include "ngx_ratelimit.h"
 #include "ngx_ratelimit_adaptive.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ngx_ratelimit_delay.h"
 #include "ngx_ratelimit_loop.h"
 #include "ngx_ratelimit_zone.h"
+#include "ratelimit/lease.h"
 #include "ratelimit/version.h"
 
 using namespace ngx_ratelimit;
@@ -64,6 +66,14 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept
     }
     if (!resolve_adaptive(cf, mcf)) {
         return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    auto* policies = static_cast<Policy*>(mcf->policies.elts);
+    for (ngx_uint_t i = 0; i < mcf->policies.nelts && mcf->redis == nullptr; i++) {
+        if (policies[i].lease_ms > 0) {
+            // Local mode decides every request in the zone already: nothing to lease from.
+            ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "ratelimit_policy \"%V\": lease= has no "
+                               "effect without ratelimit_redis", &policies[i].name);
+        }
     }
     mcf->zone = add_zone(cf, mcf, size_t(mcf->zone_size));
     return mcf->zone ? NGX_CONF_OK : static_cast<char*>(NGX_CONF_ERROR);
@@ -419,7 +429,8 @@ try {
 }
 
 
-// ratelimit_policy name rate=Nr/s|m|h|d [burst=N] [delay=N];
+// ratelimit_policy name rate=Nr/s|m|h|d [burst=N] [delay=N] [lease=time];
+// lease=: a time from 1ms to 10s (ratelimit/lease.h), the longest a node holds a lease.
 char* set_policy(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept
 try {
     auto* mcf = static_cast<MainConf*>(conf);
@@ -440,6 +451,7 @@ try {
     std::optional<ratelimit::Rate> rate;
     std::optional<int64_t> burst;
     ngx_str_t adaptive = ngx_null_string;
+    int64_t lease_ms = 0;
     int64_t delay = ratelimit::kNoDelay;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         std::string_view arg = as_view(value[i]);
@@ -471,6 +483,17 @@ try {
                                    "integer)", &cmd->name, &value[i]);
                 return static_cast<char*>(NGX_CONF_ERROR);
             }
+            continue;
+        }
+        if (arg.substr(0, 6) == "lease=") {
+            auto lease = ratelimit::parse_lease_ms(arg.substr(6));
+            if (!lease) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"%V\": invalid lease \"%V\" (expected a time from 1ms to "
+                                   "10s)", &cmd->name, &value[i]);
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
+            lease_ms = *lease;
             continue;
         }
         if (arg.substr(0, 6) == "delay=") {
@@ -510,7 +533,9 @@ try {
     policy->name = value[1];
     policy->rate = *rate;
     policy->params = params;
-    policy->stats = nullptr;
+    policy->lease_ms = lease_ms;
+    policy->stats = nullptr;      // bound to the zone in init_module
+    policy->overrides = nullptr;
     policy->adaptive_name = adaptive;  // resolved by init_main_conf
     policy->adaptive = nullptr;
     policy->delay = delay;
@@ -924,7 +949,10 @@ ngx_int_t init_module(ngx_cycle_t* cycle) noexcept
         ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0, "ngx_http_ratelimit_module %s (%s mode)",
                       RATELIMIT_VERSION, mode_name(mcf));
     }
-    bind_counters(cycle, mcf);
+    bind_overrides(cycle, mcf);
+    if (bind_counters(cycle, mcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
     return bind_adaptive(cycle, mcf);
 }
 

@@ -20,17 +20,20 @@ namespace ngx_ratelimit {
 // are decided together, in fixed-size arrays. More makes `nginx -t` fail.
 constexpr size_t kMaxLimitsPerRequest = 64;
 
-struct PolicyStats;  // ngx_ratelimit_counters.cpp
-struct Adaptive;     // ngx_ratelimit_adaptive.h
+struct PolicyStats;      // ngx_ratelimit_counters.cpp
+struct PolicyOverrides;  // ngx_ratelimit_overrides.cpp
+struct Adaptive;         // ngx_ratelimit_adaptive.h
 
 // ratelimit_policy name rate=... burst=...
 struct Policy {
     ngx_str_t name;
     ratelimit::Rate rate;
     ratelimit::BucketParams params;
+    int64_t lease_ms;    // lease=: 0, none
     PolicyStats* stats;  // its counters in the zone, bound by name; nullptr: not counted
     ngx_str_t adaptive_name;  // adaptive=name, or empty
     Adaptive* adaptive;       // resolved adaptive=name, or nullptr
+    PolicyOverrides* overrides;  // its runtime changes in the zone, bound by name, or nullptr
     int64_t delay;       // delay=N, or ratelimit::kNoDelay (ngx_ratelimit_delay.cpp)
 };
 

@@ -497,10 +497,15 @@ double policy_factor(const Policy& policy) noexcept
 }
 
 
+ratelimit::BucketParams adapted(const Policy& policy, const ratelimit::BucketParams& params) noexcept
+{
+    return policy.adaptive ? ratelimit::scaled_params(params, policy_factor(policy)) : params;
+}
+
+
 ratelimit::BucketParams params_in_force(const Policy& policy) noexcept
 {
-    return policy.adaptive ? ratelimit::scaled_params(policy.params, policy_factor(policy))
-                           : policy.params;
+    return adapted(policy, policy.params);
 }
 
 

@@ -31,6 +31,8 @@ ngx_int_t bind_adaptive(ngx_cycle_t* cycle, MainConf* mcf) noexcept;
 ngx_int_t init_worker_adaptive(ngx_cycle_t* cycle, MainConf* mcf) noexcept;
 ngx_int_t install_adaptive_log_handler(ngx_conf_t* cf) noexcept;
 
+// `params` (the policy's, or a runtime override's) scaled by the policy's controller's factor.
+ratelimit::BucketParams adapted(const Policy& policy, const ratelimit::BucketParams& params) noexcept;
 // The policy's bucket as it applies now: its params scaled by its controller's factor.
 ratelimit::BucketParams params_in_force(const Policy& policy) noexcept;
 double policy_factor(const Policy& policy) noexcept;

@@ -12,11 +12,13 @@
 
 #include "ngx_ratelimit.h"
 #include "ngx_ratelimit_adaptive.h"
+#include "ngx_ratelimit_api.h"
 #include "ngx_ratelimit_counters.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/api_text.h"
 #include "ratelimit/bucket_view.h"
 #include "ratelimit/key.h"
+#include "ratelimit/overrides.h"
 #include "ratelimit/resp.h"
 #include "ratelimit/shaping.h"
 #include "ratelimit/version.h"
@@ -231,7 +233,9 @@ void append_policy(std::string& out, const Policy& policy)
     }
     out += ",\"rejected_on_node\":"
            + std::to_string(stats ? read_counter(stats->rejected_on_node) : 0);
-    out += "},\"top\":[";
+    out += '}';
+    append_runtime_limits_status(out, policy);
+    out += ",\"top\":[";
     bool first = true;
     for (const TopKey& top : top_keys(stats)) {
         out += first ? "{\"key\":" : ",{\"key\":";
@@ -438,6 +442,7 @@ std::string metrics_text(MainConf* mcf)
         metric(out, "policy_burst", policy_label(policies[i]), policies[i].params.burst);
     }
     append_adaptive_metrics(out, mcf);
+    append_runtime_limits_metrics(out, mcf);
     if (mcf->redis) {
         metric_head(out, "redis_up", "gauge", "1 unless a worker holds Redis down.");
         const NodeStats* node = node_stats();
@@ -489,6 +494,7 @@ ngx_int_t send_dashboard(ngx_http_request_t* r)
 struct BucketRequest {
     ngx_http_request_t* r;
     const Policy* policy;
+    ratelimit::BucketParams params;  // in force for the key
     ngx_str_t key;
     bool refill;                 // DELETE
     ratelimit::CallId call;
@@ -501,10 +507,9 @@ struct BucketRequest {
 static_assert(std::is_trivially_destructible<BucketRequest>::value, "lives in a pool");
 
 
-std::string bucket_json(const Policy& policy, const ngx_str_t& key,
-                        const ratelimit::BucketView& view)
+std::string bucket_json(const Policy& policy, const ratelimit::BucketParams& params,
+                        const ngx_str_t& key, const ratelimit::BucketView& view)
 {
-    const ratelimit::BucketParams& params = policy.params;
     std::string out = "{\"policy\":";
     ratelimit::append_json_string(out, as_view(policy.name));
     out += ",\"key\":";
@@ -513,7 +518,8 @@ std::string bucket_json(const Policy& policy, const ngx_str_t& key,
     out += view.exists ? "true" : "false";
     out += ",\"tokens\":" + number(double(view.level_units) / double(params.period_ms));
     out += ",\"capacity\":" + std::to_string(params.burst);
-    out += ",\"rate_per_second\":" + number(policy.rate.per_second());
+    out += ",\"rate_per_second\":"
+           + number(double(params.count) * 1000.0 / double(params.period_ms));
     out += ",\"reset\":" + std::to_string(ratelimit::view_reset_seconds(params, view));
     out += "}\n";
     return out;
@@ -577,7 +583,7 @@ void on_redis_reply(BucketRequest* br, const ratelimit::CallResult& result) noex
         } else if (!ratelimit::parse_bucket_view_reply(result.reply, view, error)) {
             error = "Redis: " + error;
         } else {
-            rc = keep(r, br, NGX_HTTP_OK, bucket_json(*br->policy, br->key, view));
+            rc = keep(r, br, NGX_HTTP_OK, bucket_json(*br->policy, br->params, br->key, view));
         }
         if (!error.empty()) {
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0, "ratelimit: API: %s",
@@ -622,7 +628,7 @@ BucketRequest* create_bucket_request(ngx_http_request_t* r)
         return nullptr;
     }
     auto* br = static_cast<BucketRequest*>(cln->data);
-    ngx_memzero(br, sizeof(BucketRequest));
+    ngx_memzero(static_cast<void*>(br), sizeof(BucketRequest));
     br->r = r;
     br->done_ev.handler = finish_bucket_request;
     br->done_ev.data = br;
@@ -635,7 +641,7 @@ BucketRequest* create_bucket_request(ngx_http_request_t* r)
 }
 
 
-ngx_int_t bucket_in_redis(ngx_http_request_t* r, MainConf* mcf, const Policy& policy,
+ngx_int_t bucket_in_redis(ngx_http_request_t* r, MainConf* mcf, Policy& policy,
                           const ngx_str_t& key, bool refill)
 {
     ratelimit::CallRouter* router = redis_router();
@@ -647,12 +653,13 @@ ngx_int_t bucket_in_redis(ngx_http_request_t* r, MainConf* mcf, const Policy& po
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     br->policy = &policy;
+    br->params = bucket_in_force(mcf, &policy, key);
     br->key = key;
     br->refill = refill;
     std::string redis_key = ratelimit::bucket_key(mcf->redis->prefix, as_view(policy.name),
                                                   as_view(key));
     std::string command = refill ? ratelimit::format_command({"DEL", redis_key})
-                                 : ratelimit::format_bucket_view(redis_key, policy.params);
+                                 : ratelimit::format_bucket_view(redis_key, br->params);
     auto submitted = router->submit(
         router->slot_group_of(redis_key), std::move(command),
         [br](const ratelimit::CallResult& result) { on_redis_reply(br, result); }, nullptr);
@@ -668,7 +675,7 @@ ngx_int_t bucket_in_redis(ngx_http_request_t* r, MainConf* mcf, const Policy& po
 }
 
 
-ngx_int_t bucket_in_zone(ngx_http_request_t* r, MainConf* mcf, const Policy& policy,
+ngx_int_t bucket_in_zone(ngx_http_request_t* r, MainConf* mcf, Policy& policy,
                          const ngx_str_t& key, bool refill)
 {
     if (refill) {
@@ -676,9 +683,9 @@ ngx_int_t bucket_in_zone(ngx_http_request_t* r, MainConf* mcf, const Policy& pol
         zone_forget_rejections(mcf->zone, policy.name, key);
         return send(r, NGX_HTTP_NO_CONTENT, kJson, {});
     }
-    ratelimit::BucketView view =
-        zone_peek(mcf->zone, BucketSpace::local, policy.name, policy.params, key);
-    return send(r, NGX_HTTP_OK, kJson, bucket_json(policy, key, view));
+    ratelimit::BucketParams params = bucket_in_force(mcf, &policy, key);
+    ratelimit::BucketView view = zone_peek(mcf->zone, BucketSpace::local, policy.name, params, key);
+    return send(r, NGX_HTTP_OK, kJson, bucket_json(policy, params, key, view));
 }
 
 
@@ -749,6 +756,11 @@ ngx_int_t serve(ngx_http_request_t* r)
     default:
         break;
     }
+    if (route.path == ratelimit::ApiPath::limit || route.path == ratelimit::ApiPath::limit_list
+        || route.path == ratelimit::ApiPath::policy)
+    {
+        return serve_runtime_limits(r, mcf, lcf, route);
+    }
     bool read = r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD);
     if (route.path == ratelimit::ApiPath::bucket && (read || r->method == NGX_HTTP_DELETE)) {
         return serve_bucket(r, mcf, lcf, route);
@@ -768,7 +780,33 @@ ngx_int_t serve(ngx_http_request_t* r)
     }
 }
 
+// A PUT's body has been read (or has failed to be): the request is served.
+void body_read(ngx_http_request_t* r) noexcept
+{
+    ngx_int_t rc;
+    try {
+        rc = serve(r);
+    } catch (...) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "ratelimit: API: out of memory");
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_http_finalize_request(r, rc);
+}
+
 }  // namespace
+
+
+ngx_int_t api_send_json(ngx_http_request_t* r, ngx_uint_t status, std::string_view body)
+{
+    return send(r, status, kJson, body);
+}
+
+
+ngx_int_t api_send_error(ngx_http_request_t* r, ngx_uint_t status, std::string_view message,
+                         std::string_view allow)
+{
+    return send_error(r, status, message, allow);
+}
 
 
 ngx_int_t api_handler(ngx_http_request_t* r) noexcept
@@ -777,9 +815,21 @@ ngx_int_t api_handler(ngx_http_request_t* r) noexcept
         if (r != r->main) {
             return NGX_HTTP_NOT_FOUND;
         }
+        bool put = r->method == NGX_HTTP_PUT;
+        if (put && r->headers_in.content_length_n <= off_t(ratelimit::kMaxOverrideBody)) {
+            // Small bodies only, kept in memory (a larger one is refused once read).
+            r->request_body_in_single_buf = 1;
+            ngx_int_t rc = ngx_http_read_client_request_body(r, body_read);
+            return rc >= NGX_HTTP_SPECIAL_RESPONSE ? rc : NGX_DONE;
+        }
         ngx_int_t rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
             return rc;
+        }
+        if (put) {
+            return send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                              "body larger than " + std::to_string(ratelimit::kMaxOverrideBody)
+                                  + " bytes: nothing stored");
         }
         return serve(r);
     } catch (...) {

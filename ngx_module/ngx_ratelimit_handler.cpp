@@ -7,7 +7,9 @@
 
 #include "ngx_ratelimit_adaptive.h"
 #include "ngx_ratelimit_delay.h"
+#include "ngx_ratelimit_lease.h"
 #include "ngx_ratelimit_log.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ngx_ratelimit_request.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/headers.h"
@@ -154,10 +156,17 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
             twin->delay = stricter_delay(twin->delay, limit_delay(limits[i], policy));
             continue;
         }
-        ctx->limits[ctx->nlimits++] = RequestLimit{policy, key, cost, false,
-                                                   params_in_force(*policy),
-                                                   limit_delay(limits[i], policy)};
+        ctx->limits[ctx->nlimits++] =
+            RequestLimit{policy, key, cost, false, limit_delay(limits[i], policy),
+                         OverrideUse::none, params_in_force(*policy)};
     }
+    apply_overrides(mcf, ctx->limits, ctx->nlimits, true);
+    // A key exempt by an override is not limited by that line.
+    auto kept = std::remove_if(
+        ctx->limits, ctx->limits + ctx->nlimits,
+        [](const RequestLimit& limit) { return limit.use == OverrideUse::unlimited; });
+    ctx->exempt = kept != ctx->limits + ctx->nlimits;
+    ctx->nlimits = ngx_uint_t(kept - ctx->limits);
     return NGX_OK;
 }
 
@@ -300,6 +309,79 @@ bool rejected_on_node(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, Main
 }
 
 
+// The Redis keys of the request's buckets, in key_scratch (valid until it is next filled).
+void redis_keys(RequestCtx* ctx, MainConf* mcf, std::string_view* keys)
+{
+    size_t ends[kMaxLimitsPerRequest];
+    key_scratch.clear();
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        ratelimit::append_bucket_key(key_scratch, mcf->redis->prefix,
+                                     as_view(limit.policy->name), as_view(limit.key));
+        ends[i] = key_scratch.size();
+    }
+    for (ngx_uint_t i = 0, start = 0; i < ctx->nlimits; start = ends[i], i++) {
+        keys[i] = std::string_view(key_scratch).substr(start, ends[i] - start);
+    }
+}
+
+
+// Token leases (ngx_ratelimit_lease.cpp): a request whose every limit holds a lease with its
+// cost passes on the node; any other request counts toward its keys' rates (a hot key gets a
+// lease) and goes on to Redis.
+bool passed_on_lease(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf)
+{
+    bool any = false;
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        any = any || ctx->limits[i].policy->lease_ms > 0;
+    }
+    if (!any) {
+        return false;
+    }
+    std::string_view keys[kMaxLimitsPerRequest];
+    redis_keys(ctx, mcf, keys);
+    LeaseLimit limits[kMaxLimitsPerRequest];
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        limits[i] = LeaseLimit{keys[i], limit.params, limit.cost, limit.policy->lease_ms};
+    }
+    ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
+    if (!lease_decide(mcf->zone, redis_router(), limits, ctx->nlimits, outcomes)) {
+        return false;
+    }
+    apply_outcomes(r, ctx, lcf, outcomes, true, false);
+    return true;
+}
+
+
+// What a blocked key is told to wait (Retry-After: 3600): a block has no end the node knows of.
+constexpr int64_t kBlockedRetryMs = 3600 * 1000;
+
+// A key blocked by an override: the request is rejected on the node, as by a bucket that
+// never refills, without asking Redis. The other limits show as they would be untouched.
+bool rejected_by_block(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
+{
+    ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
+    bool blocked = false;
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        const RequestLimit& limit = ctx->limits[i];
+        if (limit.use == OverrideUse::block) {
+            blocked = true;
+            outcomes[i] = ratelimit::LimitOutcome{0, kBlockedRetryMs, kBlockedRetryMs};
+        } else {
+            outcomes[i] = ratelimit::outcome_after(limit.params, 0,
+                                                   limit.params.capacity_units(), true);
+        }
+    }
+    if (!blocked) {
+        return false;
+    }
+    ctx->on_node = true;
+    apply_outcomes(r, ctx, lcf, outcomes, false, false);
+    return true;
+}
+
+
 void apply_verdict(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf,
                    const ratelimit::Verdict& verdict)
 {
@@ -392,19 +474,12 @@ void on_verdict(void* owner, const ratelimit::Verdict& verdict) noexcept
 ngx_int_t ask_redis(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainConf* mcf,
                     ratelimit::Batcher* batcher)
 {
-    size_t ends[kMaxLimitsPerRequest];
-    key_scratch.clear();
-    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
-        const RequestLimit& limit = ctx->limits[i];
-        ratelimit::append_bucket_key(key_scratch, mcf->redis->prefix,
-                                     as_view(limit.policy->name), as_view(limit.key));
-        ends[i] = key_scratch.size();
-    }
+    std::string_view keys[kMaxLimitsPerRequest];
+    redis_keys(ctx, mcf, keys);
     ratelimit::ScriptLimit limits[kMaxLimitsPerRequest];
-    for (ngx_uint_t i = 0, start = 0; i < ctx->nlimits; start = ends[i], i++) {
-        limits[i] = ratelimit::ScriptLimit{
-            std::string_view(key_scratch).substr(start, ends[i] - start),
-            ctx->limits[i].params, ctx->limits[i].cost};
+    for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
+        limits[i] = ratelimit::ScriptLimit{keys[i], ctx->limits[i].params,
+                                           ctx->limits[i].cost};
     }
 
     auto queued = batcher->decide(limits, ctx->nlimits, on_verdict, ctx);
@@ -451,8 +526,11 @@ ngx_int_t start_deciding(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (ctx->nlimits == 0) {
-        ctx->status = Status::skipped;
+        ctx->status = ctx->exempt ? Status::passed : Status::skipped;
         return NGX_DECLINED;
+    }
+    if (rejected_by_block(r, ctx, lcf)) {
+        return ctx->rc;
     }
     if (mcf->redis == nullptr) {
         decide_locally(r, ctx, lcf, false);
@@ -463,7 +541,7 @@ ngx_int_t start_deciding(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
         apply_failure(r, ctx, lcf);
         return ctx->rc;
     }
-    if (rejected_on_node(r, ctx, lcf, mcf)) {
+    if (passed_on_lease(r, ctx, lcf, mcf) || rejected_on_node(r, ctx, lcf, mcf)) {
         return ctx->rc;
     }
     return ask_redis(r, ctx, lcf, mcf, batcher);

@@ -10,14 +10,24 @@ namespace ngx_ratelimit {
 
 enum class Phase { waiting, resumed, delaying, done };
 
+// What runtime limits did to one limit of a request (ngx_ratelimit_overrides.h).
+enum class OverrideUse : u_char {
+    none,       // the configured bucket
+    policy,     // the policy's runtime change
+    key,        // the key's override (rate and/or burst)
+    unlimited,  // the key is exempt: the limit is dropped
+    block,      // the key is blocked: rejected on the node
+};
+
 // One evaluated limit of this request; buckets named twice are merged (costs summed).
 struct RequestLimit {
     Policy* policy;
     ngx_str_t key;
     int64_t cost;
     bool lacked_tokens;  // the request was rejected for want of this bucket's tokens
-    ratelimit::BucketParams params;  // its policy's, as in force when decided
     int64_t delay;       // delay=N in force for this limit, or kNoDelay
+    OverrideUse use;
+    ratelimit::BucketParams params;  // in force for this request: every step decides with it
 };
 
 // Lives in the request pool, inside the pool cleanup entry that finds it again after an
@@ -29,7 +39,8 @@ struct RequestCtx {
     Status status;
     bool has_report;
     bool rejected;                // with the configured status (not dry run)
-    bool on_node;                 // rejected by the rejection memory, without Redis
+    bool on_node;                 // rejected on the node (rejection memory, a block), without Redis
+    bool exempt;                  // some limit was dropped: its key is `unlimited`
     ngx_str_t policy;             // the most restrictive limit, for headers and variables
     int64_t limit;
     int64_t remaining;

@@ -6,7 +6,9 @@
 #include <string>
 
 #include "ngx_ratelimit.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ngx_ratelimit_endpoint.h"
+#include "ngx_ratelimit_lease.h"
 #include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_loop.h"
 #include "ratelimit/cluster_client.h"
@@ -56,7 +58,8 @@ struct Worker {
     std::unique_ptr<ratelimit::RedisClient> client;
     std::unique_ptr<ratelimit::SingleRedis> single;
     std::unique_ptr<ratelimit::ClusterClient> cluster;
-    std::unique_ptr<ratelimit::Batcher> batcher;  // declared last: it goes first
+    std::unique_ptr<ratelimit::Batcher> batcher;
+    std::unique_ptr<ratelimit::Timer> lease_sweep;  // declared last: it goes first
 };
 
 // A plain pointer, not a static object: nothing of ours may run after exit_process.
@@ -236,7 +239,9 @@ ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
         }
         w->batcher = std::make_unique<ratelimit::Batcher>(
             w->loop, w->router(), ratelimit::BatcherOptions{}, count_script_call);
+        w->lease_sweep = start_lease_sweep(w->loop, w->router(), mcf->zone);
         worker = w.release();
+        start_override_poll(cycle, mcf);
         return NGX_OK;
     } catch (...) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "ratelimit: cannot create the Redis client");
@@ -247,8 +252,12 @@ ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
 
 void exit_worker_redis()
 {
+    stop_override_poll();
     if (worker == nullptr) {
         return;
+    }
+    if (worker->lease_sweep) {
+        worker->lease_sweep->stop();
     }
     worker->batcher->shutdown();
     if (worker->cluster) {

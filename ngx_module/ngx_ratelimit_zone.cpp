@@ -4,6 +4,8 @@
 #include <string>
 
 #include "ngx_ratelimit_counters.h"
+#include "ngx_ratelimit_lease.h"
+#include "ngx_ratelimit_overrides.h"
 #include "ratelimit/batcher.h"
 #include "ratelimit/key.h"
 
@@ -33,6 +35,8 @@ struct ZoneShared {
     ngx_queue_t queue;      // most recently used first
     ngx_atomic_t memories;  // rejection-memory nodes: none, and requests skip the lookup
     ApiShared* api;         // counters and top keys (ngx_ratelimit_counters.cpp)
+    void* leases;           // the node's token leases (ngx_ratelimit_lease.cpp), or nullptr
+    OverridesShared* overrides;  // runtime limits (ngx_ratelimit_overrides.cpp)
     int64_t forgot_ms[kForgetStamps];
 };
 
@@ -73,6 +77,7 @@ bool same_params(const ratelimit::BucketParams& a, const ratelimit::BucketParams
 struct Zone {
     ZoneShared* sh;
     ngx_slab_pool_t* shpool;
+    bool leases_wanted;  // some policy has lease=
 };
 
 
@@ -210,6 +215,22 @@ BucketNode* create_node(Zone* zone, ngx_uint_t hash, std::string_view id,
 }
 
 
+// The lease table is made the first time a configuration has a policy with lease=.
+void add_leases(Zone* zone)
+{
+    if (!zone->leases_wanted || zone->sh->leases) {
+        return;
+    }
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    zone->sh->leases = create_lease_table(zone->shpool);
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+    if (zone->sh->leases == nullptr) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "ratelimit: no room for the lease table in ratelimit_zone, leases off");
+    }
+}
+
+
 ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
 {
     auto* old = static_cast<Zone*>(data);
@@ -218,11 +239,13 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
         // Same name and size as before the reload: keep every bucket.
         zone->sh = old->sh;
         zone->shpool = old->shpool;
+        add_leases(zone);
         return NGX_OK;
     }
     zone->shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
     if (shm_zone->shm.exists) {
         zone->sh = static_cast<ZoneShared*>(zone->shpool->data);
+        add_leases(zone);
         return NGX_OK;
     }
     zone->sh = static_cast<ZoneShared*>(ngx_slab_alloc(zone->shpool, sizeof(ZoneShared)));
@@ -233,9 +256,11 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel, rbtree_insert);
     ngx_queue_init(&zone->sh->queue);
     zone->sh->memories = 0;
+    zone->sh->leases = nullptr;
     ngx_memzero(zone->sh->forgot_ms, sizeof(zone->sh->forgot_ms));
     zone->sh->api = create_api_shared(zone->shpool);
-    if (zone->sh->api == nullptr) {
+    zone->sh->overrides = create_overrides_shared(zone->shpool);
+    if (zone->sh->api == nullptr || zone->sh->overrides == nullptr) {
         return NGX_ERROR;
     }
 
@@ -246,6 +271,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept
     }
     ngx_memcpy(zone->shpool->log_ctx, ctx, sizeof(ctx));
     zone->shpool->log_nomem = 0;
+    add_leases(zone);
     return NGX_OK;
 }
 
@@ -259,7 +285,7 @@ int64_t zone_now_ms()
 }  // namespace
 
 
-ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf*, size_t size)
+ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf* mcf, size_t size)
 {
     // Named after the module: an operator's own zones ("ratelimit", say) never clash with it.
     static ngx_str_t name = ngx_string("ngx_http_ratelimit_module");
@@ -270,6 +296,16 @@ ngx_shm_zone_t* add_zone(ngx_conf_t* cf, MainConf*, size_t size)
     auto* zone = static_cast<Zone*>(ngx_pcalloc(cf->pool, sizeof(Zone)));
     if (zone == nullptr) {
         return nullptr;
+    }
+    auto* policies = static_cast<Policy*>(mcf->policies.elts);
+    for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
+        zone->leases_wanted = zone->leases_wanted || policies[i].lease_ms > 0;
+    }
+    // The table takes a part of the zone; in a zone not twice its size, leases are off.
+    if (zone->leases_wanted && mcf->redis && size < 2 * lease_table_bytes()) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0, "ratelimit_zone %uz is too small for the "
+                           "lease table (%uz bytes), leases off", size, lease_table_bytes());
+        zone->leases_wanted = false;
     }
     shm_zone->init = init_zone;
     shm_zone->data = zone;
@@ -501,10 +537,38 @@ std::string bucket_id(BucketSpace space, const ngx_str_t& policy, const ngx_str_
 }  // namespace
 
 
+void* zone_leases(ngx_shm_zone_t* shm_zone, ngx_slab_pool_t** shpool)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    *shpool = zone->shpool;
+    return zone->sh ? zone->sh->leases : nullptr;
+}
+
+
 ApiShared* zone_api(ngx_shm_zone_t* shm_zone)
 {
     auto* zone = static_cast<Zone*>(shm_zone->data);
     return zone->sh ? zone->sh->api : nullptr;
+}
+
+
+OverridesShared* zone_overrides(ngx_shm_zone_t* shm_zone)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    return zone->sh ? zone->sh->overrides : nullptr;
+}
+
+
+void* zone_alloc_locked(ngx_shm_zone_t* shm_zone, size_t size)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    void* p;
+    while ((p = ngx_slab_alloc_locked(zone->shpool, size)) == nullptr) {
+        if (!evict_lru(zone, nullptr, 0)) {
+            return nullptr;
+        }
+    }
+    return p;
 }
 
 
@@ -522,7 +586,9 @@ ratelimit::BucketView zone_peek(ngx_shm_zone_t* shm_zone, BucketSpace space,
     if (ngx_rbtree_node_t* node = lookup(zone->sh, hash, id)) {
         BucketNode* b = node_of(node);
         view.exists = true;
-        view.level_units = ratelimit::refill(params, {b->level_units, b->stamp_ms}, view.now_ms);
+        // Converted from the period it was stored in (a rate changed since, by reload or API).
+        view.level_units = ratelimit::refill(
+            params, {b->level_units, b->stamp_ms, b->params.period_ms}, view.now_ms);
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
     return view;

@@ -57,9 +57,20 @@ void zone_forget_rejections(ngx_shm_zone_t* zone, const ngx_str_t& policy, const
 // burst/N (rounded up) and rate/N: this node's share of the fleet's limit.
 ratelimit::BucketParams node_share(const ratelimit::BucketParams& params, int64_t nodes);
 
+// The lease table (ngx_ratelimit_lease.cpp) and the pool whose mutex guards it; nullptr: none.
+void* zone_leases(ngx_shm_zone_t* zone, ngx_slab_pool_t** shpool);
+
 // The zone's counters block (ngx_ratelimit_counters.h), allocated with the zone.
 struct ApiShared;
 ApiShared* zone_api(ngx_shm_zone_t* zone);
+
+// The zone's runtime limits (ngx_ratelimit_overrides.h), allocated with the zone.
+struct OverridesShared;
+OverridesShared* zone_overrides(ngx_shm_zone_t* zone);
+
+// Allocates with the zone's lock held, dropping least recently used buckets to make room
+// (they refill); nullptr when nothing is left to drop.
+void* zone_alloc_locked(ngx_shm_zone_t* zone, size_t size);
 
 // One bucket as it is now, without taking anything (the API's GET); a missing bucket is full.
 ratelimit::BucketView zone_peek(ngx_shm_zone_t* zone, BucketSpace space, const ngx_str_t& policy,

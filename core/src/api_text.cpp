@@ -97,30 +97,43 @@ ApiRoute route_api_path(std::string_view rest)
         route.path = ApiPath::malformed;
         return route;
     }
+    bool keyed = *first == "buckets" || *first == "limits";
     if (slash == std::string_view::npos) {
         route.path = first->empty() ? ApiPath::dashboard
                      : *first == "status" ? ApiPath::status
                      : *first == "metrics" ? ApiPath::metrics
-                     : *first == "buckets" ? ApiPath::malformed
-                                           : ApiPath::not_found;
+                     : keyed || *first == "policies" ? ApiPath::malformed
+                                                     : ApiPath::not_found;
         return route;
     }
-    if (*first != "buckets") {
+    if (!keyed && *first != "policies") {
         return route;
     }
     std::string_view after = rest.substr(slash + 1);
     size_t end = after.find('/');
     auto policy = percent_decode(after.substr(0, end));
+    if (!policy || policy->empty()) {
+        route.path = ApiPath::malformed;
+        return route;
+    }
+    route.policy = std::move(*policy);
+    if (*first == "policies") {
+        route.path = end == std::string_view::npos ? ApiPath::policy : ApiPath::not_found;
+        return route;
+    }
     std::optional<std::string> key;
     if (end != std::string_view::npos) {
         key = percent_decode(after.substr(end + 1));
     }
-    if (!policy || policy->empty() || !key || key->empty()) {
+    if (*first == "limits" && key && key->empty()) {
+        route.path = ApiPath::limit_list;
+        return route;
+    }
+    if (!key || key->empty()) {
         route.path = ApiPath::malformed;
         return route;
     }
-    route.path = ApiPath::bucket;
-    route.policy = std::move(*policy);
+    route.path = *first == "limits" ? ApiPath::limit : ApiPath::bucket;
     route.key = std::move(*key);
     return route;
 }

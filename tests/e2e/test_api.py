@@ -129,8 +129,10 @@ def test_counters_are_exact_across_workers(request, nginx_factory, workdir, mode
         r = s["redis"]
         assert r["state"] == "up" and r["address"] == "127.0.0.1:%d" % redis.port
         # 13 requests were decided, each by Redis or by the node (dry-run rejections too, from
-        # what an earlier reply showed); a script call carries one or more.
-        assert 1 <= r["calls"] == r["script_calls"] <= 13 - on_node
+        # what an earlier reply showed); a script call carries one or more. The other calls are
+        # the node's polls of the runtime limits (about 4 a second).
+        assert 1 <= r["script_calls"] <= 13 - on_node
+        assert r["script_calls"] <= r["calls"] <= r["script_calls"] + 40
         assert r["decisions_per_script_call"] >= 1
         assert r["in_flight"] == 0 and r["errors"] == 0 and r["timeouts"] == 0
     else:
@@ -168,9 +170,10 @@ def test_metrics_parse_with_prometheus_client(redis, nginx_factory, workdir):
     count = next(s.value for s in hist.samples if s.name.endswith("_count"))
     calls = families["nginx_ratelimit_redis_calls"].samples[0].value
     # Every call timed once; 9 decisions travelled in at most 9 calls (coalesced, or rejected
-    # on the node without a call).
+    # on the node without a call), beside the node's polls of the runtime limits (4 a second).
     assert count == buckets[-1][1] == calls
-    assert 1 <= calls <= 9
+    script_calls = families["nginx_ratelimit_redis_script_calls"].samples[0].value
+    assert 1 <= script_calls <= 9 and script_calls <= calls <= script_calls + 40
     assert families["nginx_ratelimit_redis_up"].samples[0].value == 1
     # Labels are the policy and the outcome, never a key.
     for f in families.values():
@@ -630,6 +633,7 @@ def test_hung_redis_answers_503_within_the_timeout(nginx_factory):
             r = n.get("/rl/buckets/a/k", method=method)
             assert r.status == 503 and time.monotonic() - start < 1.5
         s = status(n)
-        assert s["redis"]["timeouts"] == 2 and s["redis"]["in_flight"] == 2
+        # The two bucket calls, and the node's polls of the runtime limits, if any was sent.
+        assert s["redis"]["timeouts"] >= 2 and s["redis"]["in_flight"] >= 2
     finally:
         hung.close()

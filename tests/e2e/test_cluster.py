@@ -836,3 +836,33 @@ def test_requests_while_the_worker_reads_the_slot_map_wait_for_it(redis_cluster,
     at_once()
     assert not old & set(n.worker_pids())
     assert failures == [], failures[:5]
+
+
+def test_runtime_limits_spread_through_the_cluster(redis_cluster, nginx_factory):
+    """A key override and a policy change put through one nginx are in force on another, the
+    runtime limits' three keys in one slot of the cluster."""
+    c = redis_cluster
+    cfg = conf(c, location("/") + "\n        location /rl/ { ratelimit_api write; }")
+    a, b = nginx_factory(cfg), nginx_factory(cfg)
+
+    def put(n, path, body):
+        conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+        conn.request("PUT", "/rl/" + path, body=body)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    def limit_on(n, key):
+        conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+        conn.request("GET", "/", headers={"X-Key": key})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return r.getheader("X-RateLimit-Limit")
+
+    assert put(a, "limits/p/vip", '{"burst": 9}') == 200
+    assert put(a, "policies/p", '{"burst": 5}') == 200
+    assert wait_for(lambda: limit_on(b, "vip") == "9", timeout=2)
+    assert wait_for(lambda: limit_on(b, "other") == "5", timeout=2)
+    owner = c.slot_owner(key_slot("rl:{overrides}:data"))
+    assert owner.cmd("HGET", "rl:{overrides}:data", "p:vip") == b'{"burst":9}'

@@ -5,7 +5,9 @@ A screenshot is left at build/dashboard.png for a person to look at."""
 
 import base64
 import fcntl
+import http.client
 import json
+import urllib.parse
 import os
 import shutil
 import subprocess
@@ -123,8 +125,10 @@ PAGE_STATE = """(() => {
       series[line.getAttribute('class')] = pts ? pts.split(' ').map(p => Number(p.split(',')[1])) : [];
     }
     const keys = [...s.querySelectorAll('td.key')].map(td => td.textContent);
+    const overrides = [...s.querySelectorAll('td.key-override')].map(td => td.textContent);
     cards.push([s.dataset.policy,
-                {counters, series, keys, legend: s.querySelector('.legend').textContent}]);
+                {counters, series, keys, overrides, runtime: s.querySelector('.runtime').textContent,
+                 legend: s.querySelector('.legend').textContent}]);
   }
   return {cards, scripts: document.scripts.length, version: document.getElementById('version').textContent,
           redis: document.getElementById('redis-state').textContent,
@@ -174,6 +178,16 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
         while not stop.is_set():
             n.get("/shaped", {"X-Key": "s"})
 
+    # Runtime limits the page lists: a key override (one of them a hostile key) and a policy
+    # change.
+    for path, body in (("limits/api/partner", '{"unlimited": true}'),
+                       ("limits/api/" + urllib.parse.quote(hostile, safe=""), '{"burst": 7}'),
+                       ("policies/login", '{"burst": 4}')):
+        conn = http.client.HTTPConnection("127.0.0.1", n.port, timeout=10)
+        conn.request("PUT", "/ratelimit/" + path, body=body)
+        assert conn.getresponse().status == 200, path
+        conn.close()
+
     t = threading.Thread(target=traffic)
     t.start()
     shaper = threading.Thread(target=shaped_traffic)
@@ -222,6 +236,11 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
         # The hostile key is listed as text, percent-encoded as the buckets path takes it.
         login = state["cards"]["login"]
         assert login["keys"] and login["keys"][0].startswith("%3Cimg%20src%3Dx")
+        # Runtime limits: the overrides listed (keys as text), the policy change in force.
+        assert sorted(api["overrides"]) == sorted(
+            ["partner", urllib.parse.quote(hostile, safe="")]), api["overrides"]
+        assert "2 key overrides" in api["runtime"] and "configuration" in api["runtime"]
+        assert "burst 4 (from the API)" in login["runtime"], login["runtime"]
         assert browser.eval("document.title") == "nginx ratelimit"
 
         # The inspect form reads the bucket of a top key through the API.

@@ -22,18 +22,29 @@ void append_json_string(std::string& out, std::string_view bytes);
 // A number as JSON and Prometheus take it ("%.15g": 0.25, 1, 1e-07).
 std::string format_number(double value);
 
-enum class ApiPath { dashboard, status, metrics, bucket, not_found, malformed };
+enum class ApiPath {
+    dashboard,
+    status,
+    metrics,
+    bucket,
+    limit,        // limits/<policy>/<key>
+    limit_list,   // limits/<policy>/
+    policy,       // policies/<policy>
+    not_found,
+    malformed,
+};
 
 struct ApiRoute {
     ApiPath path = ApiPath::not_found;
-    std::string policy;  // bucket: decoded policy name
-    std::string key;     // bucket: decoded key, any bytes, never empty
+    std::string policy;  // bucket, limit, limit_list, policy: decoded policy name
+    std::string key;     // bucket, limit: decoded key, any bytes, never empty
 };
 
 // Routes the raw path after the location's prefix (query string removed):
-// "" dashboard, "status", "metrics", "buckets/<policy>/<key>" (the key is everything after
-// the policy's '/', percent-decoded). A bucket path with an empty policy or key, or a bad
-// escape, is malformed; any other path is not found.
+// "" dashboard, "status", "metrics", "buckets/<policy>/<key>" and "limits/<policy>/<key>" (the
+// key is everything after the policy's '/', percent-decoded), "limits/<policy>/" and
+// "policies/<policy>". Such a path with an empty policy or key, or a bad escape, is malformed;
+// any other path is not found.
 ApiRoute route_api_path(std::string_view rest);
 
 }  // namespace ratelimit
