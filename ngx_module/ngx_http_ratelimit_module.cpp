@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "ngx_ratelimit.h"
+#include "ngx_ratelimit_adaptive.h"
 #include "ngx_ratelimit_overrides.h"
 #include "ngx_ratelimit_delay.h"
 #include "ngx_ratelimit_loop.h"
@@ -47,7 +48,9 @@ void* create_main_conf(ngx_conf_t* cf) noexcept
      *     mcf->redis = nullptr;
      *     mcf->zone = nullptr;
      */
-    if (ngx_array_init(&mcf->policies, cf->pool, 4, sizeof(Policy)) != NGX_OK) {
+    if (ngx_array_init(&mcf->policies, cf->pool, 4, sizeof(Policy)) != NGX_OK
+        || ngx_array_init(&mcf->adaptives, cf->pool, 1, sizeof(Adaptive)) != NGX_OK)
+    {
         return nullptr;
     }
     mcf->zone_size = ssize_t(NGX_CONF_UNSET_SIZE);
@@ -60,6 +63,9 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept
     auto* mcf = static_cast<MainConf*>(conf);
     if (mcf->zone_size == ssize_t(NGX_CONF_UNSET_SIZE)) {
         mcf->zone_size = kDefaultZoneSize;
+    }
+    if (!resolve_adaptive(cf, mcf)) {
+        return static_cast<char*>(NGX_CONF_ERROR);
     }
     auto* policies = static_cast<Policy*>(mcf->policies.elts);
     for (ngx_uint_t i = 0; i < mcf->policies.nelts && mcf->redis == nullptr; i++) {
@@ -444,10 +450,21 @@ try {
 
     std::optional<ratelimit::Rate> rate;
     std::optional<int64_t> burst;
+    ngx_str_t adaptive = ngx_null_string;
     int64_t lease_ms = 0;
     int64_t delay = ratelimit::kNoDelay;
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         std::string_view arg = as_view(value[i]);
+        if (arg.substr(0, 9) == "adaptive=") {
+            adaptive = ngx_str_t{value[i].len - 9, value[i].data + 9};
+            if (!ratelimit::is_valid_policy_name(as_view(adaptive))) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"%V\": invalid controller name \"%V\"", &cmd->name,
+                                   &value[i]);
+                return static_cast<char*>(NGX_CONF_ERROR);
+            }
+            continue;
+        }
         if (arg.substr(0, 5) == "rate=") {
             rate = ratelimit::parse_rate(arg.substr(5));
             if (!rate) {
@@ -519,6 +536,8 @@ try {
     policy->lease_ms = lease_ms;
     policy->stats = nullptr;      // bound to the zone in init_module
     policy->overrides = nullptr;
+    policy->adaptive_name = adaptive;  // resolved by init_main_conf
+    policy->adaptive = nullptr;
     policy->delay = delay;
     return NGX_CONF_OK;
 } catch (...) {
@@ -838,6 +857,9 @@ ngx_command_t commands[] = {
     {ngx_string("ratelimit_policy"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, set_policy,
      NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
 
+    {ngx_string("ratelimit_adaptive"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, set_adaptive,
+     NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
+
     {ngx_string("ratelimit_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, set_zone,
      NGX_HTTP_MAIN_CONF_OFFSET, 0, nullptr},
 
@@ -889,6 +911,9 @@ ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept
         return NGX_ERROR;
     }
     *h = access_handler;
+    if (install_adaptive_log_handler(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
     return install_header_filter();
 }
 
@@ -925,7 +950,10 @@ ngx_int_t init_module(ngx_cycle_t* cycle) noexcept
                       RATELIMIT_VERSION, mode_name(mcf));
     }
     bind_overrides(cycle, mcf);
-    return bind_counters(cycle, mcf);
+    if (bind_counters(cycle, mcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    return bind_adaptive(cycle, mcf);
 }
 
 
@@ -937,10 +965,13 @@ ngx_int_t init_process(ngx_cycle_t* cycle) noexcept
     }
     auto* mcf = static_cast<MainConf*>(
         ngx_http_cycle_get_module_main_conf(cycle, ngx_http_ratelimit_module));
-    if (mcf == nullptr || mcf->redis == nullptr) {
+    if (mcf == nullptr) {
         return NGX_OK;
     }
-    return init_worker_redis(cycle, mcf);
+    if (init_worker_adaptive(cycle, mcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    return mcf->redis ? init_worker_redis(cycle, mcf) : NGX_OK;
 }
 
 

@@ -22,6 +22,7 @@ constexpr size_t kMaxLimitsPerRequest = 64;
 
 struct PolicyStats;      // ngx_ratelimit_counters.cpp
 struct PolicyOverrides;  // ngx_ratelimit_overrides.cpp
+struct Adaptive;         // ngx_ratelimit_adaptive.h
 
 // ratelimit_policy name rate=... burst=...
 struct Policy {
@@ -30,6 +31,8 @@ struct Policy {
     ratelimit::BucketParams params;
     int64_t lease_ms;    // lease=: 0, none
     PolicyStats* stats;  // its counters in the zone, bound by name; nullptr: not counted
+    ngx_str_t adaptive_name;  // adaptive=name, or empty
+    Adaptive* adaptive;       // resolved adaptive=name, or nullptr
     PolicyOverrides* overrides;  // its runtime changes in the zone, bound by name, or nullptr
     int64_t delay;       // delay=N, or ratelimit::kNoDelay (ngx_ratelimit_delay.cpp)
 };
@@ -77,6 +80,7 @@ enum FailureMode : ngx_uint_t {
 
 struct MainConf {
     ngx_array_t policies;              // of Policy
+    ngx_array_t adaptives;             // of Adaptive
     ratelimit::RedisConfig* redis;     // nullptr: local mode
     ngx_addr_t redis_peer;             // the first address, resolved at configuration
     ngx_addr_t* redis_addrs;           // each address (sentinel mode) or the first, likewise

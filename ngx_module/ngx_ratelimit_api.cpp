@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "ngx_ratelimit.h"
+#include "ngx_ratelimit_adaptive.h"
 #include "ngx_ratelimit_api.h"
 #include "ngx_ratelimit_counters.h"
 #include "ngx_ratelimit_zone.h"
@@ -40,9 +41,7 @@ const char* const kStatusLabels[kStatuses] = {
 
 std::string number(double value)
 {
-    char buf[64];
-    std::snprintf(buf, sizeof(buf), "%.15g", value);
-    return buf;
+    return ratelimit::format_number(value);
 }
 
 
@@ -210,6 +209,17 @@ void append_policy(std::string& out, const Policy& policy)
     ratelimit::append_json_string(out, ratelimit::format_rate(policy.rate));
     out += ",\"rate_per_second\":" + number(policy.rate.per_second());
     out += ",\"burst\":" + std::to_string(policy.params.burst);
+    if (policy.adaptive) {
+        ratelimit::BucketParams now = params_in_force(policy);
+        out += ",\"adaptive\":";
+        ratelimit::append_json_string(out, as_view(policy.adaptive_name));
+        out += ",\"factor\":" + number(policy_factor(policy));
+        out += ",\"rate_per_second_in_force\":"
+               + number(double(now.count) * 1000.0 / double(now.period_ms));
+        out += ",\"burst_in_force\":" + std::to_string(now.burst);
+    } else {
+        out += ",\"factor\":1";
+    }
     append_delay(out, policy);
     out += ",\"counters\":{";
     const PolicyStats* stats = policy.stats;
@@ -262,7 +272,9 @@ std::string status_json(MainConf* mcf, LocConf* lcf)
         }
         append_policy(out, policies[i]);
     }
-    out += "]}\n";
+    out += "],\"adaptive\":";
+    append_adaptive_status(out, mcf);
+    out += "}\n";
     return out;
 }
 
@@ -429,6 +441,7 @@ std::string metrics_text(MainConf* mcf)
     for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
         metric(out, "policy_burst", policy_label(policies[i]), policies[i].params.burst);
     }
+    append_adaptive_metrics(out, mcf);
     append_runtime_limits_metrics(out, mcf);
     if (mcf->redis) {
         metric_head(out, "redis_up", "gauge", "1 unless a worker holds Redis down.");

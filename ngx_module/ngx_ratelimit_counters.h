@@ -71,9 +71,12 @@ struct NodeStats {
     ngx_atomic_t last_latency_ms;
 };
 
+struct AdaptiveShared;  // ngx_ratelimit_adaptive.cpp
+
 struct ApiShared {
     NodeStats node;
     PolicyStats* policies;
+    AdaptiveShared* adaptives;  // every controller the zone has known, by name
 };
 
 // Allocates the zone's counters; called by init_zone when the zone is new.

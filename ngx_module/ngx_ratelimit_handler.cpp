@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <string>
 
+#include "ngx_ratelimit_adaptive.h"
 #include "ngx_ratelimit_delay.h"
 #include "ngx_ratelimit_lease.h"
 #include "ngx_ratelimit_log.h"
@@ -157,7 +158,7 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
         }
         ctx->limits[ctx->nlimits++] =
             RequestLimit{policy, key, cost, false, limit_delay(limits[i], policy),
-                         OverrideUse::none, policy->params};
+                         OverrideUse::none, params_in_force(*policy)};
     }
     apply_overrides(mcf, ctx->limits, ctx->nlimits, true);
     // A key exempt by an override is not limited by that line.
@@ -427,6 +428,7 @@ void count(RequestCtx* ctx) noexcept
     // Rejections decided on the node are a subset of the rejected ones (dry run aside).
     count_request(counted, ctx->nlimits, ctx->status,
                   ctx->on_node && ctx->status == Status::rejected);
+    count_admitted(ctx);
     if (ctx->wait_ms > 0) {
         count_delay(ctx->limits[ctx->wait_limit].policy, ctx->wait_ms);
     }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ngx_ratelimit_adaptive.h"
 #include "ngx_ratelimit_log.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/key.h"
@@ -261,7 +262,7 @@ void apply_overrides(MainConf* mcf, RequestLimit* limits, ngx_uint_t n, bool cou
 {
     bool any = false;
     for (ngx_uint_t i = 0; i < n; i++) {
-        limits[i].params = limits[i].policy->params;
+        limits[i].params = params_in_force(*limits[i].policy);
         limits[i].use = OverrideUse::none;
         const PolicyOverrides* p = limits[i].policy->overrides;
         any = any || (p && (p->keys || p->changed));
@@ -308,9 +309,11 @@ void apply_overrides(MainConf* mcf, RequestLimit* limits, ngx_uint_t n, bool cou
     for (ngx_uint_t i = 0; i < n; i++) {
         RequestLimit& limit = limits[i];
         PolicyOverrides* p = limit.policy->overrides;
-        limit.params = ratelimit::params_in_force(limit.policy->params,
-                                                  has_change[i] ? &change[i] : nullptr,
-                                                  has_key[i] ? &key[i] : nullptr);
+        // An adaptive factor scales overridden values as it scales configured ones.
+        limit.params = adapted(*limit.policy,
+                               ratelimit::params_in_force(limit.policy->params,
+                                                          has_change[i] ? &change[i] : nullptr,
+                                                          has_key[i] ? &key[i] : nullptr));
         limit.use = has_change[i] ? OverrideUse::policy : OverrideUse::none;
         // A runtime delay replaces the policy's (not a `ratelimit` line's own delay=).
         if (has_change[i] && change[i].has_delay && limit.delay == limit.policy->delay) {

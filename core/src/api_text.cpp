@@ -1,5 +1,7 @@
 #include "ratelimit/api_text.h"
 
+#include <cstdio>
+
 namespace ratelimit {
 namespace {
 
@@ -134,6 +136,13 @@ ApiRoute route_api_path(std::string_view rest)
     route.path = *first == "limits" ? ApiPath::limit : ApiPath::bucket;
     route.key = std::move(*key);
     return route;
+}
+
+std::string format_number(double value)
+{
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%.15g", value);
+    return buf;
 }
 
 }  // namespace ratelimit

@@ -19,6 +19,9 @@ std::string percent_encode(std::string_view bytes);
 // valid JSON and inert in HTML whatever the input bytes.
 void append_json_string(std::string& out, std::string_view bytes);
 
+// A number as JSON and Prometheus take it ("%.15g": 0.25, 1, 1e-07).
+std::string format_number(double value);
+
 enum class ApiPath {
     dashboard,
     status,
