@@ -14,7 +14,7 @@
 
 namespace ngx_ratelimit {
 
-enum Count : size_t { requests, errors, slow, warm, admitted, kCounts };
+enum Count : size_t { requests, errors, slow, warm, admitted, latency_ms, kCounts };
 
 // A controller's state in the zone: plain atomics, shared by every worker, kept across reload.
 struct AdaptiveShared {
@@ -27,6 +27,7 @@ struct AdaptiveShared {
     ngx_atomic_t earlier_ppm;
     ngx_atomic_t streak;
     ngx_atomic_t ceiling_ppm;
+    ngx_atomic_t base_us;          // the least mean response time seen at home
     ngx_atomic_t proposed;         // interval + 1 the state was computed in (Redis mode), or 0
     ngx_atomic_t steps;            // intervals computed, and those without data
     ngx_atomic_t decays;
@@ -69,7 +70,8 @@ double factor_of(const AdaptiveShared* shared)
 ratelimit::AdaptiveState load_state(const AdaptiveShared* s)
 {
     return ratelimit::AdaptiveState{factor_of(s), double(read(s->earlier_ppm)) / double(kPpm),
-                                    read(s->streak), double(read(s->ceiling_ppm)) / double(kPpm)};
+                                    read(s->streak), double(read(s->ceiling_ppm)) / double(kPpm),
+                                    double(read(s->base_us)) / 1000.0};
 }
 
 
@@ -83,6 +85,7 @@ void store_state(Adaptive& a, const ratelimit::AdaptiveState& state)
     s->earlier_ppm = ngx_atomic_uint_t(std::clamp<int64_t>(ppm(state.earlier), 1, kPpm));
     s->streak = ngx_atomic_uint_t(state.streak);
     s->ceiling_ppm = ngx_atomic_uint_t(std::clamp<int64_t>(ppm(state.ceiling), 1, kPpm));
+    s->base_us = ngx_atomic_uint_t(std::max<int64_t>(0, std::llround(state.base_ms * 1000.0)));
     s->factor_ppm = ngx_atomic_uint_t(after);
     if ((before == kPpm) != (after == kPpm)) {
         ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
@@ -96,7 +99,8 @@ void store_state(Adaptive& a, const ratelimit::AdaptiveState& state)
 
 void store_seen(AdaptiveShared* s, const ratelimit::IntervalCounts& c)
 {
-    const int64_t values[kCounts] = {c.requests, c.errors, c.slow, c.warm, c.admitted};
+    const int64_t values[kCounts] = {c.requests, c.errors, c.slow, c.warm, c.admitted,
+                                     c.latency_ms};
     for (size_t i = 0; i < kCounts; i++) {
         s->seen[i] = ngx_atomic_uint_t(values[i]);
     }
@@ -112,15 +116,15 @@ ratelimit::IntervalCounts take_counts(AdaptiveShared* s)
         add(s->counts[i], -values[i]);
     }
     return ratelimit::IntervalCounts{values[requests], values[errors], values[slow], values[warm],
-                                     values[admitted]};
+                                     values[admitted], values[latency_ms]};
 }
 
 
 void step_locally(Adaptive& a, const ratelimit::IntervalCounts& counts)
 {
     ratelimit::AdaptiveState state = load_state(a.shared);
-    // The node's own counts were taken under the factor in force now.
-    store_state(a, ratelimit::next_state(state, state.factor, counts, a.targets));
+    // The node's own counts were taken under the factor in force now, and are not late.
+    store_state(a, ratelimit::next_state(state, state.factor, counts, a.targets, 0));
     store_seen(a.shared, counts);
     add(a.shared->steps);
 }
@@ -335,11 +339,12 @@ ngx_int_t log_handler(ngx_http_request_t* r) noexcept
     for (size_t i = 0; i < n; i++) {
         AdaptiveShared* s = controllers[i]->shared;
         int64_t latency = controllers[i]->targets.latency_ms;
-        const bool hit[kCounts] = {true, failed, time_ms > latency, time_ms > latency / 2, false};
+        const int64_t hit[kCounts] = {1, failed, time_ms > latency, time_ms > latency / 2, 0,
+                                      time_ms};
         for (size_t c = 0; c < kCounts; c++) {
-            if (hit[c]) {
-                add(s->counts[c]);
-                add(s->totals[c]);
+            if (hit[c] != 0) {
+                add(s->counts[c], hit[c]);
+                add(s->totals[c], hit[c]);
             }
         }
     }
@@ -525,7 +530,8 @@ void count_admitted(const RequestCtx* ctx) noexcept
 
 void append_adaptive_status(std::string& out, MainConf* mcf)
 {
-    static const char* const names[kCounts] = {"requests", "errors", "slow", "warm", "admitted"};
+    static const char* const names[kCounts] = {"requests", "errors", "slow", "warm", "admitted",
+                                               "latency_ms"};
     out += '[';
     auto* all = static_cast<Adaptive*>(mcf->adaptives.elts);
     for (ngx_uint_t i = 0; i < mcf->adaptives.nelts; i++) {
@@ -536,6 +542,8 @@ void append_adaptive_status(std::string& out, MainConf* mcf)
         out += ",\"latency_ms\":" + std::to_string(a.targets.latency_ms);
         out += ",\"errors\":" + ratelimit::format_number(a.targets.error_share);
         out += ",\"min\":" + ratelimit::format_number(a.targets.min_factor);
+        out += ",\"estimate\":"
+               + ratelimit::format_number(a.shared ? load_state(a.shared).ceiling : 1.0);
         out += ",\"interval_ms\":" + std::to_string(a.targets.interval_ms);
         out += ",\"interval\":{";
         for (size_t c = 0; c < kCounts; c++) {
@@ -565,11 +573,11 @@ void append_adaptive_metrics(std::string& out, MainConf* mcf)
         out += as_view(all[i].name);
         out += "\"} " + ratelimit::format_number(factor_of(all[i].shared)) + '\n';
     }
-    static const char* const kinds[kCounts] = {"answered", "error", "slow", "warm", "admitted"};
+    static const char* const kinds[latency_ms] = {"answered", "error", "slow", "warm", "admitted"};
     out += "# HELP nginx_ratelimit_adaptive_requests_total Requests this node fed each "
            "controller, by kind.\n# TYPE nginx_ratelimit_adaptive_requests_total counter\n";
     for (ngx_uint_t i = 0; i < mcf->adaptives.nelts; i++) {
-        for (size_t c = 0; c < kCounts; c++) {
+        for (size_t c = 0; c < latency_ms; c++) {
             out += "nginx_ratelimit_adaptive_requests_total{controller=\"";
             out += as_view(all[i].name);
             out += "\",kind=\"";
@@ -577,6 +585,15 @@ void append_adaptive_metrics(std::string& out, MainConf* mcf)
             out += "\"} " + std::to_string(all[i].shared ? read(all[i].shared->totals[c]) : 0);
             out += '\n';
         }
+    }
+    out += "# HELP nginx_ratelimit_adaptive_response_seconds_total Upstream response time of "
+           "the answers this node fed each controller.\n"
+           "# TYPE nginx_ratelimit_adaptive_response_seconds_total counter\n";
+    for (ngx_uint_t i = 0; i < mcf->adaptives.nelts; i++) {
+        int64_t ms = all[i].shared ? read(all[i].shared->totals[latency_ms]) : 0;
+        out += "nginx_ratelimit_adaptive_response_seconds_total{controller=\"";
+        out += as_view(all[i].name);
+        out += "\"} " + ratelimit::format_number(double(ms) / 1000.0) + '\n';
     }
 }
 

@@ -45,47 +45,147 @@ int64_t rounded_div(int64_t num, int64_t den)
     return (num + den / 2) / den;
 }
 
-// Past a target: multiplicative decrease from the factor the counts were taken under.
-AdaptiveState cut_back(AdaptiveState next, double measured_under, double over, int64_t good,
-                       const IntervalCounts& counts, const AdaptiveTargets& targets,
-                       const AdaptiveConstants& constants)
+double mean_ms(const IntervalCounts& counts)
 {
-    double cut = std::min(constants.max_cut, constants.decrease_gain * over);
-    double target = measured_under * (1.0 - cut);
-    if (counts.admitted > good) {
-        // The upstream fell behind: down to what it kept up with, less a share of the cut so
-        // that its queue drains; when it was slow, that is its capacity (the ceiling).
-        double kept_up = measured_under * double(good) / double(counts.admitted);
-        target = kept_up * (1.0 - constants.drain * cut);
-        if (share(counts.slow, counts.requests) > constants.slow_share) {
-            next.ceiling = std::max(target, std::min(1.0, kept_up));
+    return counts.requests > 0 ? double(counts.latency_ms) / double(counts.requests) : 0.0;
+}
+
+
+// What the upstream kept up with, as a factor: the one the counts were taken under, scaled by
+// the share of admitted requests it answered well.
+double kept_up(double measured_under, int64_t good, const IntervalCounts& counts)
+{
+    return measured_under * double(good) / double(counts.admitted);
+}
+
+
+// About how many requests wait in the upstream's queue: throughput times the mean response
+// time (Little's law), or at least what the interval added to it (admitted, not answered:
+// the answers of a queue that builds lag behind it).
+double queued(int64_t good, const IntervalCounts& counts, const AdaptiveTargets& targets)
+{
+    return std::max(double(good) * mean_ms(counts) / double(targets.interval_ms),
+                    double(counts.admitted - counts.requests));
+}
+
+
+// The factor under which the upstream answers well drain_intervals' worth of its queue more
+// than it is sent: it rises back toward what it kept up with as the queue empties.
+double draining_factor(double measured_under, int64_t good, const IntervalCounts& counts,
+                       const AdaptiveTargets& targets, const AdaptiveConstants& constants)
+{
+    double wanted = std::max(double(good) - queued(good, counts, targets)
+                                                / double(constants.drain_intervals),
+                             (1.0 - constants.max_drain) * double(good));
+    return measured_under * wanted / double(counts.admitted);
+}
+
+
+// A negative streak marks the coming counts that a cut took effect in (their interval mixes
+// two factors and the burst the cut left): bit 0 the next counts to arrive, bit 1 the ones
+// after them. A cut marks its own, `late` counts ahead; stale counts before it may refine it.
+int64_t marked(const AdaptiveState& state)
+{
+    return state.streak < 0 ? -state.streak : 0;
+}
+
+
+int64_t mark_cut(int64_t rest, int64_t late)
+{
+    return -(rest | (int64_t(1) << std::clamp<int64_t>(late, 0, 1)));
+}
+
+
+// Past a target: slow answers cut to what the upstream kept up with, less a share so that
+// its queue drains; errors alone cut in proportion.
+AdaptiveState cut_back(const AdaptiveState& state, double measured_under, double over,
+                       int64_t good, const IntervalCounts& counts, const AdaptiveTargets& targets,
+                       int64_t rest, int64_t late, const AdaptiveConstants& constants)
+{
+    AdaptiveState next{state.factor, state.factor, -rest, state.ceiling, state.base_ms};
+    double target = std::min(state.factor,
+                             measured_under * (1.0 - std::min(constants.max_cut,
+                                                              constants.decrease_gain * over)));
+    if (share(counts.slow, counts.requests) > constants.slow_share && counts.admitted > 0) {
+        // A slow upstream is busy all the time: what it answered well (its errors are left
+        // out) is its capacity. Admit so much less that its queue drains in drain_intervals:
+        // as it drains, the factor rises back toward that capacity.
+        target = draining_factor(measured_under, good, counts, targets, constants);
+        if (good >= constants.min_samples) {  // a handful of good answers measure nothing
+            next.ceiling = std::min(1.0, kept_up(measured_under, good, counts));
         }
     }
-    next.factor = bounded(std::min(next.factor, target), targets);
+    if (measured_under > state.factor * 1.001) {
+        target = std::min(target, state.factor);  // counts from before the last cut only refine it
+    }
+    next.factor = bounded(target, targets);
+    if (next.factor < constants.big_cut * state.factor) {
+        next.streak = mark_cut(rest, late);  // its own window mixes two factors and a burst
+    }
     return next;
 }
 
 
-// Healthy: additive plus a relative step that doubles each healthy interval in a row; near
-// the ceiling the smallest step only, and only for a while.
-AdaptiveState increased(const AdaptiveState& state, const AdaptiveTargets& targets,
+// Where a healthy upstream's factor settles: just below the capacity estimate.
+double home_of(double ceiling, const AdaptiveConstants& constants)
+{
+    return ceiling >= 1.0 ? 1.0 : constants.home * ceiling;
+}
+
+
+// Healthy: climb home fast; at home, probe above it slowly, or climb on if the upstream
+// answers much faster than it did there (it has room now).
+AdaptiveState increased(const AdaptiveState& state, double measured_under,
+                        const IntervalCounts& counts, const AdaptiveTargets& targets,
+                        int64_t rest, bool cut_taking_effect, int64_t late,
                         const AdaptiveConstants& constants)
 {
-    AdaptiveState next{state.factor, state.factor, state.streak + 1, state.ceiling};
-    if (state.ceiling < 1.0 && state.factor >= constants.near_ceiling * state.ceiling) {
-        bool entering = state.earlier < constants.near_ceiling * state.ceiling;
-        next.streak = entering ? 1 : state.streak + 1;
-        if (next.streak >= constants.ceiling_intervals) {
-            next.ceiling = 1.0;  // capacity came back: climb, doubling again from the start
-            next.streak = 0;
-        }
-        next.factor = bounded(state.factor * (1.0 + constants.first_step), targets);
+    AdaptiveState next{state.factor, state.factor, std::max<int64_t>(0, state.streak) + 1,
+                       state.ceiling, state.base_ms};
+    double mean = mean_ms(counts);
+    if (state.ceiling < 1.0 && state.base_ms > 0.0 && mean < constants.faster * state.base_ms) {
+        next.ceiling = 1.0;
+    }
+    double home = home_of(next.ceiling, constants);
+    if (state.factor < home * 0.999 && next.ceiling < 1.0) {
+        next.factor = bounded(home, targets);  // the estimate was measured: straight to it
         return next;
     }
-    double step = std::min(constants.max_step,
-                           constants.first_step * std::ldexp(1.0, int(std::min<int64_t>(
-                                                                 state.streak, 16))));
-    next.factor = bounded(state.factor + constants.add_step + state.factor * step, targets);
+    if (state.factor < home * 0.999) {
+        double step = std::min(constants.max_step,
+                               constants.climb_step
+                                   * std::ldexp(1.0, int(std::min<int64_t>(next.streak - 1, 16))));
+        next.factor = bounded(std::min(home, state.factor + constants.add_step
+                                                 + state.factor * step),
+                              targets);
+        return next;
+    }
+    if (state.base_ms > 0.0 && mean > constants.slower * state.base_ms) {
+        // Slower than at home: a queue is starting. A probe goes back home; at home, the
+        // estimate was too high: home becomes a little below what was admitted.
+        next.streak = -rest;
+        bool stale = measured_under > state.factor * 1.001;
+        if (state.factor <= home * 1.001 && !cut_taking_effect && !stale) {
+            next.ceiling = std::min(next.ceiling, measured_under);
+            home = home_of(next.ceiling, constants);
+        }
+        if (state.factor > home * 1.001) {
+            next.factor = bounded(home, targets);
+            next.streak = mark_cut(rest, late);
+        }
+        return next;
+    }
+    if (mean > 0.0 && next.streak >= constants.settled) {  // once a drained queue is gone
+        // The least mean seen, forgotten slowly (an upstream that got slower for good).
+        next.base_ms = state.base_ms > 0.0 ? std::min(state.base_ms * constants.base_drift, mean)
+                                           : mean;
+    }
+    if (measured_under > home) {
+        next.ceiling = std::min(1.0, measured_under / constants.home);  // a probe held up
+    }
+    if (next.streak > constants.probe_after && measured_under >= state.factor * 0.999) {
+        next.factor = bounded(state.factor * (1.0 + constants.probe_step), targets);
+    }
     return next;
 }
 
@@ -105,78 +205,106 @@ double overload(const IntervalCounts& counts, const AdaptiveTargets& targets,
 
 AdaptiveState next_state(const AdaptiveState& state, double measured_under,
                          const IntervalCounts& counts, const AdaptiveTargets& targets,
-                         const AdaptiveConstants& constants)
+                         int64_t late, const AdaptiveConstants& constants)
 {
     if (counts.requests < constants.min_samples) {
         return state;  // an idle or app-limited upstream teaches nothing
     }
-    AdaptiveState held{state.factor, state.factor, 0, state.ceiling};
+    bool cut_taking_effect = (marked(state) & 1) != 0;
+    int64_t rest = marked(state) >> 1;
+    AdaptiveState held{state.factor, state.factor, -rest, state.ceiling, state.base_ms};
     double over = overload(counts, targets, constants);
     int64_t good = counts.requests - std::clamp<int64_t>(counts.errors, 0, counts.requests);
-    if (over > 0.0) {
-        bool errors_within = share(counts.errors, counts.requests) <= targets.error_share;
-        if (errors_within && good >= counts.admitted) {
-            return held;  // the upstream's queue drains: the cut already made works
-        }
-        return cut_back(held, measured_under, over, good, counts, targets, constants);
-    }
-    // Behind: more admitted than answered well, past the tolerance and past the counting
-    // noise of a small sample (one standard deviation of a Poisson count).
+    // The tolerance of comparing admitted with answered: a share, or the counting noise of a
+    // small sample (one standard deviation of a Poisson count).
     double slack = std::max(constants.behind * double(good), std::sqrt(double(good)));
-    if (double(counts.admitted) > double(good) + slack) {
-        double kept_up = measured_under * double(good) / double(counts.admitted);
-        held.factor = bounded(std::min(state.factor, kept_up), targets);
-        held.ceiling = std::max(held.factor, std::min(1.0, kept_up));
+    if (over > 0.0) {
+        if (cut_taking_effect) {
+            return held;  // the cut's own window
+        }
+        return cut_back(state, measured_under, over, good, counts, targets, rest, late,
+                        constants);
+    }
+    // Behind: more admitted than answered well, past the tolerance.
+    if (double(counts.admitted) > double(good) + slack && !cut_taking_effect) {
+        double target = draining_factor(measured_under, good, counts, targets, constants);
+        held.factor = bounded(std::min(state.factor, target), targets);
+        held.ceiling = std::min(1.0, kept_up(measured_under, good, counts));
+        if (held.factor < constants.big_cut * state.factor) {
+            held.streak = mark_cut(rest, late);
+        }
         return held;
     }
     if (share(counts.warm, counts.requests) > constants.slow_share) {
-        return held;  // a queue is building
+        // A queue is building: a probe went past the upstream's capacity and goes back home;
+        // at home, the estimate was too high (once per cut's window, as below).
+        double home = home_of(state.ceiling, constants);
+        bool at_home = state.factor >= home * 0.999 && state.factor <= home * 1.001;
+        bool stale = measured_under > state.factor * 1.001;
+        if (at_home && state.ceiling < 1.0 && !cut_taking_effect && !stale) {
+            held.ceiling = std::min(state.ceiling, measured_under);
+            home = home_of(held.ceiling, constants);
+        }
+        if (state.factor > home * 1.001) {
+            held.factor = bounded(home, targets);
+            held.streak = mark_cut(rest, late);
+        }
+        return held;
     }
-    return increased(state, targets, constants);
+    return increased(state, measured_under, counts, targets, rest, cut_taking_effect, late,
+                     constants);
 }
 
 
 AdaptiveState decayed_state(const AdaptiveState& state, const AdaptiveConstants& constants)
 {
     double factor = std::min(1.0, state.factor + constants.decay_step);
-    return AdaptiveState{factor, state.factor, 0, 1.0};
+    return AdaptiveState{factor, state.factor, 0, 1.0, 0.0};
 }
 
 
 std::string format_state(const AdaptiveState& state)
 {
-    char text[64];
-    std::snprintf(text, sizeof(text), "%lld %lld %lld %lld",
+    char text[96];
+    std::snprintf(text, sizeof(text), "%lld %lld %lld %lld %lld",
                   static_cast<long long>(std::llround(state.factor * 1e6)),
                   static_cast<long long>(std::llround(state.earlier * 1e6)),
                   static_cast<long long>(state.streak),
-                  static_cast<long long>(std::llround(state.ceiling * 1e6)));
+                  static_cast<long long>(std::llround(state.ceiling * 1e6)),
+                  static_cast<long long>(std::llround(state.base_ms * 1e3)));
     return text;
 }
 
 
 std::optional<AdaptiveState> parse_state(std::string_view text)
 {
-    int64_t fields[4];
-    for (size_t i = 0; i < 4; i++) {
+    constexpr size_t kFields = 5;
+    int64_t fields[kFields];
+    for (size_t i = 0; i < kFields; i++) {
         size_t space = text.find(' ');
-        if ((space == std::string_view::npos) != (i == 3)) {
+        bool last = i == kFields - 1;
+        if ((space == std::string_view::npos) != last) {
             return std::nullopt;
         }
-        auto value = parse_non_negative_int(text.substr(0, space));
+        std::string_view field = text.substr(0, space);
+        bool negative = i == 2 && field.size() > 1 && field[0] == '-';  // the streak only
+        auto value = parse_non_negative_int(negative ? field.substr(1) : field);
         if (!value) {
             return std::nullopt;
         }
-        fields[i] = *value;
-        text = i == 3 ? std::string_view() : text.substr(space + 1);
+        fields[i] = negative ? -*value : *value;
+        text = last ? std::string_view() : text.substr(space + 1);
     }
     for (size_t i : {0, 1, 3}) {
         if (fields[i] == 0 || fields[i] > 1000000) {
             return std::nullopt;
         }
     }
+    if (fields[2] < -3) {
+        return std::nullopt;
+    }
     return AdaptiveState{double(fields[0]) / 1e6, double(fields[1]) / 1e6, fields[2],
-                         double(fields[3]) / 1e6};
+                         double(fields[3]) / 1e6, double(fields[4]) / 1e3};
 }
 
 
@@ -276,13 +404,13 @@ std::string adaptive_command(std::string_view key, int64_t interval_ms,
                              const IntervalCounts& node, const std::optional<Proposal>& mine)
 {
     std::string interval = std::to_string(interval_ms);
-    std::string counts[5] = {std::to_string(node.requests), std::to_string(node.errors),
-                             std::to_string(node.slow), std::to_string(node.warm),
-                             std::to_string(node.admitted)};
+    std::string counts[6] = {std::to_string(node.requests), std::to_string(node.errors),
+                             std::to_string(node.slow),     std::to_string(node.warm),
+                             std::to_string(node.admitted), std::to_string(node.latency_ms)};
     std::string proposed = mine ? std::to_string(mine->interval) : std::string();
     std::string state = mine ? format_state(mine->state) : std::string();
     return format_command({"EVAL", adaptive_script(), "1", key, interval, counts[0], counts[1],
-                           counts[2], counts[3], counts[4], proposed, state});
+                           counts[2], counts[3], counts[4], counts[5], proposed, state});
 }
 
 
@@ -296,12 +424,12 @@ bool parse_fleet_interval(const redisReply* reply, FleetInterval& out, std::stri
         error.assign(reply->str, reply->len);
         return false;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 7) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 8) {
         error = "unexpected reply to the adaptive script";
         return false;
     }
-    int64_t values[7] = {};
-    for (size_t i : {0, 2, 3, 4, 5, 6}) {
+    int64_t values[8] = {};
+    for (size_t i : {0, 2, 3, 4, 5, 6, 7}) {
         const redisReply* e = reply->element[i];
         if (e->type != REDIS_REPLY_INTEGER || e->integer < 0) {
             error = "unexpected reply to the adaptive script";
@@ -315,7 +443,7 @@ bool parse_fleet_interval(const redisReply* reply, FleetInterval& out, std::stri
     if (state->type == REDIS_REPLY_STRING) {
         out.state = parse_state(std::string_view(state->str, state->len));
     }
-    out.totals = IntervalCounts{values[2], values[3], values[4], values[5], values[6]};
+    out.totals = IntervalCounts{values[2], values[3], values[4], values[5], values[6], values[7]};
     return true;
 }
 

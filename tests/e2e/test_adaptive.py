@@ -114,15 +114,17 @@ async def offer(ports, rate, seconds, log, t0):
     await asyncio.gather(*tasks)
 
 
-def per_interval(log, first, last):
-    """Admitted requests per second and p90 latency of the admitted, per interval."""
+def per_interval(log, first, last, width=INTERVAL):
+    """Admitted requests per second and p90 latency of the admitted, per window of `width`
+    seconds (an interval unless told) from `first` on."""
     rows = []
-    n = int(first / INTERVAL)
-    while (n + 1) * INTERVAL <= last:
-        inside = [(lat, code) for t, lat, code in log if n * INTERVAL <= t < (n + 1) * INTERVAL]
+    n = 0
+    while first + (n + 1) * width <= last + 1e-9:
+        start = first + n * width
+        inside = [(lat, code) for t, lat, code in log if start <= t < start + width]
         admitted = sorted(lat for lat, code in inside if code not in (0, 429))
         p90 = admitted[int(len(admitted) * 0.9)] if admitted else 0.0
-        rows.append((n * INTERVAL, len(admitted) / INTERVAL, p90))
+        rows.append((start, len(admitted) / width, p90))
         n += 1
     return rows
 
@@ -203,27 +205,29 @@ def test_fleet_follows_the_upstream(redis, backend, nginx_factory):
 
     idle_from, restored, errors_from, errors_to = asyncio.run(scenario())
     plot(log, samples, phases, PNG)
-    rows = per_interval(log, 0, idle_from)
     print("\n".join("%5.1f s admitted %5.1f r/s p90 %4.0f ms factor %.3f/%.3f"
                     % (t, rate, p90 * 1000, factor_at(samples, t), factor_at(samples, t, 1))
                     for t, rate, p90 in per_interval(log, 0, max(x[0] for x in log))))
 
     # The issue's targets: within 10 intervals the admitted rate settles in [0.7 C, 1.1 C]
-    # and swings no more than +-20 %, p90 within 2 x the target. Measured here (see the
-    # README): the first cut overshoots into ~0.6 C while the first queue drains, so the rate
-    # settles after ~12 intervals, and the law overshoots (to ~1.4 C for 2-3 intervals) when
-    # it leaves its capacity estimate to probe for more. Asserted: from interval 12 on, the
-    # mean in the band, at least 60 % of the intervals in it (65-75 % measured), none past
-    # 2 C, the median p90 within 2 x.
-    settled = [r for r in rows if r[0] >= 12 * INTERVAL]
-    rates = [r[1] for r in settled]
+    # with the backend's p90 within 2 x the target, and stays there, swinging no more than
+    # +-20 %. Rates are counted per second (two intervals): at C = 40 one request more or less
+    # in a 500 ms interval is 5 % of C.
+    every = per_interval(log, 0, idle_from)
+    in_band = [0.7 * C <= r[1] <= 1.1 * C for r in every]
+    fast = [r[2] <= 2 * LATENCY for r in every]
+    print("in band from interval %d, p90 within 2 x the target from interval %d (per interval)"
+          % (next(n for n in range(len(every)) if all(in_band[n:])),
+             next(n for n in range(len(every)) if all(fast[n:]))))
+    windows = per_interval(log, 10 * INTERVAL, idle_from, width=1.0)
+    rates = [r[1] for r in windows]
+    print("per second from interval 10:", rates)
+    assert len(rates) >= 8, windows
+    assert all(0.7 * C <= x <= 1.1 * C for x in rates), rates
     mean = sum(rates) / len(rates)
-    assert 0.7 * C <= mean <= 1.1 * C, (mean, rates)
-    inside = [0.7 * C <= x <= 1.1 * C for x in rates]
-    assert sum(inside) >= 0.6 * len(rates), rates
-    assert max(rates) <= 2 * C, rates
-    p90s = sorted(r[2] for r in settled)
-    assert p90s[len(p90s) // 2] <= 2 * LATENCY, p90s
+    assert all(0.8 * mean <= x <= 1.2 * mean for x in rates), (mean, rates)
+    p90s = [r[2] for r in per_interval(log, 10 * INTERVAL, idle_from)]
+    assert all(p90 <= 2 * LATENCY for p90 in p90s), p90s
 
     # Both instances apply the same factor (compared a while after each interval starts).
     pairs = [f for t, f in samples if 0.2 < (t % INTERVAL) < 0.4]
@@ -234,17 +238,21 @@ def test_fleet_follows_the_upstream(redis, backend, nginx_factory):
     during_idle = [f[0] for t, f in samples if idle_from + 1.6 <= t <= restored]
     assert during_idle and max(during_idle) == min(during_idle) < 1.0, during_idle
 
-    # Capacity restored: back to 1 (the issue asks within 10 intervals; measured 14-15: the
-    # first answers are seen 2 intervals late, and the law climbs by 3 % for 3 intervals near
-    # its last capacity estimate before its step doubles again).
+    # Capacity restored: back to 1 within 10 intervals (the answers come faster than they
+    # did at the capacity estimate, so the law climbs on instead of probing). The factors are
+    # polled every 100 ms.
     back = [t for t, f in samples if t >= restored and f[0] == 1.0 and f[1] == 1.0]
-    assert back and back[0] - restored <= 18 * INTERVAL, (back[:1], restored)
+    print("capacity restored: factor 1 after %.1f intervals"
+          % ((back[0] - restored) / INTERVAL if back else -1))
+    assert back and back[0] - restored <= 10 * INTERVAL + 0.1, (back[:1], restored)
 
     # 20 % 5xx cut the admitted rate within 3 intervals; back to 1 within 10 after they stop.
     cut = [t for t, f in samples if errors_from <= t and f[0] < 1.0]
     assert cut and cut[0] - errors_from <= 3 * INTERVAL + 0.3, (cut[:1], errors_from)
     back = [t for t, f in samples if t >= errors_to and f[0] == 1.0 and f[1] == 1.0]
-    assert back and back[0] - errors_to <= 10 * INTERVAL, (back[:1], errors_to)
+    print("5xx: cut after %.1f intervals, factor 1 %.1f intervals after they stop"
+          % ((cut[0] - errors_from) / INTERVAL, (back[0] - errors_to) / INTERVAL if back else -1))
+    assert back and back[0] - errors_to <= 10 * INTERVAL + 0.1, (back[:1], errors_to)
 
 
 def test_local_mode_scales_the_limit_in_force(backend, nginx_factory):

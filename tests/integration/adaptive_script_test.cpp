@@ -52,8 +52,8 @@ TEST_F(AdaptiveScript, KeyKeepsTheControllerInOneClusterSlot)
 TEST_F(AdaptiveScript, NodesCountsAddUpAndAreReadTheNextInterval)
 {
     int64_t n = next_interval();
-    call(IntervalCounts{10, 1, 2, 3, 12}, std::nullopt);
-    call(IntervalCounts{5, 0, 1, 1, 6}, std::nullopt);
+    call(IntervalCounts{10, 1, 2, 3, 12, 400}, std::nullopt);
+    call(IntervalCounts{5, 0, 1, 1, 6, 250}, std::nullopt);
     FleetInterval next = call({}, std::nullopt);
     if (next.interval != n) {
         GTEST_SKIP() << "the interval ended while the test ran";
@@ -68,14 +68,15 @@ TEST_F(AdaptiveScript, NodesCountsAddUpAndAreReadTheNextInterval)
     EXPECT_EQ(next.totals.slow, 3);
     EXPECT_EQ(next.totals.warm, 4);
     EXPECT_EQ(next.totals.admitted, 18);
+    EXPECT_EQ(next.totals.latency_ms, 650);
 }
 
 TEST_F(AdaptiveScript, FirstProposalForAnIntervalIsTheFleetsState)
 {
     int64_t n = next_interval();
     // Proposals for the previous interval: the first is kept, the second ignored.
-    AdaptiveState first{0.5, 0.8, 0, 0.6};
-    AdaptiveState second{0.9, 0.9, 1, 1.0};
+    AdaptiveState first{0.5, 0.8, -2, 0.6, 31.5};
+    AdaptiveState second{0.9, 0.9, 1, 1.0, 0.0};
     FleetInterval a = call({}, Proposal{n - 1, first});
     FleetInterval b = call({}, Proposal{n - 1, second});
     ASSERT_EQ(a.interval, n);
@@ -84,6 +85,8 @@ TEST_F(AdaptiveScript, FirstProposalForAnIntervalIsTheFleetsState)
     EXPECT_EQ(a.state->factor, 0.5);
     EXPECT_EQ(b.state->factor, 0.5);
     EXPECT_EQ(b.state->ceiling, 0.6);
+    EXPECT_EQ(b.state->streak, -2);
+    EXPECT_EQ(b.state->base_ms, 31.5);
     // A proposal for another interval is not kept; a node without one reads the last kept.
     FleetInterval stale = call({}, Proposal{n - 5, second});
     EXPECT_EQ(stale.state->factor, 0.5);

@@ -25,9 +25,10 @@ AdaptiveTargets targets_250ms()
 }
 
 IntervalCounts counts(int64_t requests, int64_t errors, int64_t slow, int64_t warm,
-                      int64_t admitted = -1)
+                      int64_t admitted = -1, int64_t latency_ms = 0)
 {
-    return IntervalCounts{requests, errors, slow, warm, admitted < 0 ? requests : admitted};
+    return IntervalCounts{requests, errors, slow, warm, admitted < 0 ? requests : admitted,
+                          latency_ms};
 }
 
 TEST(AdaptiveLaw, TooFewSamplesChangeNothing)
@@ -50,16 +51,24 @@ TEST(AdaptiveLaw, OverloadIsHowFarPastTheTarget)
     EXPECT_NEAR(overload(counts(100, 100, 0, 0), targets_250ms()), 1.0, 1e-9);
 }
 
-TEST(AdaptiveLaw, BehindUpstreamCutsToWhatItKeptUpWithLessADrainShare)
+TEST(AdaptiveLaw, SlowCutsSoThatTheQueueDrainsInFourIntervals)
 {
     AdaptiveState state{1.0, 1.0, 0};
-    // Twice as many admitted as answered, all slow: cut 0.5, to 1/2 * (1 - 0.3 * 0.5).
+    // 200 admitted, 100 answered, all slow: the queue grew by 100 at least; admit 100 - 100/4
+    // = 75 per interval, 75/200 of the factor the counts were taken under.
     AdaptiveState all = next_state(state, 1.0, counts(100, 0, 100, 100, 200), targets_250ms());
-    EXPECT_NEAR(all.factor, 0.5 * 0.85, 1e-9);
-    EXPECT_NEAR(all.ceiling, 0.5, 1e-9);
+    EXPECT_NEAR(all.factor, 75.0 / 200.0, 1e-9);
+    EXPECT_NEAR(all.ceiling, 0.5, 1e-9);  // what it kept up with: the capacity estimate
+    EXPECT_EQ(all.streak, -2);            // the next counts predate the cut
+    // The queue from the response times (Little's law): 100 answers of 1 s on average in a
+    // 500 ms interval is 200 queued: at most 40 % less than answered (60 admitted), so that
+    // enough answers still come to see it recover.
+    AdaptiveState deep = next_state(state, 1.0, counts(100, 0, 100, 100, 100, 100000),
+                                    targets_250ms());
+    EXPECT_NEAR(deep.factor, 0.6, 1e-9);
     // A little past the target, a little behind: a small cut.
     double little = next_state(state, 1.0, counts(100, 0, 19, 100, 110), targets_250ms()).factor;
-    EXPECT_NEAR(little, 100.0 / 110.0 * (1 - 0.3 * 0.1), 1e-9);
+    EXPECT_NEAR(little, (100.0 - 10.0 / 4) / 110.0, 1e-9);
 }
 
 TEST(AdaptiveLaw, ErrorsCutInProportionAtMostHalf)
@@ -73,23 +82,50 @@ TEST(AdaptiveLaw, ErrorsCutInProportionAtMostHalf)
                 1e-9);
 }
 
-TEST(AdaptiveLaw, SlowButDrainingHolds)
+TEST(AdaptiveLaw, SlowButDrainingRisesAsTheQueueEmpties)
 {
     AdaptiveState state{0.4, 0.4, 0};
-    // Every answer slow, but more answered than admitted: the queue drains.
-    AdaptiveState next = next_state(state, 0.4, counts(100, 0, 100, 100, 80), targets_250ms());
-    EXPECT_EQ(next.factor, 0.4);
+    // Every answer slow, 80 admitted for 100 answered: with 60 queued (300 ms on average) the
+    // upstream drains them in 4 intervals at 85 admitted: the factor rises to 0.4 * 85 / 80.
+    AdaptiveState next = next_state(state, 0.4, counts(100, 0, 100, 100, 80, 30000),
+                                    targets_250ms());
+    EXPECT_NEAR(next.factor, 0.4 * 85 / 80, 1e-9);
+    EXPECT_LE(next.factor, next.ceiling);  // never above what it kept up with
+    // With 200 queued (1 s) it must go lower still.
+    EXPECT_LT(next_state(state, 0.4, counts(100, 0, 100, 100, 80, 100000), targets_250ms())
+                  .factor,
+              0.4);
 }
 
 TEST(AdaptiveLaw, CutStartsFromTheFactorTheCountsWereTakenUnder)
 {
-    // The counts were taken under 0.8; the factor is 0.5 already: 0.8 * 0.5 * 0.85.
-    AdaptiveState state{0.5, 0.8, 0};
-    EXPECT_NEAR(next_state(state, 0.8, counts(100, 0, 100, 100, 200), targets_250ms()).factor,
-                0.8 * 0.5 * 0.85, 1e-9);
-    // A cut already deeper than the stale data asks for is kept.
+    // The counts were taken under 0.8; the factor is 0.5 already: 0.8 * 75 / 200.
+    AdaptiveState state{0.5, 0.8, -2};
+    AdaptiveState refined = next_state(state, 0.8, counts(100, 0, 100, 100, 200), targets_250ms());
+    EXPECT_NEAR(refined.factor, 0.8 * 75 / 200, 1e-9);
+    // Both windows stay marked: the first cut's (next to arrive) and the refinement's.
+    EXPECT_EQ(refined.streak, -3);
+    // A cut already deeper than the stale data asks for is kept: stale counts never raise it.
     EXPECT_NEAR(next_state(state, 0.8, counts(100, 0, 19, 100, 110), targets_250ms()).factor,
                 0.5, 1e-9);
+}
+
+TEST(AdaptiveLaw, TheIntervalACutTakesEffectInDoesNotCutAgain)
+{
+    // Its counts mix two factors and the burst the cut left: overloaded, behind, but held.
+    AdaptiveState state{0.3, 0.3, -1};
+    AdaptiveState next = next_state(state, 0.3, counts(30, 10, 20, 20, 33), targets_250ms());
+    EXPECT_EQ(next.factor, 0.3);
+    EXPECT_EQ(next.streak, 0);
+    // The interval after it may.
+    EXPECT_LT(next_state(next, 0.3, counts(30, 10, 20, 20, 33), targets_250ms()).factor, 0.3);
+    // On a node alone counts are not late: the very next interval is the cut's own.
+    AdaptiveState cut = next_state(AdaptiveState{}, 1.0, counts(100, 0, 100, 100, 200),
+                                   targets_250ms(), 0);
+    EXPECT_EQ(cut.streak, -1);
+    EXPECT_EQ(next_state(cut, cut.factor, counts(100, 0, 100, 100, 200), targets_250ms(), 0)
+                  .factor,
+              cut.factor);
 }
 
 TEST(AdaptiveLaw, HoldsWhileAQueueBuildsWithinTheTargets)
@@ -103,9 +139,10 @@ TEST(AdaptiveLaw, HoldsWhileAQueueBuildsWithinTheTargets)
 TEST(AdaptiveLaw, FallingBehindWithinTheTargetsMatchesWhatTheUpstreamAnswered)
 {
     AdaptiveState state{0.3, 0.3, 4};
-    // 20 % more admitted than answered well: down to what was answered, a new ceiling.
+    // 20 % more admitted than answered well: a new estimate (0.3 * 100 / 120), and down to
+    // what drains those 20 in 4 intervals (95 admitted).
     AdaptiveState next = next_state(state, 0.3, counts(100, 0, 0, 0, 120), targets_250ms());
-    EXPECT_NEAR(next.factor, 0.3 * 100 / 120, 1e-9);
+    EXPECT_NEAR(next.factor, 0.3 * 95 / 120, 1e-9);
     EXPECT_NEAR(next.ceiling, 0.25, 1e-9);
     // Within the tolerance (5 %) it is healthy.
     EXPECT_GT(next_state(state, 0.3, counts(100, 0, 0, 0, 104), targets_250ms()).factor, 0.3);
@@ -122,9 +159,54 @@ TEST(AdaptiveLaw, IncreaseGrowsWithHealthyIntervalsInARow)
         steps.push_back(next.factor - state.factor);
         state = next;
     }
-    EXPECT_NEAR(steps[0], 0.01 + 0.3 * 0.03, 1e-9);
+    EXPECT_NEAR(steps[0], 0.01 + 0.3 * 0.10, 1e-9);
     EXPECT_GT(steps[2], steps[1]);
     EXPECT_EQ(state.factor, 1.0);
+}
+
+TEST(AdaptiveLaw, ClimbsToJustBelowTheCapacityEstimateAndStays)
+{
+    AdaptiveState state{0.1, 0.1, 0, 0.4};
+    for (int i = 0; i < 8; i++) {
+        state = next_state(state, state.earlier, counts(100, 0, 0, 0, 100, 2000), targets_250ms());
+        EXPECT_LE(state.factor, 0.95 * 0.4 + 1e-9);
+    }
+    EXPECT_NEAR(state.factor, 0.95 * 0.4, 1e-9);
+    EXPECT_NEAR(state.base_ms, 20.0, 1e-9);  // the mean response time at home
+}
+
+TEST(AdaptiveLaw, ProbesAboveTheEstimateSlowlyAndOnlyOnFreshCounts)
+{
+    AdaptiveState state{0.38, 0.38, 0, 0.4, 20.0};
+    std::vector<double> factors;
+    for (int i = 0; i < 16; i++) {
+        state = next_state(state, state.earlier, counts(100, 0, 0, 0, 100, 2000), targets_250ms());
+        factors.push_back(state.factor);
+    }
+    for (int i = 0; i < 10; i++) {
+        EXPECT_EQ(factors[i], 0.38) << i;  // probe_after healthy intervals at home first
+    }
+    EXPECT_NEAR(factors[10], 0.38 * 1.03, 1e-9);
+    EXPECT_EQ(factors[11], factors[10]);  // the next counts were taken before the probe
+    EXPECT_NEAR(factors[12], 0.38 * 1.03 * 1.03, 1e-9);
+    EXPECT_GT(state.ceiling, 0.4);  // probes that held up raise the estimate
+    // A queue building during a probe: back home at once.
+    AdaptiveState back = next_state(state, state.earlier, counts(100, 0, 0, 40, 100, 9000),
+                                    targets_250ms());
+    EXPECT_NEAR(back.factor, 0.95 * state.ceiling, 1e-9);
+}
+
+TEST(AdaptiveLaw, MuchFasterAnswersAtHomeForgetTheEstimate)
+{
+    // At home the upstream answered in 20 ms on average; now in 5 ms at the same load: it has
+    // room (more capacity), so the factor climbs on to 1 instead of probing.
+    AdaptiveState state{0.38, 0.38, 3, 0.4, 20.0};
+    AdaptiveState next = next_state(state, 0.38, counts(100, 0, 0, 0, 100, 500), targets_250ms());
+    EXPECT_EQ(next.ceiling, 1.0);
+    EXPECT_GT(next.factor, 0.38 * 1.1);
+    // Half the time is not enough (ordinary variance).
+    EXPECT_NEAR(next_state(state, 0.38, counts(100, 0, 0, 0, 100, 1100), targets_250ms()).ceiling,
+                0.4, 1e-9);
 }
 
 TEST(AdaptiveLaw, RecoversFromTheFloorWithinElevenIntervals)
@@ -171,16 +253,18 @@ TEST(AdaptiveLaw, DecaysBackToOneWithoutData)
 
 TEST(AdaptiveState, RoundTripsThroughText)
 {
-    AdaptiveState state{0.333333, 0.5, 7, 0.4};
-    EXPECT_EQ(format_state(state), "333333 500000 7 400000");
+    AdaptiveState state{0.333333, 0.5, -2, 0.4, 27.125};
+    EXPECT_EQ(format_state(state), "333333 500000 -2 400000 27125");
     auto back = parse_state(format_state(state));
     ASSERT_TRUE(back);
     EXPECT_EQ(back->factor, 0.333333);
     EXPECT_EQ(back->earlier, 0.5);
-    EXPECT_EQ(back->streak, 7);
+    EXPECT_EQ(back->streak, -2);
     EXPECT_EQ(back->ceiling, 0.4);
-    for (const char* junk : {"", "1", "0 1 0 1", "1 1 0 0", "1000001 1 0 0", "1 1 1", "1 1 1 1 ", "1 1 x 1",
-                             "-1 1 0 0", "1  1 0 0", "1 1 1 1 1"})
+    EXPECT_EQ(back->base_ms, 27.125);
+    for (const char* junk : {"", "1", "0 1 0 1 0", "1 1 0 0 0", "1000001 1 0 1 0", "1 1 1 1",
+                             "1 1 1 1 1 ", "1 1 x 1 1", "-1 1 0 1 0", "1  1 0 1 0", "1 1 1 1 1 1",
+                             "1 1 -4 1 0", "1 1 - 1 0", "1 1 0 1 -1"})
     {
         EXPECT_FALSE(parse_state(junk)) << junk;
     }
@@ -286,6 +370,7 @@ struct Plant {
                 c.errors++;
             }
             c.slow += latency * 1000.0 > double(targets.latency_ms);
+            c.latency_ms += int64_t(latency * 1000.0);
             c.warm += latency * 1000.0 > double(targets.latency_ms) / 2;
             latencies[at].push_back(latency);
         }
@@ -346,38 +431,30 @@ TEST(AdaptivePlant, ThreeTimesCapacitySettlesWithoutOscillating)
     AdaptiveTargets t = targets_250ms();
     Plant plant;
     AdaptiveState state;
-    Trace trace = simulate(plant, state, 60, t, [](int, Plant&) {});
+    Trace trace = simulate(plant, state, 80, t, [](int, Plant&) {});
     if (::testing::Test::HasFailure() || getenv("ADAPTIVE_TRACE")) {
         print(trace);
     }
-    // The first cut comes two intervals in (the fleet sees an interval one interval late);
-    // then the admitted rate stays above 0.7 C, overshoots once (to ~1.56 C: the issue asks
-    // for at most 1.1 C) when the law leaves its first capacity estimate, and then stays
-    // within +-10 % of C; once the first queue has drained, p90 within 2 x the target.
-    EXPECT_LT(trace.factor[2], 0.35);
+    // The issue's targets: within 10 intervals the admitted rate is in [0.7 C, 1.1 C] with
+    // p90 within 2 x the target, and stays there; once the first queue (1 s deep) has drained
+    // (0.75 C until interval 12 here) it swings less than +-20 % (slow probes above the
+    // capacity estimate, every ~12 intervals, and back).
     double sum = 0;
-    for (int n = 2; n < 60; n++) {
+    double low = 1e9;
+    double high = 0;
+    for (int n = 10; n < 80; n++) {
         EXPECT_GE(trace.admitted[n], 0.7 * plant.capacity) << n;
-        EXPECT_LE(trace.admitted[n], 1.6 * plant.capacity) << n;
-        if (n >= 16) {
-            EXPECT_LE(trace.p90[n], 2 * 0.250) << n;
+        EXPECT_LE(trace.admitted[n], 1.1 * plant.capacity) << n;
+        EXPECT_LE(trace.p90[n], 2 * 0.250) << n;
+        if (n >= 15) {
+            sum += trace.admitted[n];
+            low = std::min(low, trace.admitted[n]);
+            high = std::max(high, trace.admitted[n]);
         }
-        sum += trace.admitted[n];
     }
-    double mean = sum / 58;
-    EXPECT_GT(mean, 0.9 * plant.capacity);
-    EXPECT_LT(mean, 1.05 * plant.capacity);
-    // Once the first overshoot is corrected: near capacity, with a probe past it (to ~1.3 C
-    // for 3 intervals) every ~20 intervals, when the law forgets its capacity estimate.
-    for (int n = 25; n < 60; n++) {
-        EXPECT_GE(trace.admitted[n], 0.8 * plant.capacity) << n;
-        EXPECT_LE(trace.admitted[n], 1.35 * plant.capacity) << n;
-    }
-    double settled = 0;
-    for (int n = 25; n < 60; n++) {
-        settled += trace.admitted[n] / 35;
-    }
-    EXPECT_NEAR(settled, plant.capacity, 0.1 * plant.capacity);
+    double mean = sum / 65;
+    EXPECT_GE(low, 0.8 * mean);
+    EXPECT_LE(high, 1.2 * mean);
 }
 
 TEST(AdaptivePlant, CapacityRestoredBringsTheFactorBackToOne)
@@ -398,8 +475,8 @@ TEST(AdaptivePlant, CapacityRestoredBringsTheFactorBackToOne)
     while (back < 60 && trace.factor[back] < 1.0) {
         back++;
     }
-    // Near the last capacity estimate the law climbs slowly for ceiling_intervals first.
-    EXPECT_LE(back - 30, 12);
+    // The answers come 10 x faster than at the estimate: the law climbs on at once.
+    EXPECT_LE(back - 30, 10);
 }
 
 TEST(AdaptivePlant, ErrorsCutWithinThreeIntervalsAndRecoverWithinTen)
@@ -415,13 +492,15 @@ TEST(AdaptivePlant, ErrorsCutWithinThreeIntervalsAndRecoverWithinTen)
         print(trace);
     }
     EXPECT_EQ(trace.factor[9], 1.0);
-    EXPECT_LT(trace.admitted[12], 0.8 * trace.admitted[9]);  // within 3 intervals
-    EXPECT_LE(trace.factor[24], 0.2);                         // 15 intervals of errors
+    EXPECT_LT(trace.admitted[12], 0.9 * trace.admitted[9]);  // within 3 intervals
+    // While they last the factor keeps falling: a cut, its refinement, the interval it takes
+    // effect in, and again.
+    EXPECT_LT(trace.factor[24], 0.75 * trace.factor[14]);
     int back = 25;
     while (back < 60 && trace.factor[back] < 1.0) {
         back++;
     }
-    EXPECT_LE(back - 25, 12);  // from the floor
+    EXPECT_LE(back - 25, 10);  // from the floor
 }
 
 TEST(AdaptivePlant, IdleUpstreamLeavesTheFactorAlone)

@@ -26,38 +26,50 @@ struct AdaptiveTargets {
 struct AdaptiveConstants {
     double slow_share = 0.10;      // latency= is a p90 target: 10 % of requests may be slower
     int64_t min_samples = 10;      // fewer answers in an interval change nothing
-    double decrease_gain = 1.0;    // cut = gain * how far past the target (0..1)
-    double max_cut = 0.5;          // at most halves per interval
-    double behind = 0.05;          // more admitted than answered well by this share (or
-                                   //   by sqrt(answered), when more): behind
-    double first_step = 0.03;      // relative increase after one healthy interval,
+    double decrease_gain = 1.0;    // errors: cut = gain * how far past the target (0..1),
+    double max_cut = 0.5;          //   at most halves per interval
+    int64_t drain_intervals = 4;   // slow: admit so much less than the upstream answers that
+                                   //   its queue (answers x mean response time) drains in this,
+    double max_drain = 0.4;        //   at most this share less (enough answers to see it recover)
+    double big_cut = 0.9;          // a cut below this share of the factor skips its own window
+    double behind = 0.05;          // more admitted than answered well by this share (or by
+                                   //   sqrt(answered), when more): behind
+    double home = 0.95;            // the factor climbs to this share of the capacity estimate
+    double climb_step = 0.10;      // relative increase below it after one healthy interval,
     double max_step = 0.25;        //   doubling per healthy interval up to this
     double add_step = 0.01;        // plus this much of the full limit
-    double drain = 0.3;            // a cut goes this share of itself below what the upstream
-                                   //   kept up with, so that its queue drains
-    double near_ceiling = 0.9;     // from this share of the last estimate of the upstream's
-                                   //   capacity, increase by first_step only,
-    int64_t ceiling_intervals = 3; //   for this many healthy intervals
+    int64_t probe_after = 10;      // healthy intervals at home before probing above it,
+    double probe_step = 0.03;      //   by this much, once the last probe's counts came back
+    double faster = 0.33;          // answers in this share of the least mean time they took at
+                                   //   home: the upstream has room, the estimate is forgotten;
+    double slower = 1.5;           //   in this multiple: a queue starts, a probe goes back home;
+    int64_t settled = 3;           //   that time is learnt from this many healthy intervals on,
+    double base_drift = 1.05;      //   and may rise by this factor per interval
     double decay_step = 0.25;      // no data (Redis unreachable): back toward 1 by this
 };
 
 // Counts of one interval, summed over workers (and nodes). `admitted`: requests let through
 // to the upstream; the others count answers: all of them, the failed ones, those slower than
-// the latency target, and those slower than half of it (a queue is building).
+// the latency target, those slower than half of it (a queue is building), and the sum of
+// their response times.
 struct IntervalCounts {
     int64_t requests = 0;
     int64_t errors = 0;
     int64_t slow = 0;
     int64_t warm = 0;
     int64_t admitted = 0;
+    int64_t latency_ms = 0;
 };
 
 // The controller's state; the same inputs give the same state on every node.
 struct AdaptiveState {
     double factor = 1.0;           // in force now, in [min, 1]
     double earlier = 1.0;          // the factor before it
-    int64_t streak = 0;            // healthy intervals in a row
-    double ceiling = 1.0;          // the factor the upstream kept up with when last overloaded
+    int64_t streak = 0;            // healthy intervals in a row; below 0, -(bits): bit 0 marks
+                                   //   the next counts to arrive as from an interval a cut took
+                                   //   effect in, bit 1 the ones after them
+    double ceiling = 1.0;          // the upstream's capacity estimate, as a factor
+    double base_ms = 0.0;          // the least mean response time seen at home (0: none yet)
 };
 
 // How far the interval is past its targets: 0 (within them) to 1 (every request slow or
@@ -67,32 +79,37 @@ double overload(const IntervalCounts& counts, const AdaptiveTargets& targets,
                 const AdaptiveConstants& constants = {});
 
 // One step of the control law. `measured_under` is the factor that was in force while
-// `counts` were collected (the fleet sees them one interval late): a cut starts from it, so
-// a cut already made is not made again on stale data.
-// - fewer than min_samples requests: nothing changes;
-// - past a target, errors within theirs, and more good answers than admitted requests (the
-//   upstream's queue drains: the cut already made works): hold;
-// - past a target otherwise: multiplicative decrease from the factor the counts were taken
-//   under, cut = min(max_cut, decrease_gain * overload), and no higher than what the upstream
-//   kept up with (measured_under * good answers / admitted) less drain * cut, so that its
-//   queue drains; when slow, that capacity estimate becomes the ceiling;
-// - within the targets but behind (more admitted than answered well, by more than `behind`
-//   or sqrt(answered)): down to what was answered, a new ceiling;
-// - a queue building (warm share above the slow target) but within targets: hold;
-// - healthy: increase by add_step + factor * step, step doubling from first_step each
-//   healthy interval in a row up to max_step; near the ceiling (near_ceiling of it) by
-//   first_step only, for ceiling_intervals, then the ceiling is forgotten (capacity came
-//   back) and the step doubles again from first_step;
-// always within [min_factor, 1].
+// `counts` were collected, `late` how many intervals late they arrive (1 in a fleet, which
+// reads an interval's totals once every node has added its counts; 0 on a node alone).
+// - fewer than min_samples answers: nothing changes;
+// - the counts of the interval a cut took effect in (they mix two factors and the burst the
+//   cut left) cut nothing; counts taken before the last cut can lower it further, not raise it;
+// - slow share past its target: the upstream is busy all the time, so what it answered well
+//   is its capacity (measured_under * good / admitted: the estimate); the factor goes to what
+//   admits good - queued / drain_intervals per interval (queued: good * mean response time /
+//   interval, or at least admitted - answered), at least half of good: it rises back toward
+//   the estimate as the queue drains;
+// - error share past its target (and not slow): cut by min(max_cut, gain * overload);
+// - within the targets but behind (admitted > good + max(behind * good, sqrt(good))): down
+//   to what it kept up with, the new estimate;
+// - a queue building (warm share above the slow target): hold; a probe goes back home; at
+//   home the estimate comes down to what was admitted;
+// - healthy: below home (home * estimate) straight to it; with no estimate climb to 1 by
+//   add_step + factor * step, step doubling from climb_step up to max_step; at home, after
+//   probe_after healthy intervals, probe by probe_step each time the last probe's counts came
+//   back healthy (they raise the estimate); answers in `faster` of the least mean time seen at
+//   home forget the estimate (the upstream has room: climb to 1), answers in `slower` times it
+//   act as a queue building.
+// Always within [min_factor, 1].
 AdaptiveState next_state(const AdaptiveState& state, double measured_under,
                          const IntervalCounts& counts, const AdaptiveTargets& targets,
-                         const AdaptiveConstants& constants = {});
+                         int64_t late = 1, const AdaptiveConstants& constants = {});
 
 // An interval without data (Redis unreachable): the factor goes back toward 1.
 AdaptiveState decayed_state(const AdaptiveState& state, const AdaptiveConstants& constants = {});
 
-// The state as stored in Redis: "<factor> <earlier> <streak> <ceiling>" (factors in
-// millionths); nullopt on anything else.
+// The state as stored in Redis: "<factor> <earlier> <streak> <ceiling> <base_us>" (factors
+// in millionths, the streak signed); nullopt on anything else.
 std::string format_state(const AdaptiveState& state);
 std::optional<AdaptiveState> parse_state(std::string_view text);
 
