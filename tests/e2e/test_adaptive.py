@@ -362,6 +362,22 @@ def test_redis_lost_the_factor_decays_back_to_one(redis, backend, nginx_factory)
     assert 'adaptive "backend" is back to full limits' in n.log()
 
 
+def test_a_node_that_starts_takes_the_fleets_factor(redis, backend, nginx_factory):
+    """A node started (or restarted) while the fleet runs below 1 applies the fleet's factor
+    from Redis at its first interval, not 1."""
+    a = nginx_factory(adaptive_conf(redis.port, backend), workers=2)
+
+    async def overload():
+        await offer([a.port], 3 * C, 3, [], time.monotonic())
+
+    asyncio.run(overload())
+    assert wait_for(lambda: controller(a)["factor"] < 0.9, timeout=3)
+    b = nginx_factory(adaptive_conf(redis.port, backend), workers=2)
+    assert wait_for(lambda: controller(b)["intervals"] >= 1, timeout=3, step=0.05)
+    fa, fb = controller(a)["factor"], controller(b)["factor"]
+    assert fb < 0.9 and abs(fa - fb) < 1e-6, (fa, fb)
+
+
 def test_dashboard_draws_the_factor_over_time(backend, nginx_factory, workdir):
     """The dashboard (headless chromium) shows each controller with its factor over time; a
     screenshot is left at build/dashboard-adaptive.png."""
