@@ -272,9 +272,16 @@ void decide_locally(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool f
 }
 
 
-// Redis could not decide: the configured failure mode does.
+// Redis could not decide: what the rejection memory set aside goes back, and the configured
+// failure mode decides.
 void apply_failure(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
 {
+    if (ctx->set_aside) {
+        ctx->set_aside = false;
+        LocalLimit limits[kMaxLimitsPerRequest];
+        zone_limits(ctx, lcf, false, limits);
+        zone_release(main_conf(r)->zone, limits, ctx->nlimits);
+    }
     switch (lcf->failure_mode) {
     case failure_closed:
         ctx->status = Status::failed_closed;
@@ -300,7 +307,8 @@ bool rejected_on_node(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, Main
     LocalLimit limits[kMaxLimitsPerRequest];
     ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
     zone_limits(ctx, lcf, false, limits);
-    if (!zone_recall(mcf->zone, limits, ctx->nlimits, ratelimit::monotonic_ms(), outcomes)) {
+    if (!zone_recall(mcf->zone, limits, ctx->nlimits, ratelimit::monotonic_ms(), outcomes,
+                     &ctx->set_aside)) {
         return false;
     }
     ctx->on_node = true;

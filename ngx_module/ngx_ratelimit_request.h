@@ -41,6 +41,7 @@ struct RequestCtx {
     bool rejected;                // with the configured status (not dry run)
     bool on_node;                 // rejected on the node (rejection memory, a block), without Redis
     bool exempt;                  // some limit was dropped: its key is `unlimited`
+    bool set_aside;               // the rejection memory set its cost aside until Redis decides
     ngx_str_t policy;             // the most restrictive limit, for headers and variables
     int64_t limit;
     int64_t remaining;
