@@ -23,6 +23,7 @@ enum class OverrideUse : u_char {
 struct RequestLimit {
     Policy* policy;
     ngx_str_t key;
+    ngx_str_t id;        // the key's id in its bucket's names (ratelimit::key_id), made once
     int64_t cost;
     bool lacked_tokens;  // the request was rejected for want of this bucket's tokens
     int64_t delay;       // delay=N in force for this limit, or kNoDelay

@@ -20,7 +20,7 @@ enum class BucketSpace : u_char { local = 'L', failover = 'F', memory = 'M' };
 struct LocalLimit {
     ngx_str_t policy;
     ratelimit::BucketParams params;
-    ngx_str_t key;
+    ngx_str_t key;  // or its ratelimit::key_id: the same bucket
     int64_t cost;
 };
 
