@@ -45,25 +45,41 @@ class Resp:
     def __init__(self, port, timeout=2.0, host="127.0.0.1"):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
+        self.pos = 0  # of the first byte of self.buf not read yet
 
     def close(self):
         self.sock.close()
 
-    def call(self, *args):
+    @staticmethod
+    def encode(*args):
         out = b"*%d\r\n" % len(args)
         for a in args:
             a = a if isinstance(a, bytes) else str(a).encode()
             out += b"$%d\r\n%s\r\n" % (len(a), a)
-        self.sock.sendall(out)
+        return out
+
+    def call(self, *args):
+        self.sock.sendall(self.encode(*args))
         return self._reply()
 
+    def pipeline(self, commands):
+        """Sends every command (a sequence of arguments each) at once; returns their replies."""
+        self.sock.sendall(b"".join(self.encode(*c) for c in commands))
+        return [self._reply() for _ in commands]
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection")
+        self.buf = self.buf[self.pos:] + chunk
+        self.pos = 0
+
     def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("redis closed the connection")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
+        end = self.buf.find(b"\r\n", self.pos)
+        while end < 0:
+            self._fill()
+            end = self.buf.find(b"\r\n", self.pos)
+        line, self.pos = self.buf[self.pos:end], end + 2
         return line
 
     def _reply(self):
@@ -79,12 +95,9 @@ class Resp:
             n = int(rest)
             if n < 0:
                 return None
-            while len(self.buf) < n + 2:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("redis closed the connection")
-                self.buf += chunk
-            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            while len(self.buf) - self.pos < n + 2:
+                self._fill()
+            data, self.pos = self.buf[self.pos:self.pos + n], self.pos + n + 2
             return data
         if kind == b"*":
             n = int(rest)
