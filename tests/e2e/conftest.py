@@ -24,6 +24,13 @@ NGINX_PREFIX_CMD = shlex.split(os.environ.get("NGINX_PREFIX_CMD", ""))
 BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|exited on signal|AddressSanitizer|runtime error:")
 
 
+def pytest_configure(config):
+    # An exception in a test's thread (a client, a load generator) fails the test, whatever
+    # runs pytest: by default it is only a warning, and the thread's check is lost.
+    config.addinivalue_line("filterwarnings",
+                            "error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
