@@ -49,8 +49,9 @@ def wait_for(predicate, timeout=5.0, step=0.02):
 class Resp:
     """A minimal RESP client: enough to drive Redis from tests without extra packages."""
 
-    def __init__(self, port, timeout=2.0, host="127.0.0.1"):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, timeout=2.0, host="127.0.0.1", sock=None):
+        """`sock`: an open connection to use (TLS) instead of connecting to host:port."""
+        self.sock = sock or socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.pos = 0  # of the first byte of self.buf not read yet
 
