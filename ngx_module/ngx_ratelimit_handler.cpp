@@ -114,19 +114,37 @@ Policy* request_policy(ngx_http_request_t* r, const Limit& limit, LocConf* lcf, 
 }
 
 
-// The limit of this request that already names the bucket (policy, key), if any: by the
-// Redis key both become (key.h), which the zone's buckets and rejection memory use too, so a
-// long key and the text of its digest are one bucket, checked and taken once.
-RequestLimit* same_bucket(RequestCtx* ctx, const Policy* policy, const ngx_str_t& key)
+// The limit of this request that already names the bucket (policy, key id), if any: by the
+// id in the Redis key both become (key.h), which the zone's buckets and rejection memory use
+// too, so a long key and the text of its digest are one bucket, checked and taken once.
+RequestLimit* same_bucket(RequestCtx* ctx, const Policy* policy, std::string_view id)
 {
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         RequestLimit& limit = ctx->limits[i];
-        if (limit.policy == policy && ratelimit::same_bucket_key(as_view(limit.key), as_view(key)))
-        {
+        if (limit.policy == policy && as_view(limit.id) == id) {
             return &limit;
         }
     }
     return nullptr;
+}
+
+
+// The key's id (key.h): the key itself, or its digest copied into the request's pool.
+ngx_int_t make_key_id(ngx_http_request_t* r, const ngx_str_t& key, ngx_str_t* id)
+{
+    ratelimit::KeyIdBuffer scratch;
+    std::string_view made = ratelimit::key_id(as_view(key), scratch);
+    if (made.data() == reinterpret_cast<const char*>(key.data)) {
+        *id = key;
+        return NGX_OK;
+    }
+    id->data = static_cast<u_char*>(ngx_pnalloc(r->pool, made.size()));
+    if (id->data == nullptr) {
+        return NGX_ERROR;
+    }
+    id->len = made.size();
+    ngx_memcpy(id->data, made.data(), made.size());
+    return NGX_OK;
 }
 
 
@@ -149,17 +167,22 @@ ngx_int_t evaluate_limits(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, 
         if (key.len == 0) {
             continue;
         }
+        ngx_str_t id;
+        if (make_key_id(r, key, &id) != NGX_OK) {
+            return NGX_ERROR;
+        }
         Policy* policy = request_policy(r, limits[i], lcf, mcf);
         int64_t cost = request_cost(r, limits[i]);
-        if (RequestLimit* twin = same_bucket(ctx, policy, key)) {
+        if (RequestLimit* twin = same_bucket(ctx, policy, as_view(id))) {
             twin->cost = std::min<int64_t>(twin->cost + cost, 1000000000LL * 64);
             twin->delay = stricter_delay(twin->delay, limit_delay(limits[i], policy));
             continue;
         }
         ctx->limits[ctx->nlimits++] =
-            RequestLimit{policy, key, cost, false, limit_delay(limits[i], policy),
-                         OverrideUse::none, params_in_force(*policy)};
+            RequestLimit{policy, key, id, cost, false, limit_delay(limits[i], policy),
+                         OverrideUse::none, {}};
     }
+    // Sets each limit's params: its policy's in force, or a runtime override's.
     apply_overrides(mcf, ctx->limits, ctx->nlimits, true);
     // A key exempt by an override is not limited by that line.
     auto kept = std::remove_if(
@@ -194,7 +217,7 @@ void zone_limits(RequestCtx* ctx, LocConf* lcf, bool local_fallback, LocalLimit*
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
         out[i] = LocalLimit{limit.policy->name, bucket_of(limit, lcf, local_fallback),
-                            limit.key, limit.cost};
+                            limit.id, limit.cost};
     }
 }
 
@@ -272,9 +295,16 @@ void decide_locally(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, bool f
 }
 
 
-// Redis could not decide: the configured failure mode does.
+// Redis could not decide: what the rejection memory set aside goes back, and the configured
+// failure mode decides.
 void apply_failure(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf)
 {
+    if (ctx->set_aside) {
+        ctx->set_aside = false;
+        LocalLimit limits[kMaxLimitsPerRequest];
+        zone_limits(ctx, lcf, false, limits);
+        zone_release(main_conf(r)->zone, limits, ctx->nlimits);
+    }
     switch (lcf->failure_mode) {
     case failure_closed:
         ctx->status = Status::failed_closed;
@@ -300,7 +330,8 @@ bool rejected_on_node(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, Main
     LocalLimit limits[kMaxLimitsPerRequest];
     ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
     zone_limits(ctx, lcf, false, limits);
-    if (!zone_recall(mcf->zone, limits, ctx->nlimits, ratelimit::monotonic_ms(), outcomes)) {
+    if (!zone_recall(mcf->zone, limits, ctx->nlimits, ratelimit::monotonic_ms(), outcomes,
+                     &ctx->set_aside)) {
         return false;
     }
     ctx->on_node = true;
@@ -316,8 +347,8 @@ void redis_keys(RequestCtx* ctx, MainConf* mcf, std::string_view* keys)
     key_scratch.clear();
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        ratelimit::append_bucket_key(key_scratch, mcf->redis->prefix,
-                                     as_view(limit.policy->name), as_view(limit.key));
+        ratelimit::append_bucket_id(key_scratch, mcf->redis->prefix,
+                                    as_view(limit.policy->name), as_view(limit.id));
         ends[i] = key_scratch.size();
     }
     for (ngx_uint_t i = 0, start = 0; i < ctx->nlimits; start = ends[i], i++) {

@@ -274,8 +274,8 @@ void apply_overrides(MainConf* mcf, RequestLimit* limits, ngx_uint_t n, bool cou
     try {
         field_scratch.clear();
         for (ngx_uint_t i = 0; i < n; i++) {
-            ratelimit::append_bucket_key(field_scratch, {}, as_sv(limits[i].policy->name),
-                                         as_sv(limits[i].key));
+            ratelimit::append_bucket_id(field_scratch, {}, as_sv(limits[i].policy->name),
+                                        as_sv(limits[i].id));
             ends[i] = field_scratch.size();
         }
     } catch (...) {

@@ -463,7 +463,10 @@ void append_runtime_limits_metrics(std::string& out, MainConf* mcf)
 
 ratelimit::BucketParams bucket_in_force(MainConf* mcf, Policy* policy, const ngx_str_t& key)
 {
-    RequestLimit limit{policy, key, 0, false, policy->delay, OverrideUse::none, policy->params};
+    ratelimit::KeyIdBuffer scratch;
+    std::string_view id = ratelimit::key_id(as_sv(key), scratch);
+    ngx_str_t id_str{id.size(), reinterpret_cast<u_char*>(const_cast<char*>(id.data()))};
+    RequestLimit limit{policy, key, id_str, 0, false, policy->delay, OverrideUse::none, {}};
     apply_overrides(mcf, &limit, 1, false);
     return limit.params;
 }

@@ -23,6 +23,7 @@ enum class OverrideUse : u_char {
 struct RequestLimit {
     Policy* policy;
     ngx_str_t key;
+    ngx_str_t id;        // the key's id in its bucket's names (ratelimit::key_id), made once
     int64_t cost;
     bool lacked_tokens;  // the request was rejected for want of this bucket's tokens
     int64_t delay;       // delay=N in force for this limit, or kNoDelay
@@ -41,6 +42,7 @@ struct RequestCtx {
     bool rejected;                // with the configured status (not dry run)
     bool on_node;                 // rejected on the node (rejection memory, a block), without Redis
     bool exempt;                  // some limit was dropped: its key is `unlimited`
+    bool set_aside;               // the rejection memory set its cost aside until Redis decides
     ngx_str_t policy;             // the most restrictive limit, for headers and variables
     int64_t limit;
     int64_t remaining;

@@ -385,9 +385,10 @@ bool zone_memory_empty(ngx_shm_zone_t* shm_zone) noexcept
 
 
 bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, int64_t now_ms,
-                 ratelimit::LimitOutcome* outcomes)
+                 ratelimit::LimitOutcome* outcomes, bool* set_aside)
 {
     auto* zone = static_cast<Zone*>(shm_zone->data);
+    *set_aside = false;
     if (zone->sh->memories == 0 || n > kMaxLimitsPerRequest) {
         return false;
     }
@@ -431,6 +432,7 @@ bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, i
         b->stamp_ms = now_ms;
         b->full_at_ms = now_ms
                         + ratelimit::outcome_after(b->params, 0, b->level_units, true).reset_ms;
+        *set_aside = true;
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -438,6 +440,37 @@ bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, i
         outcomes[i] = ratelimit::outcome_after(limits[i].params, limits[i].cost, levels[i], false);
     }
     return reject;
+}
+
+
+void zone_release(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n)
+{
+    auto* zone = static_cast<Zone*>(shm_zone->data);
+    if (zone->sh->memories == 0 || n > kMaxLimitsPerRequest) {
+        return;
+    }
+    Ids ids;
+    make_ids(BucketSpace::memory, limits, n, ids);
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    for (size_t i = 0; i < n; i++) {
+        ngx_rbtree_node_t* node = lookup(zone->sh, ids.hash[i], ids.id[i]);
+        if (node == nullptr || limits[i].cost == 0) {
+            continue;
+        }
+        BucketNode* b = node_of(node);
+        const ratelimit::BucketParams& params = b->params;
+        if (!same_params(params, limits[i].params)) {
+            continue;
+        }
+        // A reply stored since may already be below this: a bound too high only sends a
+        // request to Redis, which decides.
+        b->level_units = std::min(b->level_units + limits[i].cost * params.period_ms,
+                                  params.capacity_units());
+        b->full_at_ms = b->stamp_ms
+                        + ratelimit::outcome_after(params, 0, b->level_units, true).reset_ms;
+    }
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
 

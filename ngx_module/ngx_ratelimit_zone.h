@@ -20,7 +20,7 @@ enum class BucketSpace : u_char { local = 'L', failover = 'F', memory = 'M' };
 struct LocalLimit {
     ngx_str_t policy;
     ratelimit::BucketParams params;
-    ngx_str_t key;
+    ngx_str_t key;  // or its ratelimit::key_id: the same bucket
     int64_t cost;
 };
 
@@ -37,12 +37,17 @@ LocalResult zone_decide(ngx_shm_zone_t* zone, BucketSpace space, const LocalLimi
 // and returns true when some limit's bound is below its cost: the request can be rejected on
 // the node. Otherwise the cost of the request, which goes to Redis, is set aside from the
 // buckets it knows until the reply replaces them. `now_ms` is ratelimit::monotonic_ms(), read
-// fresh.
+// fresh; `set_aside` tells whether some cost was set aside.
+bool zone_recall(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n, int64_t now_ms,
+                 ratelimit::LimitOutcome* outcomes, bool* set_aside);
+
+// Gives back what zone_recall set aside for a request whose Redis call did not decide (an
+// error, a timeout, the breaker): Redis took nothing, and the stale bound would reject the
+// key on the node until the cost refilled.
+void zone_release(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n);
+
 // True when the rejection memory holds nothing: requests skip it (the common case).
 bool zone_memory_empty(ngx_shm_zone_t* zone) noexcept;
-
-bool zone_recall(ngx_shm_zone_t* zone, const LocalLimit* limits, size_t n, int64_t now_ms,
-                 ratelimit::LimitOutcome* outcomes);
 
 // Keeps what a reply showed of each limit's bucket (`levels` after the decision) while the
 // same request would not fit in it; forgets buckets the reply shows able to take it. A bucket

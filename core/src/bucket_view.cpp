@@ -16,6 +16,7 @@ constexpr int64_t kMaxPeriodMs = 86400000;              // one day, the longest 
 // in the decision script; a value no bucket can hold is an error); values stay below 2^53 as
 // in the decision script, except tokens * period on a conversion, which is compared with the
 // capacity first.
+RATELIMIT_EMBED(bucket_read_lua, "core/lua/bucket_read.lua")
 RATELIMIT_EMBED(view_lua, "core/lua/view.lua")
 
 std::optional<int64_t> number(std::string_view text)
@@ -96,9 +97,14 @@ std::optional<BucketView> view_stored(std::optional<std::string_view> stored,
     return view;
 }
 
+std::string_view bucket_read_script()
+{
+    return bucket_read_lua();
+}
+
 const std::string& bucket_view_script()
 {
-    static const std::string source(view_lua());
+    static const std::string source = std::string(bucket_read_lua()).append(view_lua());
     return source;
 }
 

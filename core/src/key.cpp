@@ -77,10 +77,16 @@ void append_bucket_key(std::string& out, std::string_view prefix, std::string_vi
                        std::string_view key)
 {
     KeyIdBuffer scratch;
+    append_bucket_id(out, prefix, policy, key_id(key, scratch));
+}
+
+void append_bucket_id(std::string& out, std::string_view prefix, std::string_view policy,
+                      std::string_view id)
+{
     out.append(prefix);
     out.append(policy);
     out += ':';
-    out.append(key_id(key, scratch));
+    out.append(id);
 }
 
 std::string bucket_key(std::string_view prefix, std::string_view policy, std::string_view key)

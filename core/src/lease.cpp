@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "ratelimit/bucket_view.h"
 #include "ratelimit/embed.h"
 #include "ratelimit/redis_config.h"
 #include "ratelimit/resp.h"
@@ -87,7 +88,7 @@ int64_t lease_hold_bound(const BucketParams& params, int64_t nodes)
 
 const std::string& lease_script()
 {
-    static const std::string source(lease_lua());
+    static const std::string source = std::string(bucket_read_script()).append(lease_lua());
     return source;
 }
 

@@ -24,6 +24,13 @@ NGINX_PREFIX_CMD = shlex.split(os.environ.get("NGINX_PREFIX_CMD", ""))
 BAD_LOG = re.compile(r"\[(alert|emerg|crit)\]|exited on signal|AddressSanitizer|runtime error:")
 
 
+def pytest_configure(config):
+    # An exception in a test's thread (a client, a load generator) fails the test, whatever
+    # runs pytest: by default it is only a warning, and the thread's check is lost.
+    config.addinivalue_line("filterwarnings",
+                            "error::pytest.PytestUnhandledThreadExceptionWarning")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,28 +49,45 @@ def wait_for(predicate, timeout=5.0, step=0.02):
 class Resp:
     """A minimal RESP client: enough to drive Redis from tests without extra packages."""
 
-    def __init__(self, port, timeout=2.0, host="127.0.0.1"):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, timeout=2.0, host="127.0.0.1", sock=None):
+        """`sock`: an open connection to use (TLS) instead of connecting to host:port."""
+        self.sock = sock or socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
+        self.pos = 0  # of the first byte of self.buf not read yet
 
     def close(self):
         self.sock.close()
 
-    def call(self, *args):
+    @staticmethod
+    def encode(*args):
         out = b"*%d\r\n" % len(args)
         for a in args:
             a = a if isinstance(a, bytes) else str(a).encode()
             out += b"$%d\r\n%s\r\n" % (len(a), a)
-        self.sock.sendall(out)
+        return out
+
+    def call(self, *args):
+        self.sock.sendall(self.encode(*args))
         return self._reply()
 
+    def pipeline(self, commands):
+        """Sends every command (a sequence of arguments each) at once; returns their replies."""
+        self.sock.sendall(b"".join(self.encode(*c) for c in commands))
+        return [self._reply() for _ in commands]
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection")
+        self.buf = self.buf[self.pos:] + chunk
+        self.pos = 0
+
     def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("redis closed the connection")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
+        end = self.buf.find(b"\r\n", self.pos)
+        while end < 0:
+            self._fill()
+            end = self.buf.find(b"\r\n", self.pos)
+        line, self.pos = self.buf[self.pos:end], end + 2
         return line
 
     def _reply(self):
@@ -79,12 +103,9 @@ class Resp:
             n = int(rest)
             if n < 0:
                 return None
-            while len(self.buf) < n + 2:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError("redis closed the connection")
-                self.buf += chunk
-            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            while len(self.buf) - self.pos < n + 2:
+                self._fill()
+            data, self.pos = self.buf[self.pos:self.pos + n], self.pos + n + 2
             return data
         if kind == b"*":
             n = int(rest)

@@ -146,6 +146,28 @@ def test_after_a_refill_one_request_goes_to_redis_and_the_flood_waits_here(redis
     assert evalsha_calls(redis) == before + 1, "the flood followed the first request to Redis"
 
 
+def test_a_call_that_fails_gives_back_the_cost_set_aside_on_the_node(redis, nginx_factory):
+    # After a refill the request that goes to Redis has its cost set aside on the node. Its
+    # call fails (an error reply: Redis takes nothing), so the cost must come back: the next
+    # request goes to Redis and passes, instead of being rejected on the node until the token
+    # refills a second time.
+    n = nginx_factory(keyed("ratelimit_policy p rate=20r/m burst=1;", redis))
+    assert n.get("/", {"X-Key": "g"}).status == 200
+    assert n.get("/", {"X-Key": "g"}).status == 429  # remembered: empty for 3 s
+    time.sleep(3.1)  # a token refilled; the next one in 3 s
+    redis.cmd("ACL", "SETUSER", "default", "-evalsha", "-eval")
+    start = time.monotonic()
+    failed = n.get("/", {"X-Key": "g"})
+    redis.cmd("ACL", "SETUSER", "default", "+@all")
+    before = evalsha_calls(redis)
+    after = n.get("/", {"X-Key": "g"})
+    if time.monotonic() - start > 2.5:
+        pytest.skip("the machine is too busy: the token would have refilled meanwhile")
+    assert (failed.status, failed.header("X-Status")) == (200, "FAILED_OPEN")
+    assert (after.status, after.header("X-Status")) == (200, "PASSED")
+    assert evalsha_calls(redis) == before + 1, "decided by Redis, not on the node"
+
+
 def test_rejection_memory_is_node_wide_and_cleared_when_the_policy_changes(redis, nginx_factory):
     conf = keyed("ratelimit_policy p rate=1r/h burst=1;", redis)
     n = nginx_factory(conf, workers=2)

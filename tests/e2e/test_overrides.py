@@ -4,7 +4,6 @@ Redis (propagation measured), and every bad input refused with nothing stored.""
 
 import http.client
 import json
-import socket
 import random
 import statistics
 import urllib.parse
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import Resp, wait_for
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
 
@@ -287,23 +286,17 @@ def test_a_change_through_one_node_is_in_force_on_another_within_1s(redis, nginx
 def load_overrides(redis, n, policy="p", value='{"burst":5}'):
     """n key overrides written straight into Redis (as the write script leaves them), pipelined:
     customer-000001 .. customer-<n>."""
-    def resp(*args):
-        out = b"*%d\r\n" % len(args)
-        for a in args:
-            a = str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
-        return out
-    buf = bytearray()
+    commands = []
     for i in range(1, n + 1):
         field = "%s:customer-%06d" % (policy, i)
-        buf += resp("HSET", "rl:{overrides}:data", field, value)
-        buf += resp("ZADD", "rl:{overrides}:changes", i, field)
-    buf += resp("SET", "rl:{overrides}:version", n)
-    with socket.create_connection(("127.0.0.1", redis.port), timeout=30) as s:
-        s.sendall(buf)
-        replies, seen = 2 * n + 1, b""
-        while seen.count(b"\r\n") < replies:
-            seen += s.recv(1 << 20)
+        commands.append(("HSET", "rl:{overrides}:data", field, value))
+        commands.append(("ZADD", "rl:{overrides}:changes", i, field))
+    commands.append(("SET", "rl:{overrides}:version", n))
+    client = Resp(redis.port, timeout=30)
+    try:
+        client.pipeline(commands)
+    finally:
+        client.close()
 
 
 def zone_conf(redis, size):

@@ -56,8 +56,7 @@ class TlsResp(Resp):
     def __init__(self, port, ca, timeout=2.0, name=SERVER_NAME):
         ctx = ssl.create_default_context(cafile=str(ca))
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock = ctx.wrap_socket(raw, server_hostname=name)
-        self.buf = b""
+        super().__init__(port, sock=ctx.wrap_socket(raw, server_hostname=name))
 
 
 class TlsRedis:

@@ -119,9 +119,9 @@ TEST_F(LeaseScript, NeverMoreThanTheBucketGaveOut)
 
 TEST_F(LeaseScript, ReadsEveryStoredFormatAsTheCppReader)
 {
-    // lease.lua reads a bucket as view.lua does (a Redis script cannot share code with
-    // another): a lease of nothing shows the level as view_stored computes it, and a value no
-    // bucket can hold is an error in both.
+    // lease.lua reads a bucket with view.lua's reader (bucket_read.lua): a lease of nothing
+    // shows the level as view_stored computes it, and a value no bucket can hold is an error
+    // in both.
     const BucketParams params{60, 60000, 100};
     int64_t now = lease("rl:probe", params, 0, 0).now_ms;
     std::string recent = std::to_string(now - 500);  // a partial refill

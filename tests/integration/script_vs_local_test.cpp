@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <optional>
@@ -15,6 +16,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "ratelimit/key.h"
 #include "ratelimit/script.h"
@@ -595,12 +598,17 @@ TEST_F(ScriptVsLocal, BadArgumentsAreAnErrorReply)
     }
 }
 
-// The script files as they are, run by redis-cli: what an operator can check by hand.
+// The script files as they are, run by redis-cli: what an operator can check by hand (view.lua
+// after the reader it shares, as the module sends it).
 TEST_F(ScriptVsLocal, ScriptFilesRunWithRedisCliEval)
 {
+    const std::string lua = RATELIMIT_SOURCE_DIR "/core/lua/";
+    const std::string view = "/tmp/ratelimit-view-" + std::to_string(getpid()) + ".lua";
+    ASSERT_EQ(std::system(("cat " + lua + "bucket_read.lua " + lua + "view.lua > " + view).c_str()),
+              0);
     auto redis_cli = [&](const std::string& args) {
-        std::string cmd = "redis-cli -p " + std::to_string(server_.port()) + " --eval "
-                          RATELIMIT_SOURCE_DIR "/core/lua/" + args + " 2>&1";
+        std::string cmd = "redis-cli -p " + std::to_string(server_.port()) + " --eval " + args
+                          + " 2>&1";
         std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(cmd.c_str(), "r"), pclose);
         std::string out;
         char buf[512];
@@ -610,13 +618,14 @@ TEST_F(ScriptVsLocal, ScriptFilesRunWithRedisCliEval)
         return out;
     };
     // One request on rl:cli:k (10 r/s, burst 5), cost 1: allowed, 4 tokens left.
-    std::string decided = redis_cli("decide.lua rl:cli:k , 1 1 10 1000 5 1 1");
+    std::string decided = redis_cli(lua + "decide.lua rl:cli:k , 1 1 10 1000 5 1 1");
     EXPECT_NE(decided.find(" 1 4000"), std::string::npos) << decided;
     EXPECT_EQ(get("rl:cli:k").value_or("").rfind("v2 4000 1000 ", 0), 0u);
-    std::string viewed = redis_cli("view.lua rl:cli:k , 10 1000 5");
+    std::string viewed = redis_cli(view + " rl:cli:k , 10 1000 5");
+    std::remove(view.c_str());
     EXPECT_EQ(viewed.substr(0, 2), "1\n") << viewed;
     EXPECT_NE(viewed.find("\n4"), std::string::npos) << viewed;  // 4000 and some refill
-    std::string bad = redis_cli("decide.lua rl:cli:k , x");
+    std::string bad = redis_cli(lua + "decide.lua rl:cli:k , x");
     EXPECT_NE(bad.find("ratelimit: bad arguments"), std::string::npos) << bad;
 }
 

@@ -1,4 +1,5 @@
 #include "ratelimit/script.h"
+#include "ratelimit/bucket_view.h"
 #include "ratelimit/lease.h"
 
 #include <hiredis/hiredis.h>
@@ -74,8 +75,11 @@ std::string file_text(const std::string& path)
 TEST(Script, EmbeddedTextIsTheFileOnDisk)
 {
     EXPECT_EQ(script_source(), file_text("core/lua/decide.lua"));
-    EXPECT_EQ(bucket_view_script(), file_text("core/lua/view.lua"));
-    EXPECT_EQ(lease_script(), file_text("core/lua/lease.lua"));
+    // The scripts that read one bucket are sent after the reader they share.
+    const std::string reader = file_text("core/lua/bucket_read.lua");
+    EXPECT_EQ(bucket_read_script(), reader);
+    EXPECT_EQ(bucket_view_script(), reader + file_text("core/lua/view.lua"));
+    EXPECT_EQ(lease_script(), reader + file_text("core/lua/lease.lua"));
     EXPECT_EQ(script_sha1(), sha1_hex(file_text("core/lua/decide.lua")));
     // The node-wide form is the same file with its reads and arguments rewritten.
     const std::string& node_wide = script_source(ScriptForm::node_wide);

@@ -37,6 +37,10 @@ struct BucketView {
 std::optional<BucketView> view_stored(std::optional<std::string_view> stored,
                                       const BucketParams& params, int64_t now_ms);
 
+// core/lua/bucket_read.lua: the bucket reader the scripts that read one bucket (this one,
+// the lease script) are sent after.
+std::string_view bucket_read_script();
+
 const std::string& bucket_view_script();
 
 // RESP "EVAL <script> 1 <key> <count> <period_ms> <burst>".

@@ -13,7 +13,8 @@
 #endif
 
 // Defines `std::string_view name()` holding the bytes of the file at `path` (relative to the
-// source tree). At namespace scope, once per file and name.
+// source tree). At namespace scope, once per file and name; the name is one symbol of the whole
+// build (a file embedded in two places takes two names, or one function that returns it).
 #define RATELIMIT_EMBED(name, path)                                                           \
     extern "C" __attribute__((visibility("hidden"))) const char ratelimit_embed_##name[];    \
     extern "C" __attribute__((visibility("hidden"))) const char ratelimit_embed_##name##_end[]; \

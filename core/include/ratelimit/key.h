@@ -24,6 +24,9 @@ std::string_view key_id(std::string_view key, KeyIdBuffer& scratch);
 // Appends "<prefix><policy>:<key id>" to `out`.
 void append_bucket_key(std::string& out, std::string_view prefix, std::string_view policy,
                        std::string_view key);
+// The same from a key id already made (key_id): "<prefix><policy>:<id>".
+void append_bucket_id(std::string& out, std::string_view prefix, std::string_view policy,
+                      std::string_view id);
 
 std::string bucket_key(std::string_view prefix, std::string_view policy, std::string_view key);
 
