@@ -42,7 +42,7 @@ each sent at its time on an idle keep-alive connection or a new one, whatever th
 latency from its send to its whole answer) against nginx proxying each request to an upstream
 (another server of the same nginx); limit_req and this module on random keys (1 worker), then
 one global key on 2 instances (1 worker each, half the rate each) with lease= off and on
-(lease=50ms). Rows: achieved rate, p50/p99, p99 added vs limit_req, script calls per decision
+(lease=50ms), then random keys again with batch_wait=1ms and 2ms. Rows: achieved rate, p50/p99, p99 added vs limit_req, script calls per decision
 (decisions per call), Redis CPU per decision. It replaces only the section between
 <!-- moderate --> markers of RESULTS. (h2load --rps is not used: it fires every connection's
 request at the same instant, bursts that would fill script calls as a real load does not.)
@@ -1019,6 +1019,8 @@ MODERATE_ROWS = (  # name, limiter, instances, lease, batch_wait
     ("ratelimit, random keys", "ratelimit", 1, "", ""),
     ("global key, 2 instances, leases off", "ratelimit", 2, "", ""),
     ("global key, 2 instances, leases on (50ms)", "ratelimit", 2, "50ms", ""),
+    ("ratelimit, random keys, batch_wait=1ms", "ratelimit", 1, "", "1ms"),
+    ("ratelimit, random keys, batch_wait=2ms", "ratelimit", 1, "", "2ms"),
 )
 
 
