@@ -36,14 +36,17 @@ none), MEM_KEYS (100000), REF_N (SET commands per reference run, 300000), CORE_B
 core_bench, empty: skip), LIVE (1: buckets that stay alive between requests, see SCENARIOS),
 RESULTS (file to write, default bench/RESULTS.md; empty: none), SHAPING (0: no shaping row).
 A short run: DUR=2 WARM=1 ROUNDS=1 MEM_KEYS=5000 make bench.
-Last, the moderate-load rows (BENCH_ONLY=moderate: those alone): a paced client
-(wrk with a delay() hook of random exponential waits, 20 connections: about MODERATE_RPS
-requests/s in all, default 1000; a slow answer delays its connection's next request)
-against nginx proxying each request to an upstream (another server of the same nginx);
-limit_req and this module on random keys (1 worker), then one global key on 2 instances
-(1 worker each, half the rate each) with lease= off and on (lease=50ms). Rows: achieved rate,
+Last, the moderate-load rows (BENCH_ONLY=moderate: those alone): an open-loop client
+(asyncio, in this process: Poisson arrivals at MODERATE_RPS requests/s in all, default 1000,
+each sent at its time on an idle keep-alive connection or a new one, whatever the answers;
+latency from its send to its whole answer) against nginx proxying each request to an upstream
+(another server of the same nginx); limit_req and this module on random keys (1 worker), then
+one global key on 2 instances (1 worker each, half the rate each) with lease= off and on
+(lease=50ms), then random keys again with batch_wait=1ms and 2ms. Rows: achieved rate,
 p50/p99, p99 added vs limit_req, script calls per decision (decisions per call), Redis CPU per
-decision. It replaces only the section between <!-- moderate --> markers of RESULTS.
+decision and the part of it spent running scripts (INFO commandstats). It replaces only the section between
+<!-- moderate --> markers of RESULTS. (h2load --rps is not used: it fires every connection's
+request at the same instant, bursts that would fill script calls as a real load does not.)
 BENCH_ONLY=cluster: the cluster row alone (rl-cluster, beside the standalone ratelimit row and
 the SET PX reference measured alike; no flood, no memory, no micro-benchmarks); it replaces only
 the cluster section of RESULTS (the part between its <!-- cluster --> markers, appended when
@@ -58,8 +61,10 @@ the last round's waits and admitted counts to bench/shaping.png.
 """
 
 import asyncio
+import gc
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -609,39 +614,61 @@ def schedstat_ns(pid):
     return int(Path("/proc/%d/schedstat" % pid).read_text().split()[0])
 
 
-async def shaped_client(port, rate, seconds):
-    """Sends `rate` requests/s on one key for `seconds`, open-loop: each at its scheduled time on
-    an idle keep-alive connection (a new one when none is idle). Returns, per request, (sent at,
-    seconds until the answer's headers, status)."""
-    idle, results, tasks = [], [], []
-    request = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Api-Key: shaped\r\n\r\n"
+async def open_loop_client(ports, rate, seconds, key=None, poisson=False, warm=0.0,
+                           at_warm_end=None):
+    """Sends `rate` requests/s in all, spread over `ports`, for `warm` + `seconds`, open-loop:
+    each at its scheduled time (evenly spaced, or with `poisson` exponential gaps) on an idle
+    keep-alive connection to its port (a new one when none is idle), whatever the answers.
+    `key`: the X-Api-Key of every request, else a random one each. Calls `at_warm_end()` once
+    the warm-up's sends are done. Returns, per request sent after the warm-up, (sent at,
+    seconds from its send to the whole answer, status)."""
+    idle = {port: [] for port in ports}
+    results, tasks = [], []
+    rng = random.Random(1)
 
-    async def one(sent):
-        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+    async def one(port, sent, request):
+        conn = idle[port].pop() if idle[port] else await asyncio.open_connection("127.0.0.1",
+                                                                                 port)
         reader, writer = conn
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
-        answered = time.monotonic()
         length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
         await reader.readexactly(length)
-        results.append((sent - loop_start, answered - sent, int(head.split()[1])))
+        if sent >= loop_start + warm:
+            results.append((sent - loop_start - warm, time.monotonic() - sent,
+                            int(head.split()[1])))
         if b"connection: close" in head.lower():
             writer.close()
         else:
-            idle.append(conn)
+            idle[port].append(conn)
 
+    gc.disable()  # a collection would pause every answer then in flight
     loop_start = time.monotonic()
-    n = int(rate * seconds)
-    for i in range(n):
-        when = loop_start + i / rate
+    when, i, warming = loop_start, 0, warm > 0
+    while when < loop_start + warm + seconds:
+        if warming and when >= loop_start + warm:
+            warming = False
+            if at_warm_end:
+                at_warm_end()
         pause = when - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        tasks.append(asyncio.ensure_future(one(time.monotonic())))
+        request = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Api-Key: %s\r\n\r\n" % (
+            key or "%016x" % rng.getrandbits(64)).encode()
+        tasks.append(asyncio.ensure_future(one(ports[i % len(ports)], time.monotonic(), request)))
+        i += 1
+        when += rng.expovariate(rate) if poisson else 1.0 / rate
     await asyncio.gather(*tasks)
-    for _, writer in idle:
-        writer.close()
+    gc.enable()
+    for conns in idle.values():
+        for _, writer in conns:
+            writer.close()
     return results
+
+
+async def shaped_client(port, rate, seconds):
+    """Sends `rate` requests/s on one key for `seconds` on a fixed schedule (open loop)."""
+    return await open_loop_client([port], rate, seconds, key="shaped")
 
 
 def measure_shaping(run, variant, redis):
@@ -988,16 +1015,17 @@ def main():
 
 # ---------------------------------------------------------------- moderate load
 
-MODERATE_CONNS = 20
-MODERATE_ROWS = (  # name, limiter, instances, lease
-    ("limit_req, random keys", "limit_req", 1, ""),
-    ("ratelimit, random keys", "ratelimit", 1, ""),
-    ("global key, 2 instances, leases off", "ratelimit", 2, ""),
-    ("global key, 2 instances, leases on (50ms)", "ratelimit", 2, "50ms"),
+MODERATE_ROWS = (  # name, limiter, instances, lease, batch_wait
+    ("limit_req, random keys", "limit_req", 1, "", ""),
+    ("ratelimit, random keys", "ratelimit", 1, "", ""),
+    ("global key, 2 instances, leases off", "ratelimit", 2, "", ""),
+    ("global key, 2 instances, leases on (50ms)", "ratelimit", 2, "50ms", ""),
+    ("ratelimit, random keys, batch_wait=1ms", "ratelimit", 1, "", "1ms"),
+    ("ratelimit, random keys, batch_wait=2ms", "ratelimit", 1, "", "2ms"),
 )
 
 
-def moderate_conf(run, name, port, backend, redis, limiter_name, lease):
+def moderate_conf(run, name, port, backend, redis, limiter_name, lease, batch_wait):
     """nginx proxying every request to an upstream server of its own, with the limiter."""
     if limiter_name == "limit_req":
         main, http = "", ("limit_req_zone $http_x_api_key zone=z:10m rate=100000r/s;\n"
@@ -1005,8 +1033,10 @@ def moderate_conf(run, name, port, backend, redis, limiter_name, lease):
         loc = "limit_req zone=z burst=100000 nodelay;"
     else:
         main = "load_module %s;" % MODULE
-        http = ("ratelimit_redis 127.0.0.1:%d;\nratelimit_policy bench rate=100000r/s "
-                "burst=100000 %s;" % (redis["port"], "lease=" + lease if lease else ""))
+        http = ("ratelimit_redis 127.0.0.1:%d %s;\nratelimit_policy bench rate=100000r/s "
+                "burst=100000 %s;" % (redis["port"],
+                                      "batch_wait=" + batch_wait if batch_wait else "",
+                                      "lease=" + lease if lease else ""))
         loc = "ratelimit $http_x_api_key policy=bench;"
     return nginx_conf(run, name, main, 1, f"""
     {http}
@@ -1017,6 +1047,7 @@ def moderate_conf(run, name, port, backend, redis, limiter_name, lease):
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        keepalive_requests 1000000;
         location / {{
             {loc}
             proxy_http_version 1.1;
@@ -1026,9 +1057,9 @@ def moderate_conf(run, name, port, backend, redis, limiter_name, lease):
     }}""")
 
 
-def moderate_start(run, name, redis, limiter_name, lease):
+def moderate_start(run, name, redis, limiter_name, lease, batch_wait):
     port, backend = free_port(), free_port()
-    conf = moderate_conf(run, name, port, backend, redis, limiter_name, lease)
+    conf = moderate_conf(run, name, port, backend, redis, limiter_name, lease, batch_wait)
     proc = subprocess.Popen([NGINX, "-p", str(run), "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if not wait_port(port):
@@ -1037,38 +1068,40 @@ def moderate_start(run, name, redis, limiter_name, lease):
     return {"proc": proc, "port": port}
 
 
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
 def moderate_row(run, redis, row):
-    """One row: paced wrk per instance (the rate split between them) after a warm-up."""
-    title, limiter_name, instances, lease = row
+    """One row: the open-loop client (Poisson arrivals at MODERATE_RPS in all, spread over the
+    instances) for WARM s, then DUR s measured."""
+    title, limiter_name, instances, lease, batch_wait = row
     flush(redis)
-    nginxes = [moderate_start(run, "mod%d" % i, redis, limiter_name, lease)
+    nginxes = [moderate_start(run, "mod%d" % i, redis, limiter_name, lease, batch_wait)
                for i in range(instances)]
-    delay = MODERATE_CONNS * 1000.0 * instances / MODERATE_RPS
-    env = {"DELAY_MS": "%.3f" % delay}
-    if instances > 1:
-        env["KEY"] = "global"
+    info = {}
     try:
-        for n in nginxes:
-            wrk_start(n["port"], WARM, MODERATE_CONNS, False, **env).communicate()
-        i0 = redis_info(redis["port"])
-        procs = [wrk_start(n["port"], DUR, MODERATE_CONNS, True, **env) for n in nginxes]
-        results = [wrk_result(p) for p in procs]
-        i1 = redis_info(redis["port"])
+        results = asyncio.run(open_loop_client(
+            [n["port"] for n in nginxes], MODERATE_RPS, DUR,
+            key="global" if instances > 1 else None, poisson=True, warm=WARM,
+            at_warm_end=lambda: info.update(i0=redis_info(redis["port"]))))
+        info["i1"] = redis_info(redis["port"])
     finally:
         for n in nginxes:
             stop_nginx(n)
     problems = []
     for i in range(instances):
         problems += log_problems(run, "mod%d" % i)
-    requests = sum(r["requests"] for r in results)
-    c0, _ = script_calls(i0)
-    c1, _ = script_calls(i1)
-    calls = c1 - c0
-    return {"title": title, "rps": sum(r["rps"] for r in results),
-            "p50_us": max(r["p50_us"] for r in results), "p99_us": max(r["p99_us"] for r in results),
+    requests = len(results)
+    calls, script_us = (a - b for a, b in zip(script_calls(info["i1"]), script_calls(info["i0"])))
+    latencies = [r[1] * 1e6 for r in results]
+    return {"title": title, "rps": requests / DUR,
+            "p50_us": percentile(latencies, 0.5), "p99_us": percentile(latencies, 0.99),
             "calls_per_dec": calls / requests if requests else 0.0,
-            "calls_s": calls / DUR, "redis_us": (redis_cpu_s(i1) - redis_cpu_s(i0)) * 1e6
-            / max(requests, 1), "errors": sum(errors(r) for r in results) + len(problems)}
+            "calls_s": calls / DUR, "redis_us": (redis_cpu_s(info["i1"]) - redis_cpu_s(info["i0"]))
+            * 1e6 / max(requests, 1), "script_us": script_us / max(requests, 1),
+            "errors": sum(1 for r in results if r[2] != 200) + len(problems)}
 
 
 def moderate_main():
@@ -1093,28 +1126,34 @@ def moderate_main():
             stop_redis(redis)
     med = {k: {f: statistics.median(r[f] for r in v) for f in v[0] if f != "title"}
            for k, v in rows.items()}
-    lreq = med[MODERATE_ROWS[0][0]]["p99_us"]
-    table = ["| row (paced, about %d req/s offered, proxied) | req/s | p50 ms | p99 ms | "
-             "p99 added vs limit_req ms | script calls/decision | decisions/call | "
-             "script calls/s | Redis CPU µs/decision | errors |" % MODERATE_RPS,
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for title, _, _, _ in MODERATE_ROWS:
+    # The p99 added: within each round (the same minute of a shared machine), then the median.
+    lreq = rows[MODERATE_ROWS[0][0]]
+    added = {k: statistics.median(r["p99_us"] - l["p99_us"] for r, l in zip(v, lreq))
+             for k, v in rows.items()}
+    table = ["| row (open loop, %d req/s offered, proxied) | req/s | p50 ms | p99 ms | "
+             "p99 added vs limit_req ms (median of the rounds') | script calls/decision | "
+             "decisions/call | script calls/s | Redis CPU µs/decision | of which in scripts | errors |"
+             % MODERATE_RPS, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for title, *_ in MODERATE_ROWS:
         m = med[title]
         redis_row = title != MODERATE_ROWS[0][0]
-        table.append("| %s | %.0f | %.2f | %.2f | %s | %s | %s | %s | %s | %d |" % (
+        table.append("| %s | %.0f | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %d |" % (
             title, m["rps"], m["p50_us"] / 1000, m["p99_us"] / 1000,
-            fmt((m["p99_us"] - lreq) / 1000, "%+.2f") if redis_row else "-",
+            fmt(added[title] / 1000, "%+.2f") if redis_row else "-",
             fmt(m["calls_per_dec"], "%.3f") if redis_row else "-",
             fmt(1 / m["calls_per_dec"], "%.1f") if redis_row and m["calls_per_dec"] else "-",
             fmt(m["calls_s"], "%.0f") if redis_row else "-",
-            fmt(m["redis_us"]) if redis_row else "-", m["errors"]))
+            fmt(m["redis_us"]) if redis_row else "-",
+            fmt(m["script_us"]) if redis_row else "-", m["errors"]))
     text = "\n".join(table)
     print()
     print(text)
     if RESULTS:
         write_section(MODERATE_BEGIN, MODERATE_END, "BENCH_ONLY=moderate", started, load0,
-                      "wrk -t1 -c%d paced by its delay() hook, %d s per run after %d s of "
-                      "warm-up, medians of %d round(s)" % (MODERATE_CONNS, DUR, WARM, ROUNDS),
+                      "open-loop asyncio client (Poisson arrivals, keep-alive connections, a "
+                      "new one when none is idle; latency from each request's send to its "
+                      "whole answer), %d s per run after %d s of warm-up, medians of %d "
+                      "round(s)" % (DUR, WARM, ROUNDS),
                       text)
         print("\nthe moderate section of %s replaced" % RESULTS)
     return 0

@@ -145,6 +145,11 @@ void count_request(const CountedLimit* limits, size_t n, Status status,
 void count_delay(const Policy* policy, int64_t wait_ms) noexcept;
 // One script call to Redis that carried `decisions` requests' decisions.
 void count_script_call(size_t decisions) noexcept;
+// lease= of a policy (nullptr: not counted): a lease call sent, its answer (`granted` tokens
+// leased, `returned` tokens given back), a request decided from a lease.
+void count_lease_call(PolicyStats* stats) noexcept;
+void count_lease_reply(PolicyStats* stats, int64_t granted, int64_t returned) noexcept;
+void count_lease_decision(PolicyStats* stats) noexcept;
 // Binds every configured policy to its counters in the zone (by name, so that they survive
 // reload); runs in the master once the zone is ready.
 ngx_int_t bind_counters(ngx_cycle_t* cycle, MainConf* mcf) noexcept;

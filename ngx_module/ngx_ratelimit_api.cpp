@@ -14,6 +14,7 @@
 #include "ngx_ratelimit_adaptive.h"
 #include "ngx_ratelimit_api.h"
 #include "ngx_ratelimit_counters.h"
+#include "ngx_ratelimit_lease.h"
 #include "ngx_ratelimit_zone.h"
 #include "ratelimit/api_text.h"
 #include "ratelimit/bucket_view.h"
@@ -201,7 +202,29 @@ void append_delay(std::string& out, const Policy& policy)
 }
 
 
-void append_policy(std::string& out, const Policy& policy)
+// lease= of a policy and what the node's leases did: null without lease=.
+void append_lease(std::string& out, const Policy& policy, ngx_shm_zone_t* zone)
+{
+    out += ",\"lease\":";
+    if (policy.lease_ms == 0) {
+        out += "null";
+        return;
+    }
+    const PolicyStats* stats = policy.stats;
+    auto count = [stats](const ngx_atomic_t LeaseStats::*field) {
+        return std::to_string(stats ? read_counter(stats->lease.*field) : 0);
+    };
+    out += "{\"period_ms\":" + std::to_string(policy.lease_ms);
+    out += ",\"calls\":" + count(&LeaseStats::calls);
+    out += ",\"leases\":" + count(&LeaseStats::granted);
+    out += ",\"tokens_leased\":" + count(&LeaseStats::tokens);
+    out += ",\"tokens_returned\":" + count(&LeaseStats::returned);
+    out += ",\"decisions\":" + count(&LeaseStats::decisions);
+    out += ",\"keys_leased\":" + std::to_string(leased_keys(zone, stats)) + '}';
+}
+
+
+void append_policy(std::string& out, const Policy& policy, ngx_shm_zone_t* zone)
 {
     out += "{\"name\":";
     ratelimit::append_json_string(out, as_view(policy.name));
@@ -221,6 +244,7 @@ void append_policy(std::string& out, const Policy& policy)
         out += ",\"factor\":1";
     }
     append_delay(out, policy);
+    append_lease(out, policy, zone);
     out += ",\"counters\":{";
     const PolicyStats* stats = policy.stats;
     for (size_t s = size_t(Status::passed); s < kStatuses; s++) {
@@ -270,7 +294,7 @@ std::string status_json(MainConf* mcf, LocConf* lcf)
         if (i) {
             out += ',';
         }
-        append_policy(out, policies[i]);
+        append_policy(out, policies[i], mcf->zone);
     }
     out += "],\"adaptive\":";
     append_adaptive_status(out, mcf);
@@ -384,6 +408,53 @@ void append_delay_metrics(std::string& out, const Policy* policies, ngx_uint_t n
 }
 
 
+// lease=, per policy that has it: what the node's leases did, and the keys leased now.
+void append_lease_metrics(std::string& out, const Policy* policies, ngx_uint_t n,
+                          ngx_shm_zone_t* zone)
+{
+    struct Counter {
+        const char* name;
+        const char* help;
+        ngx_atomic_t LeaseStats::*field;
+    };
+    const Counter counters[] = {
+        {"lease_calls_total", "Lease script calls sent (takes and give-backs).",
+         &LeaseStats::calls},
+        {"leases_total", "Leases of tokens granted to this node.", &LeaseStats::granted},
+        {"lease_tokens_total", "Tokens taken from the buckets by this node's leases.",
+         &LeaseStats::tokens},
+        {"lease_tokens_returned_total", "Unused leased tokens given back to the buckets.",
+         &LeaseStats::returned},
+        {"lease_decisions_total", "Requests decided from a lease, without a Redis call.",
+         &LeaseStats::decisions},
+    };
+    bool any = false;
+    for (ngx_uint_t p = 0; p < n; p++) {
+        any = any || policies[p].lease_ms > 0;
+    }
+    if (!any) {
+        return;
+    }
+    for (const Counter& c : counters) {
+        metric_head(out, c.name, "counter", c.help);
+        for (ngx_uint_t p = 0; p < n; p++) {
+            if (policies[p].lease_ms > 0) {
+                const PolicyStats* stats = policies[p].stats;
+                metric(out, c.name, policy_label(policies[p]),
+                       stats ? read_counter(stats->lease.*c.field) : 0);
+            }
+        }
+    }
+    metric_head(out, "leased_keys", "gauge", "Keys that hold a lease on this node now.");
+    for (ngx_uint_t p = 0; p < n; p++) {
+        if (policies[p].lease_ms > 0) {
+            metric(out, "leased_keys", policy_label(policies[p]),
+                   leased_keys(zone, policies[p].stats));
+        }
+    }
+}
+
+
 // mode=cluster: per master, as the worker answering sees it. Addresses need no escaping.
 void append_cluster_metrics(std::string& out)
 {
@@ -437,6 +508,9 @@ std::string metrics_text(MainConf* mcf)
                stats ? read_counter(stats->rejected_on_node) : 0);
     }
     append_delay_metrics(out, policies, mcf->policies.nelts);
+    if (mcf->redis) {
+        append_lease_metrics(out, policies, mcf->policies.nelts, mcf->zone);
+    }
     metric_head(out, "policy_burst", "gauge", "Bucket capacity of each policy, in requests.");
     for (ngx_uint_t i = 0; i < mcf->policies.nelts; i++) {
         metric(out, "policy_burst", policy_label(policies[i]), policies[i].params.burst);

@@ -259,6 +259,35 @@ void count_script_call(size_t decisions) noexcept
 }
 
 
+void count_lease_call(PolicyStats* stats) noexcept
+{
+    if (stats) {
+        add(stats->lease.calls);
+    }
+}
+
+
+void count_lease_reply(PolicyStats* stats, int64_t granted, int64_t returned) noexcept
+{
+    if (stats == nullptr) {
+        return;
+    }
+    if (granted > 0) {
+        add(stats->lease.granted);
+        add(stats->lease.tokens, granted);
+    }
+    add(stats->lease.returned, returned);
+}
+
+
+void count_lease_decision(PolicyStats* stats) noexcept
+{
+    if (stats) {
+        add(stats->lease.decisions);
+    }
+}
+
+
 void observe_redis(ratelimit::ClientObserver& observer)
 {
     ApiShared* api = shared;

@@ -42,6 +42,15 @@ struct TopKeys {
     TopSlot slots[kTopSlots];
 };
 
+// lease= (ngx_ratelimit_lease.cpp): what the node's leases of a policy's keys did.
+struct LeaseStats {
+    ngx_atomic_t calls;      // lease script calls sent (takes and give-backs)
+    ngx_atomic_t granted;    // leases Redis granted
+    ngx_atomic_t tokens;     // tokens those leases took from the buckets
+    ngx_atomic_t returned;   // unused tokens given back (calls Redis answered)
+    ngx_atomic_t decisions;  // requests decided from a lease, without Redis
+};
+
 struct PolicyStats {
     PolicyStats* next;                  // every policy the zone has counted, by name
     ngx_atomic_t by_status[kStatuses];  // requests, by $ratelimit_status
@@ -49,6 +58,7 @@ struct PolicyStats {
     TopKeys* top;                       // nullptr: no room left in the zone
     ngx_atomic_t delay_buckets[kDelayBuckets];  // waits (delay=), not cumulative
     ngx_atomic_t delay_sum_ms;
+    LeaseStats lease;
     size_t name_len;
     u_char name[1];
 };

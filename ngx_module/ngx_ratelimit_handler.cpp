@@ -374,7 +374,8 @@ bool passed_on_lease(ngx_http_request_t* r, RequestCtx* ctx, LocConf* lcf, MainC
     LeaseLimit limits[kMaxLimitsPerRequest];
     for (ngx_uint_t i = 0; i < ctx->nlimits; i++) {
         const RequestLimit& limit = ctx->limits[i];
-        limits[i] = LeaseLimit{keys[i], limit.params, limit.cost, limit.policy->lease_ms};
+        limits[i] = LeaseLimit{keys[i], limit.params, limit.cost, limit.policy->lease_ms,
+                               limit.policy->stats};
     }
     ratelimit::LimitOutcome outcomes[kMaxLimitsPerRequest];
     if (!lease_decide(mcf->zone, redis_router(), limits, ctx->nlimits, outcomes)) {

@@ -28,6 +28,7 @@ struct LeaseSlot {
     int64_t next_take_ms;  // no lease asked for before then (after none was given)
     int64_t taking_until;  // a take is on its way until then
     uint64_t generation;   // of the last take: a reply to an older one is given back
+    PolicyStats* stats;    // in the zone: the same in every worker and across reload
 };
 
 struct LeaseTable {
@@ -43,6 +44,7 @@ struct Take {
     int64_t want;
     int64_t lease_ms;
     uint64_t generation;
+    PolicyStats* stats;
 };
 
 class Locked {
@@ -110,6 +112,7 @@ LeaseSlot* find_or_add(LeaseTable* t, const LeaseLimit& limit, int64_t now)
         if (holds(s, hash, limit.redis_key)) {
             s.params = limit.params;
             s.lease_ms = limit.lease_ms;
+            s.stats = limit.stats;
             return &s;
         }
         if (s.len == 0) {
@@ -127,6 +130,7 @@ LeaseSlot* find_or_add(LeaseTable* t, const LeaseLimit& limit, int64_t now)
         ngx_memcpy(victim->key, limit.redis_key.data(), limit.redis_key.size());
         victim->params = limit.params;
         victim->lease_ms = limit.lease_ms;
+        victim->stats = limit.stats;
     }
     return victim;
 }
@@ -149,7 +153,7 @@ bool plan_take(LeaseTable* t, LeaseSlot& s, int64_t cost, int64_t now, Take& tak
         return false;
     }
     take = Take{std::string(reinterpret_cast<char*>(s.key), s.len), s.params, s.tokens, want,
-                s.lease_ms, ++t->generations};
+                s.lease_ms, ++t->generations, s.stats};
     s.tokens = 0;
     s.expires_ms = 0;
     s.generation = take.generation;
@@ -175,7 +179,9 @@ void send(ngx_shm_zone_t* zone, ratelimit::CallRouter* router, Take take) noexce
                 on_lease_reply(zone, router, take, sent_ms, result);
             },
             nullptr);
-        if (submitted.status != ratelimit::CallStatus::ok) {
+        if (submitted.status == ratelimit::CallStatus::ok) {
+            count_lease_call(take.stats);
+        } else {
             ratelimit::CallResult failed;
             failed.status = submitted.status;
             on_lease_reply(zone, router, take, sent_ms, failed);
@@ -192,6 +198,9 @@ void on_lease_reply(ngx_shm_zone_t* zone, ratelimit::CallRouter* router, const T
                      ? ratelimit::read_lease_reply(result.reply) : std::nullopt;
     if (!reply && result.status == ratelimit::CallStatus::ok) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "ratelimit: unexpected reply to a lease");
+    }
+    if (reply) {
+        count_lease_reply(take.stats, reply->granted, take.returned);
     }
     if (take.want == 0) {
         return;  // tokens given back: nothing was granted
@@ -217,7 +226,8 @@ void on_lease_reply(ngx_shm_zone_t* zone, ratelimit::CallRouter* router, const T
     }
     if (granted > 0 && !kept) {
         // The key left the table, or a newer take replaced this one: give the grant back.
-        send(zone, router, Take{take.key, take.params, granted, 0, take.lease_ms, 0});
+        send(zone, router,
+             Take{take.key, take.params, granted, 0, take.lease_ms, 0, take.stats});
     }
 }
 
@@ -251,7 +261,8 @@ void sweep(ngx_shm_zone_t* zone, ratelimit::CallRouter* router) noexcept
             {
                 try {
                     takes[n] = Take{std::string(reinterpret_cast<char*>(s.key), s.len),
-                                    s.params, s.tokens, 0, s.lease_ms, ++t->generations};
+                                    s.params, s.tokens, 0, s.lease_ms, ++t->generations,
+                                    s.stats};
                 } catch (...) {
                     break;
                 }
@@ -279,6 +290,22 @@ void* create_lease_table(ngx_slab_pool_t* shpool) noexcept
 {
     auto* t = static_cast<LeaseTable*>(ngx_slab_calloc_locked(shpool, sizeof(LeaseTable)));
     return t;
+}
+
+
+int64_t leased_keys(ngx_shm_zone_t* zone, const PolicyStats* stats) noexcept
+{
+    Locked locked(zone);
+    LeaseTable* t = locked.table();
+    if (t == nullptr || stats == nullptr) {
+        return 0;
+    }
+    int64_t now = ratelimit::monotonic_ms();
+    int64_t n = 0;
+    for (const LeaseSlot& s : t->slots) {
+        n += s.len != 0 && s.stats == stats && usable(s, 1, now) ? 1 : 0;
+    }
+    return n;
 }
 
 
@@ -312,6 +339,13 @@ bool lease_decide(ngx_shm_zone_t* zone, ratelimit::CallRouter* router, const Lea
             for (size_t i = 0; i < n; i++) {
                 slots[i]->tokens -= limits[i].cost;
                 outcomes[i] = lease_outcome(*slots[i], limits[i].cost);
+                bool first = true;
+                for (size_t j = 0; j < i && first; j++) {
+                    first = limits[j].stats != limits[i].stats;
+                }
+                if (first) {
+                    count_lease_decision(limits[i].stats);
+                }
             }
             decided = true;
         }

@@ -20,6 +20,7 @@ struct LeaseLimit {
     ratelimit::BucketParams params;
     int64_t cost;
     int64_t lease_ms;  // 0: the policy takes no leases
+    PolicyStats* stats;  // the policy's counters, or nullptr
 };
 
 // Keys leased at once by a node (a fixed table in the zone; the least recently seen key
@@ -38,6 +39,9 @@ void* create_lease_table(ngx_slab_pool_t* shpool) noexcept;
 // tokens are taken and the request passes. `router` nullptr: Redis is not in use.
 bool lease_decide(ngx_shm_zone_t* zone, ratelimit::CallRouter* router, const LeaseLimit* limits,
                   size_t n, ratelimit::LimitOutcome* outcomes);
+
+// Keys of the policy counted by `stats` that hold a lease now (for the API's status).
+int64_t leased_keys(ngx_shm_zone_t* zone, const PolicyStats* stats) noexcept;
 
 // Every 100 ms, a worker gives back the unused tokens of the node's leases that ended more
 // than a lease period ago (a key still requested gives them back with its next take).

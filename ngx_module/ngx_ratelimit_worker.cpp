@@ -237,8 +237,10 @@ ngx_int_t init_worker_redis(ngx_cycle_t* cycle, MainConf* mcf)
                 client_observer(cycle->log, as_string(mcf->redis_peer.name)));
             w->single = std::make_unique<ratelimit::SingleRedis>(w->loop, *w->client);
         }
-        w->batcher = std::make_unique<ratelimit::Batcher>(
-            w->loop, w->router(), ratelimit::BatcherOptions{}, count_script_call);
+        ratelimit::BatcherOptions batching;
+        batching.wait_ms = mcf->redis->batch_wait_ms;
+        w->batcher = std::make_unique<ratelimit::Batcher>(w->loop, w->router(), batching,
+                                                          count_script_call);
         w->lease_sweep = start_lease_sweep(w->loop, w->router(), mcf->zone);
         worker = w.release();
         start_override_poll(cycle, mcf);

@@ -122,7 +122,11 @@ uint64_t Batcher::queue(int group, const ScriptLimit* limits, size_t n, VerdictH
     }
     batch.waiters.push_back(Waiter{id, handler, owner});
     waiting_++;
-    if (!flush_timer_->armed()) {
+    if (batch.waiters.size() == 1 && !ready(batch, loop_.now_ms())) {
+        if (!flush_timer_->armed()) {
+            flush_timer_->start(batch.ready_ms - loop_.now_ms());
+        }
+    } else if (!flush_timer_->armed() || batch.waiters.size() >= options_.max_requests) {
         flush_timer_->start(0);
     }
     return id;
@@ -238,6 +242,8 @@ Batcher::Batch& Batcher::open_batch(int group, const RedisClient::Since* since)
     }
     batch->group = group;
     batch->since = since ? *since : router_.since(group);
+    // Requests that go again have waited already.
+    batch->ready_ms = since || options_.wait_ms == 0 ? 0 : loop_.now_ms() + options_.wait_ms;
     batches_.push_back(std::move(batch));
     Batch* added = batches_.back().get();
     if (since == nullptr) {
@@ -315,10 +321,18 @@ void Batcher::shutdown() noexcept
     in_flight_ = 0;
 }
 
-// Sends the batches waiting to leave, as many per group as may be on the wire at once.
+bool Batcher::ready(const Batch& batch, int64_t now) const noexcept
+{
+    return now >= batch.ready_ms || batch.waiters.size() >= options_.max_requests;
+}
+
+// Sends the batches waiting to leave, as many per group as may be on the wire at once; a
+// batch still in its wait (batch_wait=) leaves from a later flush.
 void Batcher::flush() noexcept
 {
     size_t i = 0;
+    int64_t now = loop_.now_ms();
+    int64_t next = INT64_MAX;
     while (!shut_down_ && i < batches_.size()) {
         Batch& batch = *batches_[i];
         auto flying = flying_.find(batch.group);
@@ -326,10 +340,18 @@ void Batcher::flush() noexcept
             i++;
             continue;
         }
+        if (!ready(batch, now)) {
+            next = std::min(next, batch.ready_ms);
+            i++;
+            continue;
+        }
         if (!send(batch)) {
             continue;  // failed and recycled: the next batch moved to index i
         }
         i++;
+    }
+    if (!shut_down_ && next != INT64_MAX && !flush_timer_->armed()) {
+        flush_timer_->start(next - now);
     }
 }
 
@@ -417,7 +439,8 @@ void Batcher::on_reply(Batch* batch, const CallResult& result) noexcept
         return;
     }
     recycle(batch);
-    if (!flush_timer_->armed()) {
+    // With batch_wait the timer may be set for a batch still waiting: a freed slot goes first.
+    if (!flush_timer_->armed() || options_.wait_ms > 0) {
         flush_timer_->start(0);
     }
 }

@@ -138,6 +138,17 @@ struct Parser {
         return true;
     }
 
+    bool set_batch_wait(std::string_view value, std::string_view arg)
+    {
+        auto ms = parse_duration_ms(value);
+        if (!ms || *ms < 0 || *ms > kMaxBatchWaitMs) {
+            return fail("invalid value " + quote(value) + " in " + quote(arg)
+                        + " (expected 0 to " + std::to_string(kMaxBatchWaitMs) + "ms)");
+        }
+        config.batch_wait_ms = *ms;
+        return true;
+    }
+
     bool set_mode(std::string_view value, std::string_view arg)
     {
         if (value == "standalone") {
@@ -184,6 +195,9 @@ struct Parser {
         }
         if (name == "timeout") {
             return set_duration(config.timeout_ms, value, arg);
+        }
+        if (name == "batch_wait") {
+            return set_batch_wait(value, arg);
         }
         if (name == "ssl_verify") {
             return set_verify(value, arg);

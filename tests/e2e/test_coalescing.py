@@ -350,3 +350,63 @@ def test_a_master_turned_replica_stays_down_until_it_is_master_again(workdir, re
         assert n.log().count("is up") == ups + 1
     finally:
         replica.stop()
+
+
+# --- batch_wait= -----------------------------------------------------------------------------
+
+def paced(port, rate, seconds, threads=12):
+    """`rate` requests/s in all for `seconds`, from `threads` clients each on its own schedule
+    (whatever the answers), a new key each; returns the statuses."""
+    statuses, lock = [], threading.Lock()
+    start = time.monotonic()
+
+    def run(i):
+        k = 0
+        while True:
+            due = start + (k * threads + i) / rate
+            if due >= start + seconds:
+                return
+            k += 1
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            r = http_request(port, "/", {"X-Key": "k%d-%d" % (i, k)})
+            with lock:
+                statuses.append(r.status)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return statuses
+
+
+def test_batch_wait_fills_script_calls_at_moderate_load(redis, nginx_factory):
+    """At 250 r/s on distinct keys, decisions rarely share a call (about one per call);
+    batch_wait=5ms holds each call for more: about 1 + 250 x 0.005 decisions per call."""
+    per_call = {}
+    for wait in ("", "batch_wait=5ms"):
+        n = nginx_factory(keyed("ratelimit_policy p rate=100000r/s burst=100000;", redis, wait),
+                          workers=1)
+        before = evalsha_calls(redis)
+        statuses = paced(n.port, 250, 4)
+        calls = evalsha_calls(redis) - before
+        n.stop()
+        assert set(statuses) == {200}
+        per_call[wait] = len(statuses) / calls
+    print("decisions per script call: %.2f without batch_wait, %.2f with 5ms"
+          % (per_call[""], per_call["batch_wait=5ms"]))
+    assert per_call["batch_wait=5ms"] >= 1.4 * per_call[""]
+
+
+def test_batch_wait_is_checked(redis, nginx_factory):
+    for bad in ("6ms", "1s", "soon"):
+        t = nginx_factory(keyed("ratelimit_policy p rate=1r/s;", redis, "batch_wait=" + bad),
+                          start=False).test_config()
+        assert t.returncode != 0
+        assert 'invalid value "%s" in "batch_wait=%s" (expected 0 to 5ms)' % (bad, bad) \
+            in t.stderr, t.stderr
+    for good in ("0", "0ms", "1ms", "5ms"):
+        t = nginx_factory(keyed("ratelimit_policy p rate=1r/s;", redis, "batch_wait=" + good),
+                          start=False).test_config()
+        assert t.returncode == 0, t.stderr

@@ -128,6 +128,7 @@ PAGE_STATE = """(() => {
     const overrides = [...s.querySelectorAll('td.key-override')].map(td => td.textContent);
     cards.push([s.dataset.policy,
                 {counters, series, keys, overrides, runtime: s.querySelector('.runtime').textContent,
+                 sub: s.querySelector('.sub').textContent,
                  legend: s.querySelector('.legend').textContent}]);
   }
   return {cards, scripts: document.scripts.length, version: document.getElementById('version').textContent,
@@ -146,11 +147,13 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
     ratelimit_policy constructor rate=1r/m burst=2;
     ratelimit_policy toString rate=1r/m burst=2;
     ratelimit_policy __proto__ rate=1r/m burst=2;
+    ratelimit_policy hot rate=1000r/s burst=1000 lease=200ms;
     server {{
         listen 127.0.0.1:@PORT@;
         location /api {{ ratelimit $http_x_key policy=api; {BACKEND} }}
         location /login {{ ratelimit $http_x_key policy=login; {BACKEND} }}
         location /shaped {{ ratelimit $http_x_key policy=shaped; {BACKEND} }}
+        location /hot {{ ratelimit global policy=hot; {BACKEND} }}
         location /odd {{
             ratelimit $http_x_key policy=constructor;
             ratelimit $http_x_key policy=toString;
@@ -168,6 +171,7 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
         while not stop.is_set():
             n.get("/api", {"X-Key": "client-%d" % (i % 3)})
             n.get("/api", {"X-Key": "heavy"})
+            n.get("/hot")  # about 50 r/s on one key: hot, decided from leases
             if i % 4 == 0:
                 n.get("/login", {"X-Key": hostile})
                 n.get("/odd", {"X-Key": "odd"})
@@ -207,7 +211,7 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
         assert state["error"] == ""
         # Names that are also properties of every JavaScript object (defect 11 of issue 15).
         odd = ("constructor", "toString", "__proto__")
-        assert set(state["cards"]) == {"api", "login", "shaped", *odd}
+        assert set(state["cards"]) == {"api", "login", "shaped", "hot", *odd}
         assert state["version"] == status["version"] and state["redis"] == "up"
         assert state["refill"] is True
         assert state["scripts"] == 1, "a key became markup"
@@ -233,6 +237,12 @@ def test_dashboard_in_headless_chromium(redis, nginx_factory, workdir):
         ys = shaped["series"]["series-delayed"]
         assert len(ys) >= 4 and min(ys) < 120, ys
         assert "delayed" in shaped["legend"]
+        # Leases: the policy's line says how many requests they decided, as status counts them.
+        lease = [p for p in status["policies"] if p["name"] == "hot"][0]["lease"]
+        assert lease["decisions"] > 0
+        assert "lease 200 ms: %d decided from leases, %d leases of" % (
+            lease["decisions"], lease["leases"]) in state["cards"]["hot"]["sub"]
+        assert "lease" not in api["sub"]
         # The hostile key is listed as text, percent-encoded as the buckets path takes it.
         login = state["cards"]["login"]
         assert login["keys"] and login["keys"][0].startswith("%3Cimg%20src%3Dx")

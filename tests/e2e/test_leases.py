@@ -4,6 +4,7 @@ within its bound, the hot key's Redis calls fall to about nodes / lease period, 
 behave as the README says when Redis is lost or a node dies."""
 
 import http.client
+import json
 import os
 import signal
 import threading
@@ -25,6 +26,9 @@ def conf(redis_port, rate, burst, lease="", mode="open"):
             ratelimit_failure_mode {mode};
             add_header X-Status $ratelimit_status always;
             proxy_pass http://127.0.0.1:@BACKEND@;
+        }}
+        location /rl/ {{
+            ratelimit_api;
         }}
     }}
 """
@@ -150,29 +154,51 @@ def test_exact_with_leases_under_three_times_the_rate(nginx_factory, redis):
     assert all(any(p == n.port and s == 200 for p, s, _ in results) for n in ns)
 
 
+def metrics(ns):
+    """The fleet's counters of policy g and of Redis script calls, summed over `ns`."""
+    total = {}
+    for n in ns:
+        for line in n.get("/rl/metrics").body.decode().splitlines():
+            if line.startswith("#"):
+                continue
+            name, value = line.rsplit(" ", 1)
+            if name.endswith('{policy="g"}') or name.endswith('{policy="g",outcome="passed"}') \
+                    or name.startswith("nginx_ratelimit_redis_script_"):
+                name = name.replace("nginx_ratelimit_", "").split("{")[0]
+                total[name] = total.get(name, 0) + int(value)
+    return total
+
+
 def hot_key_calls(nginx_factory, redis, lease, seconds=6.0):
     """Load just under the rate from 4 instances; returns (statuses, (decision calls/s, lease
-    calls/s), Redis CPU seconds per admitted request)."""
+    calls/s), Redis CPU seconds per admitted request, the fleet's counters' growth over the
+    measured load (metrics), the nodes' status of policy g after it)."""
     rate = 100
     ns = fleet(nginx_factory, redis, "%dr/s" % rate, 1000, lease)
     load([n.port for n in ns], seconds=1.5, threads=8, pace=0.9 * rate)  # warm up: hot
-    calls, cpu = script_calls(redis), redis_cpu(redis)
+    calls, cpu, before = script_calls(redis), redis_cpu(redis), metrics(ns)
     results, elapsed = load([n.port for n in ns], seconds=seconds, threads=8, pace=0.9 * rate)
     after = script_calls(redis)
+    counted = metrics(ns)
+    counted = {k: v - before.get(k, 0) for k, v in counted.items()}
+    counted["lease_calls_redis"] = after[1] - calls[1]
+    counted["elapsed"] = elapsed
     rates = tuple((a - b) / elapsed for a, b in zip(after, calls))
     cpu = redis_cpu(redis) - cpu
     statuses = [s for _, s, _ in results]
+    status = [json.loads(n.get("/rl/status").body)["policies"][0] for n in ns]
     for n in ns:
         n.stop()
-    return statuses, rates, cpu / max(1, statuses.count(200))
+    return statuses, rates, cpu / max(1, statuses.count(200)), counted, status
 
 
 def test_load_under_the_rate_is_never_rejected_and_calls_fall(nginx_factory, redis):
     """Load at 90 % of the rate: nothing rejected with or without leases; with lease=200ms the
     hot key's script calls per second fall to about nodes / lease period (4 / 0.2 s = 20)."""
-    without, calls_without, cpu_without = hot_key_calls(nginx_factory, redis, "")
+    without, calls_without, cpu_without, _, status = hot_key_calls(nginx_factory, redis, "")
+    assert all(p["lease"] is None for p in status)
     redis.cmd("FLUSHALL")
-    with_leases, calls_with, cpu_with = hot_key_calls(nginx_factory, redis, "200ms")
+    with_leases, calls_with, cpu_with, _, _ = hot_key_calls(nginx_factory, redis, "200ms")
     # EVAL also carries the runtime limits' poll (one call per node per 250 ms) in both runs.
     polls = calls_without[1]
     leases = calls_with[1] - polls
@@ -188,6 +214,35 @@ def test_load_under_the_rate_is_never_rejected_and_calls_fall(nginx_factory, red
     # while a node's lease is spent and its next one is on its way.
     assert 5 <= leases <= 40
     assert calls_with[0] + leases < calls_without[0] / 2
+
+
+def test_lease_counters_follow_the_load(nginx_factory, redis):
+    """The API's lease counters (status and metrics) move as the load implies: at 90 % of the
+    rate with lease=200ms every passed request was decided either by a script call or from a
+    lease, most from leases; the nodes' lease calls are the lease calls Redis ran."""
+    statuses, _, _, c, status = hot_key_calls(nginx_factory, redis, "200ms")
+    passed = statuses.count(200)
+    print("lease counters over the load: %s; %d passed" % (c, passed))
+    assert passed == len(statuses) and passed > 0
+    assert c["requests_total"] == passed
+    assert c["lease_decisions_total"] + c["redis_script_decisions_total"] == passed
+    assert c["lease_decisions_total"] > passed / 2
+    # Redis's EVAL count also holds the runtime limits' poll (a call per node per 250 ms);
+    # calls are counted when sent, by Redis when run: a few may be on their way at either end.
+    polls = 4 * (c["elapsed"] / 0.25 + 2)
+    assert c["lease_calls_redis"] - polls - 4 <= c["lease_calls_total"] \
+        <= c["lease_calls_redis"] + 4
+    assert c["lease_calls_total"] >= 0.5 * 4 * c["elapsed"] / 0.2  # about one per node a lease
+    assert c["leases_total"] <= c["lease_calls_total"]
+    # What the decisions spent was leased during the load or held at its start (125 a node).
+    assert c["lease_tokens_total"] >= c["lease_decisions_total"] - 4 * 125
+    for p in status:
+        lease = p["lease"]
+        assert lease["period_ms"] == 200
+        assert lease["calls"] >= lease["leases"] > 0
+        assert lease["tokens_leased"] >= lease["decisions"] > 0
+        assert 0 <= lease["tokens_returned"] <= lease["tokens_leased"]
+        assert lease["keys_leased"] in (0, 1)
 
 
 def lose_redis_holding_a_lease(n, redis):

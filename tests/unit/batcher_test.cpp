@@ -172,6 +172,46 @@ TEST_F(BatcherTest, BatchSizeIsBounded)
     EXPECT_EQ(sent_sizes(), (std::vector<size_t>{2, 2, 1}));
 }
 
+TEST_F(BatcherTest, BatchWaitHoldsANewCallSoThatLaterRequestsJoinIt)
+{
+    BatcherOptions o;
+    o.wait_ms = 2;
+    make(o);
+    std::vector<Seen> seen;
+    Req a{1, 0, &seen}, b{2, 0, &seen};
+    decide(a, {{"rl:p:x", params, 1}});
+    loop.advance(1);
+    decide(b, {{"rl:p:y", params, 1}});  // a later iteration, within the wait
+    loop.advance(0);
+    EXPECT_TRUE(sent_sizes().empty());
+    loop.advance(1);  // 2 ms after the call's first request: it leaves with both
+    EXPECT_EQ(sent_sizes(), std::vector<size_t>{2});
+    EXPECT_EQ(run_and_take(), expected({{{"rl:p:x", params, 1}}, {{"rl:p:y", params, 1}}}));
+    loop.transport().feed(reply(1, {{true, {9000}}, {true, {9000}}}));
+    ASSERT_EQ(seen.size(), 2u);
+}
+
+TEST_F(BatcherTest, BatchWaitEndsWhenTheCallIsFull)
+{
+    BatcherOptions o;
+    o.wait_ms = 5;
+    o.max_requests = 2;
+    o.max_in_flight = 8;
+    make(o);
+    std::vector<Seen> seen;
+    std::vector<Req> reqs(3, Req{0, 0, &seen});
+    for (int i = 0; i < 3; i++) {
+        reqs[i].number = i;
+        decide(reqs[i], {{"rl:p:x", params, 1}});
+    }
+    loop.advance(0);
+    EXPECT_EQ(sent_sizes(), std::vector<size_t>{2});  // full: at once
+    loop.advance(4);
+    EXPECT_EQ(sent_sizes(), std::vector<size_t>{2});  // the third waits for its call to fill
+    loop.advance(1);
+    EXPECT_EQ(sent_sizes(), (std::vector<size_t>{2, 1}));
+}
+
 TEST_F(BatcherTest, CancelledRequestGetsNoVerdict)
 {
     make();

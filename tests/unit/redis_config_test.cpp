@@ -91,6 +91,7 @@ TEST(RedisArgs, Defaults)
     EXPECT_EQ(p.config.prefix, "rl:");
     EXPECT_EQ(p.config.connect_timeout_ms, 200);
     EXPECT_EQ(p.config.timeout_ms, 100);
+    EXPECT_EQ(p.config.batch_wait_ms, 0);
     EXPECT_FALSE(p.config.ssl);
     EXPECT_TRUE(p.config.ssl_verify);
 }
@@ -99,7 +100,8 @@ TEST(RedisArgs, EveryOption)
 {
     auto p = parse({"10.0.0.1:26379", "unix:/tmp/a=b.sock", "[::1]:26380", "mode=sentinel",
                     "master=mymaster", "user=u", "password=p=w", "db=3", "prefix=x:",
-                    "connect_timeout=1s", "timeout=50ms", "ssl", "ssl_verify=off",
+                    "connect_timeout=1s", "timeout=50ms", "batch_wait=2ms", "ssl",
+                    "ssl_verify=off",
                     "ssl_trusted_certificate=/etc/ca.pem", "ssl_server_name=redis.example"});
     ASSERT_TRUE(p.ok) << p.error;
     const RedisConfig& c = p.config;
@@ -115,6 +117,7 @@ TEST(RedisArgs, EveryOption)
     EXPECT_EQ(c.prefix, "x:");
     EXPECT_EQ(c.connect_timeout_ms, 1000);
     EXPECT_EQ(c.timeout_ms, 50);
+    EXPECT_EQ(c.batch_wait_ms, 2);
     EXPECT_TRUE(c.ssl);
     EXPECT_FALSE(c.ssl_verify);
     EXPECT_EQ(c.ssl_trusted_certificate, "/etc/ca.pem");
@@ -138,6 +141,12 @@ TEST(RedisArgs, ErrorsQuoteTheArgument)
         {{"h", "timeout=abc"}, "invalid value \"abc\" in \"timeout=abc\""},
         {{"h", "timeout=0"}, "invalid value \"0\" in \"timeout=0\""},
         {{"h", "connect_timeout="}, "invalid value \"\" in \"connect_timeout=\""},
+        {{"h", "batch_wait=6ms"},
+         "invalid value \"6ms\" in \"batch_wait=6ms\" (expected 0 to 5ms)"},
+        {{"h", "batch_wait=1s"},
+         "invalid value \"1s\" in \"batch_wait=1s\" (expected 0 to 5ms)"},
+        {{"h", "batch_wait=x"},
+         "invalid value \"x\" in \"batch_wait=x\" (expected 0 to 5ms)"},
         {{"h", "foo=1"}, "unknown option \"foo=...\""},
         {{"h", "pasword=s3cret"}, "unknown option \"pasword=...\""},
         {{"h", "Password=s3cret"}, "unknown option \"Password=...\""},

@@ -1,7 +1,7 @@
 // Coalesced decisions: the requests a worker decides in one event-loop iteration travel to
 // Redis in one script call, and the ones that arrive while earlier calls are on their way
 // join the next call, which leaves as soon as a call comes back (never later than one round
-// trip). Outcomes are exactly those of deciding the requests one by one, in arrival order.
+// trip; with wait_ms, a new call first waits that long for more requests). Outcomes are exactly those of deciding the requests one by one, in arrival order.
 // Calls are made per group of the CallRouter (a hash slot in cluster mode): a request whose
 // limits span several groups is decided per group, each part all or nothing, and passes only
 // if every part passes.
@@ -26,6 +26,8 @@ struct BatcherOptions {
     size_t max_requests = 128;   // per script call: keeps one call short for Redis
     size_t max_in_flight = 2;    // script calls on the wire at once, per group
     size_t max_waiting = 16384;  // requests queued or in flight; beyond: overloaded
+    int64_t wait_ms = 0;         // batch_wait=: a call leaves this long after its first
+                                 // request (or when full), to fill; 0: at once
 };
 
 // What one request learns.
@@ -91,6 +93,7 @@ private:
         std::vector<Waiter> waiters;
         RedisClient::Since since{};  // of its first request
         int64_t sent_ms = 0;
+        int64_t ready_ms = 0;  // the loop's time it may leave from (wait_ms), unless full
         CallId call = 0;
         bool sent = false;
     };
@@ -116,6 +119,7 @@ private:
     Batch& open_batch(int group, const RedisClient::Since* since = nullptr);
     void close_empty(Batch& batch) noexcept;
     void flush() noexcept;
+    bool ready(const Batch& batch, int64_t now) const noexcept;
     bool send(Batch& batch) noexcept;  // false: it failed at once and was recycled
     void on_reply(Batch* batch, const CallResult& result) noexcept;
     void fail(Batch& batch, CallStatus status, std::string_view error) noexcept;

@@ -30,6 +30,7 @@ struct RedisConfig {
     std::string prefix = "rl:";
     int64_t connect_timeout_ms = 200;
     int64_t timeout_ms = 100;
+    int64_t batch_wait_ms = 0;  // a script call waits this long to fill (0: off)
     bool ssl = false;
     bool ssl_verify = true;
     std::string ssl_trusted_certificate;
@@ -38,6 +39,9 @@ struct RedisConfig {
 
 // "host:port", "[v6]:port", "host" (port 6379) or "unix:/path".
 std::optional<RedisEndpoint> parse_endpoint(std::string_view text);
+
+// The longest batch_wait= accepted: it adds to every request's latency.
+constexpr int64_t kMaxBatchWaitMs = 5;
 
 // nginx-style time: "150ms", "2s", "1m", "1h"; a bare number means seconds.
 std::optional<int64_t> parse_duration_ms(std::string_view text);
