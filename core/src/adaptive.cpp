@@ -96,8 +96,8 @@ int64_t mark_cut(int64_t rest, int64_t late)
 }
 
 
-// Past a target: slow answers cut to what the upstream kept up with, less a share so that
-// its queue drains; errors alone cut in proportion.
+// Past a target: slow answers measure the upstream's capacity and set the factor that drains
+// its queue; errors alone cut in proportion.
 AdaptiveState cut_back(const AdaptiveState& state, double measured_under, double over,
                        int64_t good, const IntervalCounts& counts, const AdaptiveTargets& targets,
                        int64_t rest, int64_t late, const AdaptiveConstants& constants)
@@ -133,6 +133,30 @@ double home_of(double ceiling, const AdaptiveConstants& constants)
 }
 
 
+// A queue is starting (answers slower than at home, or warm): a probe above home goes back
+// home; at home, the estimate was too high and comes down to what was admitted (not on counts
+// from before a cut, nor on those of the interval it took effect in).
+AdaptiveState queue_starting(AdaptiveState next, const AdaptiveState& state,
+                             double measured_under, bool cut_taking_effect, int64_t rest,
+                             int64_t late, const AdaptiveTargets& targets,
+                             const AdaptiveConstants& constants)
+{
+    double home = home_of(state.ceiling, constants);
+    bool at_home = std::abs(state.factor - home) <= home * 0.001;
+    bool stale = measured_under > state.factor * 1.001;
+    next.streak = -rest;
+    if (at_home && state.ceiling < 1.0 && !cut_taking_effect && !stale) {
+        next.ceiling = std::min(state.ceiling, measured_under);
+        home = home_of(next.ceiling, constants);
+    }
+    if (state.factor > home * 1.001) {
+        next.factor = bounded(home, targets);
+        next.streak = mark_cut(rest, late);
+    }
+    return next;
+}
+
+
 // Healthy: climb home fast; at home, probe above it slowly, or climb on if the upstream
 // answers much faster than it did there (it has room now).
 AdaptiveState increased(const AdaptiveState& state, double measured_under,
@@ -160,20 +184,9 @@ AdaptiveState increased(const AdaptiveState& state, double measured_under,
                               targets);
         return next;
     }
-    if (state.base_ms > 0.0 && mean > constants.slower * state.base_ms) {
-        // Slower than at home: a queue is starting. A probe goes back home; at home, the
-        // estimate was too high: home becomes a little below what was admitted.
-        next.streak = -rest;
-        bool stale = measured_under > state.factor * 1.001;
-        if (state.factor <= home * 1.001 && !cut_taking_effect && !stale) {
-            next.ceiling = std::min(next.ceiling, measured_under);
-            home = home_of(next.ceiling, constants);
-        }
-        if (state.factor > home * 1.001) {
-            next.factor = bounded(home, targets);
-            next.streak = mark_cut(rest, late);
-        }
-        return next;
+    if (state.ceiling < 1.0 && state.base_ms > 0.0 && mean > constants.slower * state.base_ms) {
+        return queue_starting(next, state, measured_under, cut_taking_effect, rest, late,
+                              targets, constants);
     }
     if (mean > 0.0 && next.streak >= constants.settled) {  // once a drained queue is gone
         // The least mean seen, forgotten slowly (an upstream that got slower for good).
@@ -236,20 +249,8 @@ AdaptiveState next_state(const AdaptiveState& state, double measured_under,
         return held;
     }
     if (share(counts.warm, counts.requests) > constants.slow_share) {
-        // A queue is building: a probe went past the upstream's capacity and goes back home;
-        // at home, the estimate was too high (once per cut's window, as below).
-        double home = home_of(state.ceiling, constants);
-        bool at_home = state.factor >= home * 0.999 && state.factor <= home * 1.001;
-        bool stale = measured_under > state.factor * 1.001;
-        if (at_home && state.ceiling < 1.0 && !cut_taking_effect && !stale) {
-            held.ceiling = std::min(state.ceiling, measured_under);
-            home = home_of(held.ceiling, constants);
-        }
-        if (state.factor > home * 1.001) {
-            held.factor = bounded(home, targets);
-            held.streak = mark_cut(rest, late);
-        }
-        return held;
+        return queue_starting(held, state, measured_under, cut_taking_effect, rest, late,
+                              targets, constants);
     }
     return increased(state, measured_under, counts, targets, rest, cut_taking_effect, late,
                      constants);
