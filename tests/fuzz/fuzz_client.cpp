@@ -318,7 +318,7 @@ struct Harness {
             break;
         case 11: {
             // Raw bytes, without arrays: hiredis 0.14 allocates an array's element pointers
-            // from its announced count (see fuzz_script_reply.cpp); arrays come from case 8.
+            // from its announced count (see has_huge_array in fuzz_check.h); arrays come from case 8.
             std::string raw(in->bytes(in->byte() % 64));
             std::replace(raw.begin(), raw.end(), '*', '+');
             feed(raw);
