@@ -61,6 +61,7 @@ the last round's waits and admitted counts to bench/shaping.png.
 """
 
 import asyncio
+import contextlib
 import gc
 import os
 import platform
@@ -338,6 +339,16 @@ def load_overrides(port, n, nkeys=10000):
         seen = b""
         while seen.count(b"\r\n") < 2 * n + 1:
             seen += s.recv(1 << 20)
+
+
+@contextlib.contextmanager
+def scratch_dir():
+    """A directory for one bench run's configs, logs and sockets (nginx's workers read it)."""
+    with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
+        run = Path(d)
+        os.chmod(run, 0o755)
+        (run / "tmp").mkdir()
+        yield run
 
 
 def start_redis(run):
@@ -797,10 +808,7 @@ def plot_shaping(traces, path=SHAPE_PLOT):
 def run_shaping(started, load0):
     """BENCH_ONLY=shaping: the shaping row alone, written to its section of RESULTS."""
     rows = {}
-    with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
-        run = Path(d)
-        os.chmod(run, 0o755)
-        (run / "tmp").mkdir()
+    with scratch_dir() as run:
         redis = start_redis(run)
         try:
             runs = {v: [] for v in SHAPE_VARIANTS}
@@ -937,10 +945,7 @@ def main():
     shaped = [] if ONLY == "cluster" or os.environ.get("SHAPING") == "0" else SHAPE_VARIANTS
     shaping = {}
     refs, memory = [], {}
-    with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
-        run = Path(d)
-        os.chmod(run, 0o755)
-        (run / "tmp").mkdir()
+    with scratch_dir() as run:
         redis = start_redis(run)
         cluster = None
         try:
@@ -1108,10 +1113,7 @@ def moderate_main():
     started = datetime.now(timezone.utc)
     load0 = os.getloadavg()[0]
     rows = {r[0]: [] for r in MODERATE_ROWS}
-    with tempfile.TemporaryDirectory(prefix="rl-bench-") as d:
-        run = Path(d)
-        os.chmod(run, 0o755)
-        (run / "tmp").mkdir()
+    with scratch_dir() as run:
         redis = start_redis(run)
         try:
             for rnd in range(ROUNDS):
