@@ -233,10 +233,12 @@ void append_policy(std::string& out, const Policy& policy, ngx_shm_zone_t* zone)
     out += ",\"rate_per_second\":" + number(policy.rate.per_second());
     out += ",\"burst\":" + std::to_string(policy.params.burst);
     if (policy.adaptive) {
-        ratelimit::BucketParams now = params_in_force(policy);
+        // One read of the factor: it may change between two, and the limit shown must be its own.
+        double factor = policy_factor(policy);
+        ratelimit::BucketParams now = ratelimit::scaled_params(policy.params, factor);
         out += ",\"adaptive\":";
         ratelimit::append_json_string(out, as_view(policy.adaptive_name));
-        out += ",\"factor\":" + number(policy_factor(policy));
+        out += ",\"factor\":" + number(factor);
         out += ",\"rate_per_second_in_force\":"
                + number(double(now.count) * 1000.0 / double(now.period_ms));
         out += ",\"burst_in_force\":" + std::to_string(now.burst);

@@ -255,6 +255,13 @@ def test_fleet_follows_the_upstream(redis, backend, nginx_factory):
     assert back and back[0] - errors_to <= 10 * INTERVAL + 0.1, (back[:1], errors_to)
 
 
+def burst_in_force(burst, factor):
+    """scaled_params' arithmetic: the factor in whole per-mille, then the burst rounded half up
+    (a factor of 0.2497 is 250 per mille: 30 becomes 8, not round(7.49))."""
+    permille = min(1000, max(1, int(factor * 1000 + 0.5)))
+    return max(1, (burst * permille + 500) // 1000)
+
+
 def test_local_mode_scales_the_limit_in_force(backend, nginx_factory):
     """Without Redis the node's own counts drive the factor; headers, status and metrics show
     the limit in force, and the error log says when the factor leaves 1."""
@@ -270,7 +277,7 @@ def test_local_mode_scales_the_limit_in_force(backend, nginx_factory):
     assert a["interval_ms"] == 500 and a["latency_ms"] == 250 and a["min"] == 0.1, a
     policy = s["policies"][0]
     assert policy["adaptive"] == "backend" and policy["factor"] == a["factor"], policy
-    assert policy["burst_in_force"] == max(1, round(30 * a["factor"])), policy
+    assert policy["burst_in_force"] == burst_in_force(30, policy["factor"]), policy
     assert policy["burst"] == 30
     # The headers show the burst in force (q=) while the factor holds (the upstream is idle).
     r = n.get("/")
@@ -278,7 +285,7 @@ def test_local_mode_scales_the_limit_in_force(backend, nginx_factory):
         time.sleep(0.5)
         r = n.get("/")
     factor = controller(n)["factor"]
-    assert 'q=%d;' % max(1, round(30 * factor)) in r.header("RateLimit-Policy"), r.headers
+    assert 'q=%d;' % burst_in_force(30, factor) in r.header("RateLimit-Policy"), r.headers
     metrics = n.get("/api/metrics").body.decode()
     assert 'nginx_ratelimit_adaptive_factor{controller="backend"} ' in metrics
     assert 'nginx_ratelimit_adaptive_requests_total{controller="backend",kind="admitted"}' in metrics
