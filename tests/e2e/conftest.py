@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def wait_for(predicate, timeout=5.0, step=0.02):
             return True
         time.sleep(step)
     return False
+
+
+def run_threads(target, count):
+    """Runs target(0) … target(count - 1), each on a thread of its own, and waits for them all
+    (an exception in one fails the test: see pytest_configure)."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 class Resp:
@@ -111,6 +122,39 @@ class Resp:
             n = int(rest)
             return None if n < 0 else [self._reply() for _ in range(n)]
         raise RuntimeError("bad RESP line %r" % line)
+
+
+class ServerProcess:
+    """What a test's own redis-server or sentinel process offers: `call` (after AUTH when
+    `password` is set), `ping` and `stop`. Subclasses set `proc` and `port`, and override
+    `connect` to reach it otherwise than in plain TCP on `host`."""
+
+    host = "127.0.0.1"
+    password = None
+    proc = None
+
+    def connect(self):
+        return Resp(self.port, timeout=1.0, host=self.host)
+
+    def call(self, *args):
+        c = self.connect()
+        try:
+            if self.password:
+                c.call("AUTH", self.password)
+            return c.call(*args)
+        finally:
+            c.close()
+
+    def ping(self):
+        try:
+            return self.call("PING") == "PONG"
+        except (OSError, RuntimeError):
+            return False
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
 
 
 class RedisServer:

@@ -12,7 +12,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import free_port, run_threads, wait_for
 from test_failures import HungRedis
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
@@ -53,11 +53,7 @@ def parallel(n, paths, threads=8):
         for i in range(i0, len(paths), threads):
             results[i] = n.get(paths[i]).status
 
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    run_threads(run, threads)
     return results
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Resp, RedisServer, wait_for, http_request
+from conftest import Resp, RedisServer, http_request, run_threads, wait_for
 from test_directives import BACKEND, evalsha_calls, server
 
 
@@ -28,7 +28,7 @@ def parallel(port, headers, count, threads=16):
     results, lock = [], threading.Lock()
     todo = iter(range(count))
 
-    def run():
+    def run(_):
         while True:
             with lock:
                 if next(todo, None) is None:
@@ -37,11 +37,7 @@ def parallel(port, headers, count, threads=16):
             with lock:
                 results.append(r)
 
-    workers = [threading.Thread(target=run) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    run_threads(run, threads)
     return results
 
 
@@ -373,11 +369,7 @@ def paced(port, rate, seconds, threads=12):
             with lock:
                 statuses.append(r.status)
 
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    run_threads(run, threads)
     return statuses
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import Resp, free_port, wait_for
+from conftest import ServerProcess, free_port, wait_for
 
 BACKEND = "proxy_pass http://127.0.0.1:@BACKEND@;"
 
@@ -32,7 +32,7 @@ def location_conf(redis_line, extra_http=""):
 """
 
 
-class RedisProcess:
+class RedisProcess(ServerProcess):
     """A redis-server on any loopback address (127.0.0.2 is loopback too on Linux)."""
 
     def __init__(self, workdir, host, port, *extra, password=None):
@@ -46,27 +46,7 @@ class RedisProcess:
              "--appendonly", "no", "--dir", str(workdir), "--logfile",
              str(workdir / "redis.log"), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_for(lambda: self.ping()), "redis-server on %s:%d did not start" % (host, port)
-
-    def call(self, *args):
-        c = Resp(self.port, timeout=1.0, host=self.host)
-        try:
-            if self.password:
-                c.call("AUTH", self.password)
-            return c.call(*args)
-        finally:
-            c.close()
-
-    def ping(self):
-        try:
-            return self.call("PING") == "PONG"
-        except (OSError, RuntimeError):
-            return False
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=10)
+        assert wait_for(self.ping), "redis-server on %s:%d did not start" % (host, port)
 
 
 class DnsResponder:
@@ -192,7 +172,7 @@ def test_resolver_failure_keeps_the_last_address(workdir, nginx_factory, answer,
         redis.stop()
 
 
-class Sentinel:
+class Sentinel(ServerProcess):
     def __init__(self, workdir, master_port, password=None, master_host="127.0.0.1",
                  quorum=2, options=""):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -213,21 +193,6 @@ sentinel failover-timeout m 2000
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert wait_for(self.ping), "sentinel did not start"
 
-    def call(self, *args):
-        c = Resp(self.port, timeout=1.0)
-        try:
-            if self.password:
-                c.call("AUTH", self.password)
-            return c.call(*args)
-        finally:
-            c.close()
-
-    def ping(self):
-        try:
-            return self.call("PING") == "PONG"
-        except (OSError, RuntimeError):
-            return False
-
     def master(self):
         try:
             ip, port = self.call("SENTINEL", "get-master-addr-by-name", "m")
@@ -243,11 +208,6 @@ sentinel failover-timeout m 2000
         fields = dict(zip(info[::2], info[1::2]))
         return (int(fields[b"num-slaves"]) == 1 and int(fields[b"num-other-sentinels"]) == 2
                 and fields[b"flags"] == b"master")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
 
 
 def test_sentinel_failover_resumes_on_the_promoted_replica(workdir, nginx_factory):

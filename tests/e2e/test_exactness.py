@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from conftest import Nginx, wait_for
+from conftest import Nginx, run_threads, wait_for
 
 
 def hammer(ports, headers, threads=8, seconds=2.0, at_least=0):
@@ -43,11 +43,7 @@ def hammer(ports, headers, threads=8, seconds=2.0, at_least=0):
             with lock:
                 statuses.extend(mine)
 
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    run_threads(run, threads)
     assert errors == []
     return statuses, time.monotonic() - start
 

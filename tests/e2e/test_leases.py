@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 
-from conftest import Resp, wait_for
+from conftest import Resp, run_threads, wait_for
 
 
 def conf(redis_port, rate, burst, lease="", mode="open"):
@@ -74,11 +74,7 @@ def load(ports, seconds, threads, pace=None, stop=None):
             with lock:
                 results.extend(mine)
 
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    run_threads(run, threads)
     assert errors == []
     return results, time.monotonic() - start
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import Nginx, Resp, free_port, wait_for
+from conftest import Nginx, Resp, ServerProcess, free_port, wait_for
 from test_exactness import hammer
 from test_endpoints import DnsResponder
 from test_failures import conf as failures_conf, timed_get
@@ -59,7 +59,7 @@ class TlsResp(Resp):
         super().__init__(port, sock=ctx.wrap_socket(raw, server_hostname=name))
 
 
-class TlsRedis:
+class TlsRedis(ServerProcess):
     """redis-server with no plain TCP port (`--port 0`) and a TLS one."""
 
     def __init__(self, workdir, certs, password=None):
@@ -81,27 +81,12 @@ class TlsRedis:
     def start(self):
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        assert wait_for(self._pings), "redis-server (TLS) did not start"
+        assert wait_for(self.ping), "redis-server (TLS) did not start"
 
-    def _pings(self):
-        try:
-            return self.cmd("PING") == "PONG"
-        except (OSError, RuntimeError):
-            return False
+    def connect(self):
+        return TlsResp(self.port, self.certs["ca"])
 
-    def cmd(self, *args):
-        c = TlsResp(self.port, self.certs["ca"])
-        try:
-            if self.password:
-                c.call("AUTH", self.password)
-            return c.call(*args)
-        finally:
-            c.close()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
+    cmd = ServerProcess.call  # the name conftest's RedisServer gives it
 
 
 @pytest.fixture
@@ -332,7 +317,7 @@ def test_good_tls_configuration_passes_nginx_t(workdir, certs):
 
 # --- sentinel over TLS ----------------------------------------------------------------------
 
-class TlsSentinel:
+class TlsSentinel(ServerProcess):
     """A sentinel with only a TLS port, watching a TLS master (tls-replication: it speaks TLS
     to the master too)."""
 
@@ -357,20 +342,14 @@ sentinel monitor m 127.0.0.1 {master_port} 1
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert wait_for(self._knows_master), "sentinel (TLS) did not start"
 
+    def connect(self):
+        return TlsResp(self.port, self.certs["ca"])
+
     def _knows_master(self):
         try:
-            c = TlsResp(self.port, self.certs["ca"])
-            try:
-                return c.call("SENTINEL", "get-master-addr-by-name", "m") is not None
-            finally:
-                c.close()
+            return self.call("SENTINEL", "get-master-addr-by-name", "m") is not None
         except (OSError, RuntimeError):
             return False
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
 
 
 def test_sentinel_over_tls_and_a_wrong_ca(workdir, tls_redis, certs, nginx_factory):
