@@ -277,6 +277,19 @@ void sweep(ngx_shm_zone_t* zone, ratelimit::CallRouter* router) noexcept
     }
 }
 
+
+// Whether limits[i] is the first of the request's limits under its policy's counters.
+bool first_of_its_policy(const LeaseLimit* limits, size_t i)
+{
+    for (size_t j = 0; j < i; j++) {
+        if (limits[j].stats == limits[i].stats) {
+            return false;
+        }
+    }
+    return true;
+}
+
+
 }  // namespace
 
 
@@ -339,12 +352,8 @@ bool lease_decide(ngx_shm_zone_t* zone, ratelimit::CallRouter* router, const Lea
             for (size_t i = 0; i < n; i++) {
                 slots[i]->tokens -= limits[i].cost;
                 outcomes[i] = lease_outcome(*slots[i], limits[i].cost);
-                bool first = true;
-                for (size_t j = 0; j < i && first; j++) {
-                    first = limits[j].stats != limits[i].stats;
-                }
-                if (first) {
-                    count_lease_decision(limits[i].stats);
+                if (first_of_its_policy(limits, i)) {
+                    count_lease_decision(limits[i].stats);  // one request, once per policy
                 }
             }
             decided = true;

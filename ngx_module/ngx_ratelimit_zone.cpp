@@ -282,6 +282,16 @@ int64_t zone_now_ms()
     return int64_t(ngx_current_msec);
 }
 
+
+// The rejection memory's bound of a bucket: `level_units` as of `stamp_ms`, under b->params.
+void hold_level(BucketNode* b, int64_t level_units, int64_t stamp_ms)
+{
+    b->level_units = level_units;
+    b->stamp_ms = stamp_ms;
+    b->full_at_ms = stamp_ms + ratelimit::outcome_after(b->params, 0, level_units, true).reset_ms;
+}
+
+
 }  // namespace
 
 
@@ -428,10 +438,7 @@ bool zone_recall(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n, i
         if (b == nullptr || limits[i].cost == 0) {
             continue;
         }
-        b->level_units = levels[i] - limits[i].cost * b->params.period_ms;
-        b->stamp_ms = now_ms;
-        b->full_at_ms = now_ms
-                        + ratelimit::outcome_after(b->params, 0, b->level_units, true).reset_ms;
+        hold_level(b, levels[i] - limits[i].cost * b->params.period_ms, now_ms);
         *set_aside = true;
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -459,16 +466,14 @@ void zone_release(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n)
             continue;
         }
         BucketNode* b = node_of(node);
-        const ratelimit::BucketParams& params = b->params;
-        if (!same_params(params, limits[i].params)) {
+        if (!same_params(b->params, limits[i].params)) {
             continue;
         }
         // A reply stored since may already be below this: a bound too high only sends a
         // request to Redis, which decides.
-        b->level_units = std::min(b->level_units + limits[i].cost * params.period_ms,
-                                  params.capacity_units());
-        b->full_at_ms = b->stamp_ms
-                        + ratelimit::outcome_after(params, 0, b->level_units, true).reset_ms;
+        hold_level(b, std::min(b->level_units + limits[i].cost * b->params.period_ms,
+                               b->params.capacity_units()),
+                   b->stamp_ms);
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
@@ -512,10 +517,8 @@ void zone_remember(ngx_shm_zone_t* shm_zone, const LocalLimit* limits, size_t n,
             ngx_queue_remove(&b->queue);
             ngx_queue_insert_head(&zone->sh->queue, &b->queue);
         }
-        b->level_units = std::max<int64_t>(levels[i], 0);
-        b->stamp_ms = sent_ms;
         b->params = params;
-        b->full_at_ms = sent_ms + ratelimit::outcome_after(params, 0, b->level_units, true).reset_ms;
+        hold_level(b, std::max<int64_t>(levels[i], 0), sent_ms);
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }

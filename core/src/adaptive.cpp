@@ -96,13 +96,40 @@ int64_t mark_cut(int64_t rest, int64_t late)
 }
 
 
+// The state unchanged, but for the mark of the counts that just arrived.
+AdaptiveState held_state(const AdaptiveState& state, int64_t rest)
+{
+    return AdaptiveState{state.factor, state.factor, -rest, state.ceiling, state.base_ms};
+}
+
+
+// Counts taken under a higher factor than the one in force come from before the last cut.
+bool from_before_a_cut(const AdaptiveState& state, double measured_under)
+{
+    return measured_under > state.factor * 1.001;
+}
+
+
+// `next` with its factor at `target`; a cut deep enough marks its own window.
+AdaptiveState lowered(AdaptiveState next, const AdaptiveState& state, double target,
+                      int64_t rest, int64_t late, const AdaptiveTargets& targets,
+                      const AdaptiveConstants& constants)
+{
+    next.factor = bounded(target, targets);
+    if (next.factor < constants.big_cut * state.factor) {
+        next.streak = mark_cut(rest, late);  // its own window mixes two factors and a burst
+    }
+    return next;
+}
+
+
 // Past a target: slow answers measure the upstream's capacity and set the factor that drains
 // its queue; errors alone cut in proportion.
 AdaptiveState cut_back(const AdaptiveState& state, double measured_under, double over,
                        int64_t good, const IntervalCounts& counts, const AdaptiveTargets& targets,
                        int64_t rest, int64_t late, const AdaptiveConstants& constants)
 {
-    AdaptiveState next{state.factor, state.factor, -rest, state.ceiling, state.base_ms};
+    AdaptiveState next = held_state(state, rest);
     double target = std::min(state.factor,
                              measured_under * (1.0 - std::min(constants.max_cut,
                                                               constants.decrease_gain * over)));
@@ -115,14 +142,10 @@ AdaptiveState cut_back(const AdaptiveState& state, double measured_under, double
             next.ceiling = std::min(1.0, kept_up(measured_under, good, counts));
         }
     }
-    if (measured_under > state.factor * 1.001) {
-        target = std::min(target, state.factor);  // counts from before the last cut only refine it
+    if (from_before_a_cut(state, measured_under)) {
+        target = std::min(target, state.factor);  // they only refine it
     }
-    next.factor = bounded(target, targets);
-    if (next.factor < constants.big_cut * state.factor) {
-        next.streak = mark_cut(rest, late);  // its own window mixes two factors and a burst
-    }
-    return next;
+    return lowered(next, state, target, rest, late, targets, constants);
 }
 
 
@@ -143,9 +166,9 @@ AdaptiveState queue_starting(AdaptiveState next, const AdaptiveState& state,
 {
     double home = home_of(state.ceiling, constants);
     bool at_home = std::abs(state.factor - home) <= home * 0.001;
-    bool stale = measured_under > state.factor * 1.001;
     next.streak = -rest;
-    if (at_home && state.ceiling < 1.0 && !cut_taking_effect && !stale) {
+    if (at_home && state.ceiling < 1.0 && !cut_taking_effect
+        && !from_before_a_cut(state, measured_under)) {
         next.ceiling = std::min(state.ceiling, measured_under);
         home = home_of(next.ceiling, constants);
     }
@@ -225,7 +248,7 @@ AdaptiveState next_state(const AdaptiveState& state, double measured_under,
     }
     bool cut_taking_effect = (marked(state) & 1) != 0;
     int64_t rest = marked(state) >> 1;
-    AdaptiveState held{state.factor, state.factor, -rest, state.ceiling, state.base_ms};
+    AdaptiveState held = held_state(state, rest);
     double over = overload(counts, targets, constants);
     int64_t good = counts.requests - std::clamp<int64_t>(counts.errors, 0, counts.requests);
     // The tolerance of comparing admitted with answered: a share, or the counting noise of a
@@ -241,12 +264,9 @@ AdaptiveState next_state(const AdaptiveState& state, double measured_under,
     // Behind: more admitted than answered well, past the tolerance.
     if (double(counts.admitted) > double(good) + slack && !cut_taking_effect) {
         double target = draining_factor(measured_under, good, counts, targets, constants);
-        held.factor = bounded(std::min(state.factor, target), targets);
         held.ceiling = std::min(1.0, kept_up(measured_under, good, counts));
-        if (held.factor < constants.big_cut * state.factor) {
-            held.streak = mark_cut(rest, late);
-        }
-        return held;
+        return lowered(held, state, std::min(state.factor, target), rest, late, targets,
+                       constants);
     }
     if (share(counts.warm, counts.requests) > constants.slow_share) {
         return queue_starting(held, state, measured_under, cut_taking_effect, rest, late,

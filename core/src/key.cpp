@@ -96,18 +96,4 @@ std::string bucket_key(std::string_view prefix, std::string_view policy, std::st
     return out;
 }
 
-bool same_bucket_key(std::string_view a, std::string_view b)
-{
-    bool a_long = a.size() > kMaxKeyBytes;
-    if (a_long == (b.size() > kMaxKeyBytes)) {
-        return a == b;  // both kept as they are, or both replaced by digests of themselves
-    }
-    std::string_view kept = a_long ? b : a;
-    if (kept.find(kDigestMark) == std::string_view::npos) {
-        return false;  // every replacement holds one
-    }
-    KeyIdBuffer scratch;
-    return key_id(a_long ? a : b, scratch) == kept;
-}
-
 }  // namespace ratelimit

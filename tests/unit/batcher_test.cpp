@@ -77,6 +77,17 @@ protected:
         EXPECT_EQ(q.status, CallStatus::ok);
         return q.id;
     }
+    // `count` requests on one key, numbered 0, 1, …, decided in order; the batcher keeps their
+    // addresses, so they live in the returned vector.
+    std::vector<Req> decide_on_one_key(int count, std::vector<Seen>& seen)
+    {
+        std::vector<Req> reqs(size_t(count), Req{0, 0, &seen});
+        for (int i = 0; i < count; i++) {
+            reqs[size_t(i)].number = i;
+            decide(reqs[size_t(i)], {{"rl:p:x", params, 1}});
+        }
+        return reqs;
+    }
     // Lets the posted flush run and the connection come up; returns what was written.
     std::string run_and_take()
     {
@@ -163,11 +174,7 @@ TEST_F(BatcherTest, BatchSizeIsBounded)
     o.max_in_flight = 8;
     make(o);
     std::vector<Seen> seen;
-    std::vector<Req> reqs(5, Req{0, 0, &seen});
-    for (int i = 0; i < 5; i++) {
-        reqs[i].number = i;
-        decide(reqs[i], {{"rl:p:x", params, 1}});
-    }
+    std::vector<Req> reqs = decide_on_one_key(5, seen);
     run_and_take();
     EXPECT_EQ(sent_sizes(), (std::vector<size_t>{2, 2, 1}));
 }
@@ -199,11 +206,7 @@ TEST_F(BatcherTest, BatchWaitEndsWhenTheCallIsFull)
     o.max_in_flight = 8;
     make(o);
     std::vector<Seen> seen;
-    std::vector<Req> reqs(3, Req{0, 0, &seen});
-    for (int i = 0; i < 3; i++) {
-        reqs[i].number = i;
-        decide(reqs[i], {{"rl:p:x", params, 1}});
-    }
+    std::vector<Req> reqs = decide_on_one_key(3, seen);
     loop.advance(0);
     EXPECT_EQ(sent_sizes(), std::vector<size_t>{2});  // full: at once
     loop.advance(4);

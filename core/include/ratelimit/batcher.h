@@ -1,7 +1,8 @@
 // Coalesced decisions: the requests a worker decides in one event-loop iteration travel to
 // Redis in one script call, and the ones that arrive while earlier calls are on their way
 // join the next call, which leaves as soon as a call comes back (never later than one round
-// trip; with wait_ms, a new call first waits that long for more requests). Outcomes are exactly those of deciding the requests one by one, in arrival order.
+// trip; with wait_ms, a new call first waits that long for more requests). Outcomes are
+// exactly those of deciding the requests one by one, in arrival order.
 // Calls are made per group of the CallRouter (a hash slot in cluster mode): a request whose
 // limits span several groups is decided per group, each part all or nothing, and passes only
 // if every part passes.

@@ -30,8 +30,4 @@ void append_bucket_id(std::string& out, std::string_view prefix, std::string_vie
 
 std::string bucket_key(std::string_view prefix, std::string_view policy, std::string_view key);
 
-// True when two keys of one policy name one bucket: equal, or one too long to keep and the other
-// the very text it is replaced by (its key_id). Allocates nothing.
-bool same_bucket_key(std::string_view a, std::string_view b);
-
 }  // namespace ratelimit
