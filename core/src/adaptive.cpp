@@ -180,6 +180,14 @@ AdaptiveState queue_starting(AdaptiveState next, const AdaptiveState& state,
 }
 
 
+// A climb that ends within the 0.1 % factors are compared with lands on 1 (at 0.9994 a
+// factor would be home, and sit below the full limit until a probe).
+double landed(double factor)
+{
+    return factor >= 0.999 ? 1.0 : factor;
+}
+
+
 // Healthy: climb home fast; at home, probe above it slowly, or climb on if the upstream
 // answers much faster than it did there (it has room now).
 AdaptiveState increased(const AdaptiveState& state, double measured_under,
@@ -198,13 +206,12 @@ AdaptiveState increased(const AdaptiveState& state, double measured_under,
         next.factor = bounded(home, targets);  // the estimate was measured: straight to it
         return next;
     }
-    if (state.factor < home * 0.999) {
+    if (next.ceiling >= 1.0 && state.factor < 1.0) {  // no estimate: climb to the full limit
         double step = std::min(constants.max_step,
                                constants.climb_step
                                    * std::ldexp(1.0, int(std::min<int64_t>(next.streak - 1, 16))));
-        next.factor = bounded(std::min(home, state.factor + constants.add_step
-                                                 + state.factor * step),
-                              targets);
+        double climbed = std::min(1.0, state.factor + constants.add_step + state.factor * step);
+        next.factor = bounded(landed(climbed), targets);
         return next;
     }
     if (state.ceiling < 1.0 && state.base_ms > 0.0 && mean > constants.slower * state.base_ms) {

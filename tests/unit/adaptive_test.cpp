@@ -220,6 +220,28 @@ TEST(AdaptiveLaw, RecoversFromTheFloorWithinElevenIntervals)
     EXPECT_LE(intervals, 11);
 }
 
+TEST(AdaptiveLaw, EveryClimbLandsOnOneExactly)
+{
+    // From any factor and streak, through the state's text in Redis: a climb that ends a
+    // hair below 1 (0.7915 + 0.01 + 0.7915 x 0.25 = 0.999375) would sit there until a probe.
+    for (int streak = 0; streak <= 12; streak++) {
+        for (int start = 1000; start < 10000; start++) {
+            AdaptiveState state{start / 1e4, start / 1e4, streak, 1.0, 28.0};
+            int intervals = 0;
+            while (state.factor < 1.0 && intervals < 100) {
+                AdaptiveState next = next_state(state, state.earlier,
+                                                counts(100, 0, 0, 0, 100, 500), targets_250ms());
+                state = *parse_state(format_state(next));
+                intervals++;
+                ASSERT_TRUE(state.factor < 0.999 || state.factor == 1.0)
+                    << start << " " << streak << ": " << state.factor;
+            }
+            ASSERT_EQ(state.factor, 1.0) << start << " " << streak;
+            ASSERT_LE(intervals, 11) << start << " " << streak;
+        }
+    }
+}
+
 TEST(AdaptiveLaw, StaysWithinTheFloorAndOne)
 {
     AdaptiveTargets t = targets_250ms();
