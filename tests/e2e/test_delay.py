@@ -122,6 +122,12 @@ def relative_ms(replies):
     return [(r.at - first) * 1000 for r in replies]
 
 
+def assert_at_once(replies, tolerance=150):
+    """Every reply came with the fastest one, or as soon as its (late) thread sent it."""
+    for r, t in zip(replies, relative_ms(replies)):
+        assert min(t, r.latency_ms) <= tolerance, (r, replies)
+
+
 def assert_example(replies, tolerance=TOLERANCE_MS):
     """rate=5r/s burst=12 delay=8, 13 at once: 8 at once, 4 waiting 200/400/600/800 ms, 1 out."""
     statuses = sorted((r.status, r.header("X-Status")) for r in replies)
@@ -162,12 +168,13 @@ def test_the_limit_req_example_from_13_clients(redis, nginx_factory):
 
 
 def test_delayed_response_headers_are_those_of_a_passed_one(redis, nginx_factory):
-    n = start(nginx_factory, conf(redis, "ratelimit_policy p rate=10r/s burst=2 delay=1;",
+    # At 1r/s the second request waits unless a second passed between the two.
+    n = start(nginx_factory, conf(redis, "ratelimit_policy p rate=1r/s burst=2 delay=1;",
                                   "ratelimit $http_x_key policy=p;"))
     first = n.get("/", {"X-Key": "h"})
     second = n.get("/", {"X-Key": "h"})
     assert first.header("X-Status") == "PASSED"
-    assert second.header("X-Status") == "DELAYED" and 1 <= int(second.header("X-Delay")) <= 100
+    assert second.header("X-Status") == "DELAYED" and 1 <= int(second.header("X-Delay")) <= 1000
     for r in (first, second):
         assert r.status == 200 and r.header("X-Backend") == "yes"
         assert r.header("X-RateLimit-Limit") == "2" and r.header("Retry-After") is None
@@ -309,7 +316,7 @@ def test_failure_modes_local_shapes_open_does_not(redis, nginx_factory):
     replies = fire([(m.port, 0)] * 13)
     assert {(r.status, r.header("X-Status"), r.header("X-Delay")) for r in replies} == \
         {(200, "FAILED_OPEN", "0")}
-    assert max(relative_ms(replies)) <= 150
+    assert_at_once(replies)
 
 
 # --- dry run, visibility -------------------------------------------------------------------
@@ -321,7 +328,7 @@ def test_dry_run_counts_and_logs_delays_but_passes_at_once(redis, nginx_factory)
     assert statuses == ["DELAYED_DRY_RUN"] * 4 + ["PASSED"] * 8 + ["REJECTED_DRY_RUN"]
     assert {r.status for r in replies} == {200}
     assert {r.header("X-Delay") for r in replies} == {"0"}
-    assert max(relative_ms(replies)) <= 150
+    assert_at_once(replies)
     assert len(re.findall(r"\[warn\].*delaying in dry run \(not waiting\) \d+ms by policy",
                           n.log())) == 4
     status = json.loads(n.get("/rl/status").body)
@@ -332,21 +339,33 @@ def test_dry_run_counts_and_logs_delays_but_passes_at_once(redis, nginx_factory)
 
 def test_status_and_metrics_show_delays(redis, nginx_factory):
     n = start(nginx_factory, conf(redis))
-    fire([(n.port, 0)] * 13)
+    replies = fire([(n.port, 0)] * 13)
+    # The counters and the histogram say what the replies said. (13 at once: 8 passed, 4 waited
+    # 200..800 ms, 1 rejected; a thread the machine lets send late finds a token refilled, so
+    # the split is taken from the replies, not assumed.)
+    named = [r.header("X-Status") for r in replies]
+    delays = [int(r.header("X-Delay")) for r in replies if r.header("X-Status") == "DELAYED"]
+    assert named.count("PASSED") >= 8 and len(delays) >= 3, replies
     status = json.loads(n.get("/rl/status").body)
     policy = status["policies"][0]
     assert policy["delay"] == 8
-    assert policy["counters"]["delayed"] == 4 and policy["counters"]["passed"] == 8
-    assert policy["counters"]["rejected"] == 1
+    assert policy["counters"]["delayed"] == len(delays)
+    assert policy["counters"]["passed"] == named.count("PASSED")
+    assert policy["counters"]["rejected"] == named.count("REJECTED")
     waits = policy["waits"]
-    assert waits["count"] == 4 and 1800 <= waits["sum_ms"] <= 2000
+    assert waits["count"] == len(delays) and waits["sum_ms"] == sum(delays), (waits, delays)
     by_bound = {b["le_ms"]: b["count"] for b in waits["buckets"]}
-    assert by_bound[250] == 1 and by_bound[500] == 1 and by_bound[1000] == 2
+    assert by_bound[250] == sum(d <= 250 for d in delays), (by_bound, delays)
+    assert by_bound[500] == sum(250 < d <= 500 for d in delays), (by_bound, delays)
+    assert by_bound[1000] == sum(500 < d <= 1000 for d in delays), (by_bound, delays)
     metrics = n.get("/rl/metrics").body.decode()
-    assert 'nginx_ratelimit_requests_total{policy="shaped",outcome="delayed"} 4' in metrics
-    assert 'nginx_ratelimit_delay_seconds_bucket{policy="shaped",le="0.25"} 1' in metrics
-    assert 'nginx_ratelimit_delay_seconds_bucket{policy="shaped",le="1"} 4' in metrics
-    assert 'nginx_ratelimit_delay_seconds_count{policy="shaped"} 4' in metrics
+    lines = ['nginx_ratelimit_requests_total{policy="shaped",outcome="delayed"} %d' % len(delays),
+             'nginx_ratelimit_delay_seconds_bucket{policy="shaped",le="0.25"} %d'
+             % sum(d <= 250 for d in delays),
+             'nginx_ratelimit_delay_seconds_bucket{policy="shaped",le="1"} %d' % len(delays),
+             'nginx_ratelimit_delay_seconds_count{policy="shaped"} %d' % len(delays)]
+    for line in lines:
+        assert line in metrics, (line, metrics)
 
 
 def test_log_level_of_delays_is_one_below_rejections(redis, nginx_factory):
@@ -359,8 +378,8 @@ def test_log_level_of_delays_is_one_below_rejections(redis, nginx_factory):
 # --- a waiting request holds only a timer ---------------------------------------------------
 
 def test_client_that_leaves_while_waiting_is_finalized_499(redis, nginx_factory):
-    # 1r/s burst=3 delay=1: the 2nd request waits 1 s, the 3rd 2 s.
-    n = start(nginx_factory, conf(redis, "ratelimit_policy p rate=1r/s burst=3 delay=1;",
+    # 30r/m burst=3 delay=1: the 2nd request waits 2 s, the 3rd 4 s.
+    n = start(nginx_factory, conf(redis, "ratelimit_policy p rate=30r/m burst=3 delay=1;",
                                   "ratelimit $http_x_key policy=p;"))
     workers = n.worker_pids()
     assert n.get("/", {"X-Key": "k"}).header("X-Status") == "PASSED"
@@ -370,14 +389,21 @@ def test_client_that_leaves_while_waiting_is_finalized_499(redis, nginx_factory)
     s.close()
     log = n.dir / "logs" / "delay.log"
     assert wait_for(lambda: "499 DELAYED" in log.read_text(), 3), log.read_text()
-    # Its tokens stay spent: the next request waits for the 3rd token's turn (about 2 s, less
-    # what has refilled since).
+    # Its tokens stay spent: the next request waits for the 3rd token's turn (4 s, less what
+    # has refilled since the first; had they come back, 2 s at most), and waits it out.
     started = time.monotonic()
     r = n.get("/", {"X-Key": "k"})
     assert r.status == 200 and r.header("X-Status") == "DELAYED"
-    assert 1500 <= int(r.header("X-Delay")) <= 2000
-    assert time.monotonic() - started >= 1.4
+    waited = int(r.header("X-Delay"))
+    assert 2500 <= waited <= 4000, waited
+    assert time.monotonic() - started >= waited / 1000 - 0.1
     assert n.worker_pids() == workers
+
+
+def decided(n):
+    """All 13 of the example decided: 4 waiting and 1 rejected, as the error log says."""
+    log = n.log()
+    return log.count("delaying request") == 4 and log.count("rejected by policy") == 1
 
 
 def test_quit_lets_waiting_requests_finish(redis, nginx_factory):
@@ -389,7 +415,7 @@ def test_quit_lets_waiting_requests_finish(redis, nginx_factory):
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("r", fire([(n.port, 0)] * 13)))
     t.start()
-    time.sleep(0.1)
+    assert wait_for(lambda: decided(n), 5), n.log()
     n.proc.send_signal(signal.SIGQUIT)
     t.join(10)
     assert_example(result["r"], tolerance=2 * TOLERANCE_MS)  # one round only: nginx is gone
@@ -403,7 +429,7 @@ def test_reload_does_not_disturb_waiting_requests(redis, nginx_factory):
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("r", fire([(n.port, 0)] * 13)))
     t.start()
-    time.sleep(0.1)
+    assert wait_for(lambda: decided(n), 5), n.log()
     n.reload()
     t.join(10)
     assert_example(result["r"], tolerance=2 * TOLERANCE_MS)  # one round only: a reload
