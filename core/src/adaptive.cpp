@@ -40,6 +40,20 @@ double bounded(double factor, const AdaptiveTargets& targets)
 }
 
 
+// Factors within a thousandth of each other are one (the limits apply them in per mille).
+constexpr double kSameFactor = 0.001;
+
+bool below(double factor, double than)
+{
+    return factor < than * (1.0 - kSameFactor);
+}
+
+bool above(double factor, double than)
+{
+    return factor > than * (1.0 + kSameFactor);
+}
+
+
 int64_t rounded_div(int64_t num, int64_t den)
 {
     return (num + den / 2) / den;
@@ -106,7 +120,7 @@ AdaptiveState held_state(const AdaptiveState& state, int64_t rest)
 // Counts taken under a higher factor than the one in force come from before the last cut.
 bool from_before_a_cut(const AdaptiveState& state, double measured_under)
 {
-    return measured_under > state.factor * 1.001;
+    return above(measured_under, state.factor);
 }
 
 
@@ -165,14 +179,14 @@ AdaptiveState queue_starting(AdaptiveState next, const AdaptiveState& state,
                              const AdaptiveConstants& constants)
 {
     double home = home_of(state.ceiling, constants);
-    bool at_home = std::abs(state.factor - home) <= home * 0.001;
+    bool at_home = !below(state.factor, home) && !above(state.factor, home);
     next.streak = -rest;
     if (at_home && state.ceiling < 1.0 && !cut_taking_effect
         && !from_before_a_cut(state, measured_under)) {
         next.ceiling = std::min(state.ceiling, measured_under);
         home = home_of(next.ceiling, constants);
     }
-    if (state.factor > home * 1.001) {
+    if (above(state.factor, home)) {
         next.factor = bounded(home, targets);
         next.streak = mark_cut(rest, late);
     }
@@ -180,11 +194,11 @@ AdaptiveState queue_starting(AdaptiveState next, const AdaptiveState& state,
 }
 
 
-// A climb that ends within the 0.1 % factors are compared with lands on 1 (at 0.9994 a
-// factor would be home, and sit below the full limit until a probe).
+// A climb that ends as good as at 1 lands on it (at 0.9994 a factor would count as home,
+// and sit below the full limit until a probe).
 double landed(double factor)
 {
-    return factor >= 0.999 ? 1.0 : factor;
+    return below(factor, 1.0) ? factor : 1.0;
 }
 
 
@@ -202,7 +216,7 @@ AdaptiveState increased(const AdaptiveState& state, double measured_under,
         next.ceiling = 1.0;
     }
     double home = home_of(next.ceiling, constants);
-    if (state.factor < home * 0.999 && next.ceiling < 1.0) {
+    if (below(state.factor, home) && next.ceiling < 1.0) {
         next.factor = bounded(home, targets);  // the estimate was measured: straight to it
         return next;
     }
@@ -226,7 +240,7 @@ AdaptiveState increased(const AdaptiveState& state, double measured_under,
     if (measured_under > home) {
         next.ceiling = std::min(1.0, measured_under / constants.home);  // a probe held up
     }
-    if (next.streak > constants.probe_after && measured_under >= state.factor * 0.999) {
+    if (next.streak > constants.probe_after && !below(measured_under, state.factor)) {
         next.factor = bounded(state.factor * (1.0 + constants.probe_step), targets);
     }
     return next;
